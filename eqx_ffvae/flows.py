@@ -1,0 +1,130 @@
+"""Latent flows: dz/dt = ∇u(t, z), d log q/dt = -Δu(t, z), one Diffrax solve (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
+
+from .potentials import AbstractPotential, hvp_grad_and_laplacian
+
+LaplacianMethod = Literal["exact", "hvp", "hutchinson"]
+_METHODS = ("exact", "hvp", "hutchinson")
+
+
+def velocity(pot: AbstractPotential, t: ScalarLike, z: Float[Array, " d"]) -> Float[Array, " d"]:
+    """∇_z u(t, z): the velocity of the latent along this potential's flow."""
+    return jax.grad(lambda x: pot(t, x))(z)
+
+
+def hutchinson_probes(key: PRNGKeyArray, num_probes: int, dim: int, dtype=jnp.float32) -> Array:
+    """Rademacher probes ε with E[εεᵀ] = I, drawn once and held fixed for a whole solve."""
+    return jr.rademacher(key, (num_probes, dim), dtype=dtype)
+
+
+def _grad_and_laplacian(
+    pot: AbstractPotential,
+    t: ScalarLike,
+    z: Float[Array, " d"],
+    method: LaplacianMethod,
+    probes: Array | None,
+) -> tuple[Float[Array, " d"], Scalar]:
+    if method == "exact":
+        return pot.grad_and_laplacian(t, z)
+    if method == "hvp":
+        return hvp_grad_and_laplacian(lambda x: pot(t, x), z)
+    if method == "hutchinson":
+        if probes is None:
+            raise ValueError("the Hutchinson Laplacian needs probes: pass key=... to draw them")
+        grads, hvps = jax.vmap(lambda e: jax.jvp(jax.grad(lambda x: pot(t, x)), (z,), (e,)))(probes)
+        return grads[0], jnp.mean(jnp.sum(probes * hvps, axis=-1))
+    raise ValueError(f"unknown Laplacian method {method!r}; use one of {_METHODS}")
+
+
+def laplacian(
+    pot: AbstractPotential,
+    t: ScalarLike,
+    z: Float[Array, " d"],
+    *,
+    method: str = "exact",
+    key: PRNGKeyArray | None = None,
+    num_probes: int = 1,
+) -> Scalar:
+    """Δ_z u(t, z) = tr ∇²u: exact (the potential's fastest exact method), by HVPs, or Hutchinson."""
+    probes = None
+    if method == "hutchinson":
+        if key is None:
+            raise ValueError("laplacian(method='hutchinson') needs key=... to draw its probes")
+        probes = hutchinson_probes(key, num_probes, z.shape[0], z.dtype)
+    return _grad_and_laplacian(pot, t, z, method, probes)[1]
+
+
+def _fixed_grid_steps(ts: Array, dt0: float) -> int | None:
+    try:
+        span = float(np.asarray(ts[-1]) - np.asarray(ts[0]))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+    return max(1, math.ceil(span / dt0 - 1e-6))
+
+
+def flow(
+    pot: AbstractPotential,
+    z0: Float[Array, " d"],
+    logq0: ScalarLike,
+    ts: Float[Array, " n"],
+    *,
+    solver: diffrax.AbstractSolver | None = None,
+    dt0: float | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    divergence: str = "exact",
+    key: PRNGKeyArray | None = None,
+    num_probes: int = 1,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    max_steps: int | None = None,
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """Carry (z, log q) from ts[0] through every time in ts along ∇u.
+
+    Returns the states `zs` (len(ts), d) and log-densities `logqs` (len(ts),) at `ts`.
+    Default: Euler with dt0 = 1, i.e. exactly the paper's `z_t = z_{t-1} + ∇u(z_{t-1})` per frame.
+    """
+    if divergence not in _METHODS:
+        raise ValueError(f"unknown divergence {divergence!r}; use one of {_METHODS}")
+    solver = diffrax.Euler() if solver is None else solver
+    dt0 = 1.0 if dt0 is None else dt0
+    stepsize_controller = diffrax.ConstantStepSize() if stepsize_controller is None else stepsize_controller
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    if max_steps is None:
+        fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
+        max_steps = (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
+    probes = None
+    if divergence == "hutchinson":
+        if key is None:
+            raise ValueError("flow(divergence='hutchinson') needs key=... to draw its probes")
+        probes = hutchinson_probes(key, num_probes, z0.shape[0], z0.dtype)
+
+    def vector_field(t, y, probes):
+        grad, lap = _grad_and_laplacian(pot, t, y[0], divergence, probes)
+        return grad, -lap
+
+    logq0 = jnp.asarray(logq0, z0.dtype)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=dt0,
+        y0=(z0, logq0),
+        args=probes,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+    )
+    zs, logqs = sol.ys
+    return zs, logqs

@@ -1,0 +1,181 @@
+"""Encoders, decoder and time embedding (SPEC §7 architecture, width configurable).
+
+28 and 64 px: conv k4s2 ×2, conv k(n/4) to 1×1, then 1×1 convs; widths w, 2w, 3w, 2w.
+128 px: conv k4s2 ×4 at width w, conv k8 to 1×1, then 1×1 convs. The decoder mirrors the encoder
+and always returns exactly the input's spatial size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+
+from .conv import Conv2d, ConvImpl, ConvTranspose2d
+
+SUPPORTED_SIZES = (28, 64, 128)
+
+
+def _check_size(image_size: int) -> None:
+    if image_size not in SUPPORTED_SIZES:
+        raise ValueError(
+            f"image_size={image_size} is not supported; use one of {SUPPORTED_SIZES} "
+            "(resize the data, or add a stack for that size in eqx_ffvae/nn.py)"
+        )
+
+
+def _channel_plan(image_size: int, width: int) -> list[tuple[int, int, int]]:
+    """(out_channels, kernel, stride) of each strided layer, and the final layer to 1×1."""
+    _check_size(image_size)
+    if image_size == 128:
+        strided = [(width, 4, 2)] * 4
+        return strided + [(width, 8, 1)]
+    return [(width, 4, 2), (2 * width, 4, 2), (3 * width, image_size // 4, 1)]
+
+
+class ConvNet(eqx.Module):
+    """Image `(C, H, W)` → feature vector: the shared trunk of both encoders."""
+
+    convs: tuple[Conv2d, ...]
+    heads: tuple[Conv2d, ...]
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        width: int,
+        out_features: int,
+        *,
+        impl: ConvImpl = "matmul",
+        key: PRNGKeyArray,
+    ):
+        plan = _channel_plan(image_size, width)
+        keys = jr.split(key, len(plan) + 2)
+        convs, c = [], in_channels
+        for (out, kernel, stride), k in zip(plan, keys):
+            convs.append(Conv2d(c, out, kernel, stride, 1 if stride == 2 else 0, impl=impl, key=k))
+            c = out
+        self.convs = tuple(convs)
+        hidden = width if image_size == 128 else 2 * width
+        self.heads = (
+            Conv2d(c, hidden, 1, impl=impl, key=keys[-2]),
+            Conv2d(hidden, out_features, 1, impl=impl, key=keys[-1]),
+        )
+
+    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " f"]:
+        for layer in (*self.convs, self.heads[0]):
+            x = jax.nn.silu(layer(x))
+        return self.heads[1](x)[:, 0, 0]
+
+
+class ConvEncoder(eqx.Module):
+    """q(z_0 | x_0) = N(mu, diag exp(logvar))."""
+
+    net: ConvNet
+    latent_dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        width: int,
+        *,
+        impl: ConvImpl = "matmul",
+        key: PRNGKeyArray,
+    ):
+        c, h, w = image_shape
+        if h != w:
+            raise ValueError(f"images must be square, got image_shape={image_shape}")
+        self.net = ConvNet(c, h, width, 2 * latent_dim, impl=impl, key=key)
+        self.latent_dim = latent_dim
+
+    def __call__(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        out = self.net(x)
+        return out[: self.latent_dim], out[self.latent_dim :]
+
+
+class ConvDecoder(eqx.Module):
+    """p(x | z): Bernoulli logits of every pixel, the mirror of `ConvEncoder`."""
+
+    heads: tuple[Conv2d, ...]
+    deconvs: tuple[ConvTranspose2d, ...]
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        width: int,
+        *,
+        impl: ConvImpl = "matmul",
+        key: PRNGKeyArray,
+    ):
+        c, h, _ = image_shape
+        plan = _channel_plan(h, width)
+        keys = jr.split(key, len(plan) + 2)
+        first = plan[-1][0]
+        hidden = width if h == 128 else 2 * width
+        self.heads = (
+            Conv2d(latent_dim, hidden, 1, impl=impl, key=keys[0]),
+            Conv2d(hidden, first, 1, impl=impl, key=keys[1]),
+        )
+        ins = [out for out, _, _ in plan][::-1]
+        outs = ins[1:] + [c]
+        self.deconvs = tuple(
+            ConvTranspose2d(i, o, kernel, stride, 1 if stride == 2 else 0, impl=impl, key=k)
+            for i, o, (_, kernel, stride), k in zip(ins, outs, plan[::-1], keys[2:])
+        )
+        self.image_shape = image_shape
+
+    def __call__(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+        x = z[:, None, None]
+        for layer in self.heads:
+            x = jax.nn.silu(layer(x))
+        for layer in self.deconvs[:-1]:
+            x = jax.nn.silu(layer(x))
+        return self.deconvs[-1](x)
+
+
+class SequenceEncoder(eqx.Module):
+    """q(k | x̄): frames stacked on channels → K logits (weak supervision)."""
+
+    net: ConvNet
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_frames: int,
+        num_flows: int,
+        width: int,
+        *,
+        impl: ConvImpl = "matmul",
+        key: PRNGKeyArray,
+    ):
+        c, h, _ = image_shape
+        self.net = ConvNet(num_frames * c, h, width, num_flows, impl=impl, key=key)
+
+    def __call__(self, x_seq: Float[Array, "t c h w"]) -> Float[Array, " k"]:
+        t, c, h, w = x_seq.shape
+        return self.net(x_seq.reshape(t * c, h, w))
+
+
+class SinusoidalEmbedding(eqx.Module):
+    """Scalar time → `[sin(t ω_i), cos(t ω_i)]` with geometric frequencies ω_i ∈ (1/max_period, 1]."""
+
+    dim: int = eqx.field(static=True)
+    max_period: float = eqx.field(static=True)
+
+    def __init__(self, dim: int, max_period: float = 100.0):
+        if dim % 2:
+            raise ValueError(f"time embedding dim must be even, got {dim}")
+        self.dim, self.max_period = dim, max_period
+
+    def __call__(self, t: Scalar | float) -> Float[Array, " e"]:
+        half = self.dim // 2
+        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+        angles = jnp.asarray(t, jnp.result_type(float)) * freqs
+        return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
