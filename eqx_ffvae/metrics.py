@@ -65,7 +65,7 @@ def equivariance_error_linear(
 ) -> Scalar:
     """E_k with z_t = μ(x_0) + Δ_{k,t}: latent arithmetic, the transformation any VAE admits."""
     mu, _ = model.encode(x_seq[0])
-    return _l1_after_first(model, mu + shifts[k], x_seq)
+    return _l1_after_first(model, mu[None] + shifts[k], x_seq)
 
 
 def log_likelihood(

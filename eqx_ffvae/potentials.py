@@ -59,10 +59,15 @@ class _TimeMLP(eqx.Module):
     embed: SinusoidalEmbedding
     activation: Callable = eqx.field(static=True)
 
-    def __init__(self, latent_dim: int, width: int, depth: int, time_dim: int, activation: Callable, *, key):
+    def __init__(
+        self, latent_dim: int, width: int, depth: int, time_dim: int, activation: Callable, out_bias: bool, *, key
+    ):
         sizes = [latent_dim + time_dim] + [width] * depth + [1]
         keys = jr.split(key, len(sizes) - 1)
-        self.layers = tuple(eqx.nn.Linear(i, o, key=k) for i, o, k in zip(sizes[:-1], sizes[1:], keys))
+        biases = [True] * (len(sizes) - 2) + [out_bias]
+        self.layers = tuple(
+            eqx.nn.Linear(i, o, use_bias=b, key=k) for i, o, b, k in zip(sizes[:-1], sizes[1:], biases, keys)
+        )
         self.embed = SinusoidalEmbedding(time_dim)
         self.activation = activation
 
@@ -74,7 +79,10 @@ class _TimeMLP(eqx.Module):
 
 
 class MLPPotential(AbstractPotential):
-    """u(t, z) = MLP([z; sinusoidal(t)]) with a smooth activation (tanh by default)."""
+    """u(t, z) = MLP([z; sinusoidal(t)]) with a smooth activation (tanh by default).
+
+    The output layer has no bias: a constant shift of u changes neither ∇u, Δu nor the HJ residual.
+    """
 
     mlp: _TimeMLP
 
@@ -88,7 +96,7 @@ class MLPPotential(AbstractPotential):
         activation: Callable = jnp.tanh,
         key: PRNGKeyArray,
     ):
-        self.mlp = _TimeMLP(latent_dim, width, depth, time_dim, activation, key=key)
+        self.mlp = _TimeMLP(latent_dim, width, depth, time_dim, activation, False, key=key)
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
         return self.mlp(t, z)
@@ -126,7 +134,7 @@ class Force(eqx.Module):
         activation: Callable = jnp.tanh,
         key: PRNGKeyArray,
     ):
-        self.mlp = _TimeMLP(latent_dim, width, depth, time_dim, activation, key=key)
+        self.mlp = _TimeMLP(latent_dim, width, depth, time_dim, activation, True, key=key)
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
         return -self.mlp(t, z) ** 2

@@ -1,0 +1,46 @@
+"""The matmul convolutions compute exactly what `lax` convolutions compute, values and gradients."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from eqx_ffvae.conv import Conv2d, ConvTranspose2d
+from eqx_ffvae.nn import ConvDecoder, ConvEncoder
+
+
+@pytest.mark.parametrize("layer", [Conv2d, ConvTranspose2d])
+@pytest.mark.parametrize("kernel,stride,padding,size", [(4, 2, 1, 14), (3, 1, 1, 9), (7, 1, 0, 7), (1, 1, 0, 5)])
+def test_matmul_matches_lax(getkey, layer, kernel, stride, padding, size):
+    key = getkey()
+    fast = layer(3, 5, kernel, stride, padding, impl="matmul", key=key)
+    ref = layer(3, 5, kernel, stride, padding, impl="lax", key=key)
+    x = jr.normal(getkey(), (3, size, size))
+    np.testing.assert_allclose(fast(x), ref(x), rtol=1e-4, atol=1e-5)
+    loss = lambda m, x: jnp.sum(jnp.sin(m(x)))  # noqa: E731
+    g_fast, gx_fast = eqx.filter_grad(loss)(fast, x), jax.grad(loss, argnums=1)(fast, x)
+    g_ref, gx_ref = eqx.filter_grad(loss)(ref, x), jax.grad(loss, argnums=1)(ref, x)
+    np.testing.assert_allclose(g_fast.weight, g_ref.weight, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx_fast, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_transpose_is_adjoint_of_conv(getkey):
+    key = getkey()
+    conv = Conv2d(5, 3, 4, 2, 1, key=key)
+    deconv = ConvTranspose2d(3, 5, 4, 2, 1, key=key)
+    deconv = eqx.tree_at(lambda d: d.weight, deconv, conv.weight)
+    x, y = jr.normal(getkey(), (5, 28, 28)), jr.normal(getkey(), (3, 14, 14))
+    lhs = jnp.vdot(conv(x) - conv.bias[:, None, None], y)
+    rhs = jnp.vdot(x, deconv(y) - deconv.bias[:, None, None])
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [28, 64, 128])
+def test_decoder_mirrors_encoder_exactly(getkey, size):
+    enc = ConvEncoder((3, size, size), 5, 4, key=getkey())
+    dec = ConvDecoder((3, size, size), 5, 4, key=getkey())
+    mu, logvar = eqx.filter_eval_shape(enc, jr.uniform(getkey(), (3, size, size)))
+    assert mu.shape == logvar.shape == (5,)
+    assert eqx.filter_eval_shape(dec, mu).shape == (3, size, size)

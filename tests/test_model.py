@@ -1,0 +1,188 @@
+"""The Flow Factorized VAE: gradients, the weak objective, the likelihood bound, jit/vmap."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import eqx_ffvae as ff
+from eqx_ffvae import metrics
+
+CONFIG = ff.FFVAEConfig(
+    image_shape=(3, 28, 28), num_frames=4, latent_dim=6, num_flows=3, width=4, potential_width=16, hj_weight=1.0
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ff.FlowFactorizedVAE(CONFIG, key=jr.key(1))
+
+
+@pytest.fixture(scope="module")
+def weak_model():
+    return ff.FlowFactorizedVAE(
+        ff.FFVAEConfig(**{**CONFIG.__dict__, "weakly_supervised": True}), key=jr.key(2)
+    )
+
+
+@pytest.fixture(scope="module")
+def sequences():
+    return jr.uniform(jr.key(3), (3, 4, 3, 28, 28))
+
+
+def test_shapes(model, sequences):
+    mu, logvar = eqx.filter_jit(model.encode)(sequences[0, 0])
+    assert mu.shape == logvar.shape == (6,)
+    assert eqx.filter_jit(model.decode)(mu).shape == (3, 28, 28)
+
+
+def test_elbo_gradients_reach_every_parameter(model, sequences, getkey):
+    def total(m):
+        losses, _ = jax.vmap(lambda x, k, key: m.loss(x, k, key=key))(
+            sequences, jnp.arange(3), jr.split(getkey(), 3)
+        )
+        return jnp.sum(losses)
+
+    grads = eqx.filter_jit(eqx.filter_grad(total))(model)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(grads, eqx.is_inexact_array))
+    assert len(leaves) > 20
+    for path, g in leaves:
+        assert jnp.all(jnp.isfinite(g)), jax.tree_util.keystr(path)
+        if g.ndim and g.shape[0] == CONFIG.num_flows and "flows" in jax.tree_util.keystr(path):
+            for k in range(CONFIG.num_flows):
+                assert jnp.any(g[k] != 0), f"{jax.tree_util.keystr(path)}[{k}] gets no gradient"
+        else:
+            assert jnp.any(g != 0), f"{jax.tree_util.keystr(path)} gets no gradient"
+
+
+def test_loss_terms_add_up(model, sequences, getkey):
+    loss, t = eqx.filter_jit(lambda x, key: model.loss(x, 2, key=key))(sequences[0], getkey())
+    np.testing.assert_allclose(t["elbo"], t["recon"] - t["kl0"] - t["kl_flow"], rtol=1e-5)
+    np.testing.assert_allclose(loss, -t["elbo"] + CONFIG.hj_weight * t["hj"], rtol=1e-5)
+
+
+def test_weak_loss_is_weighted_sum_of_per_k_losses(weak_model, sequences, getkey):
+    key, x = getkey(), sequences[1]
+
+    @eqx.filter_jit
+    def pieces(m):
+        loss, terms = m.weak_loss(x, key=key)
+        q = jax.nn.softmax(m.flow_posterior_logits(x))
+        per_k, _ = jax.vmap(lambda k: m.loss(x, k, key=key))(jnp.arange(3))
+        grads = eqx.filter_grad(lambda m: m.weak_loss(x, key=key)[0])(m)
+        return loss, terms, q, per_k, grads
+
+    loss, terms, q, per_k, grads = pieces(weak_model)
+    kl = jnp.sum(q * jnp.log(3 * q))
+    np.testing.assert_allclose(loss, q @ per_k + kl, rtol=1e-5)
+    np.testing.assert_allclose(terms["kl_k"], kl, rtol=1e-5)
+    assert all(jnp.any(g != 0) for g in jax.tree.leaves(grads.sequence_encoder))
+
+
+def test_gumbel_weak_loss_solves_one_flow(weak_model, sequences, getkey):
+    cfg = ff.FFVAEConfig(**{**weak_model.config.__dict__, "weak_estimator": "gumbel"})
+    m = ff.FlowFactorizedVAE(cfg, key=jr.key(2))
+    key, x = getkey(), sequences[0]
+
+    @eqx.filter_jit
+    def pieces(m):
+        loss, terms = m.weak_loss(x, key=key)
+        per_k, _ = jax.vmap(lambda k: m.loss(x, k, key=jr.split(key)[1]))(jnp.arange(3))
+        grads = eqx.filter_grad(lambda m: m.weak_loss(x, key=key)[0])(m)
+        return loss, terms, per_k, grads
+
+    loss, terms, per_k, grads = pieces(m)
+    assert jnp.min(jnp.abs(per_k + terms["kl_k"] - loss)) < 1e-5 * jnp.abs(loss)
+    assert any(jnp.any(g != 0) for g in jax.tree.leaves(grads.sequence_encoder))
+
+
+def test_supervised_model_has_no_flow_posterior(model, sequences):
+    with pytest.raises(ValueError, match="weakly_supervised=True"):
+        model.weak_loss(sequences[0], key=jr.key(0))
+
+
+def test_importance_sampled_likelihood_bounds_elbo(model, sequences, getkey):
+    x, k = sequences[0], 1
+
+    @eqx.filter_jit
+    def estimates(m, key):
+        ll_key, elbo_key, one_key = jr.split(key, 3)
+        ll = metrics.log_likelihood(m, x, k, key=ll_key, num_samples=256)
+        elbos = jax.vmap(lambda key: m.loss(x, k, key=key)[1]["elbo"])(jr.split(elbo_key, 256))
+        one = jax.vmap(lambda key: metrics.log_likelihood(m, x, k, key=key, num_samples=1))(jr.split(one_key, 256))
+        return ll, elbos, one
+
+    ll, elbos, one_sample = estimates(model, getkey())
+    assert ll.shape == (4,)
+    assert jnp.sum(ll) >= jnp.mean(elbos)
+    np.testing.assert_allclose(jnp.mean(jnp.sum(one_sample, -1)), jnp.mean(elbos), rtol=1e-3)
+
+
+def test_equivariance_metrics(model, sequences):
+    x = sequences[0]
+
+    @eqx.filter_jit
+    def pieces(m):
+        mu, _ = m.encode(x[0])
+        zs = m.transport(0, mu)
+        means = jax.vmap(lambda z: jax.nn.sigmoid(m.decode(z)))(jnp.concatenate([zs, mu[None]]))
+        err, ident = metrics.equivariance_error(m, x, 0), metrics.equivariance_error_identity(m, x)
+        sums, counts = metrics.linear_shift_sums(m, sequences, jnp.array([0, 0, 2]), 3)
+        mus = jax.vmap(jax.vmap(lambda f: m.encode(f)[0]))(sequences[:2])
+        return means, err, ident, sums, counts, mus
+
+    means, err, ident, sums, counts, mus = pieces(model)
+    np.testing.assert_allclose(err, jnp.sum(jnp.abs(means[1:4] - x[1:])), rtol=1e-5)
+    np.testing.assert_allclose(ident, jnp.sum(jnp.abs(means[4][None] - x[1:])), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        metrics.linear_shifts(sums, counts)
+    shifts = metrics.linear_shifts(sums, counts.at[1].set(1.0))
+    np.testing.assert_allclose(shifts[0], jnp.mean(mus - mus[:, :1], axis=0), rtol=1e-4, atol=1e-6)
+    lin = eqx.filter_jit(metrics.equivariance_error_linear)(model, x, 0, shifts)
+    assert jnp.isfinite(lin)
+
+
+def test_public_model_functions_jit_and_vmap(model, weak_model, sequences, getkey):
+    keys = jr.split(getkey(), 3)
+    ks = jnp.arange(3)
+    mus, _ = eqx.filter_jit(lambda x: jax.vmap(model.encode)(x))(sequences[:, 0])
+    assert eqx.filter_jit(lambda z: jax.vmap(model.decode)(z))(mus).shape == (3, 3, 28, 28)
+    assert eqx.filter_jit(jax.vmap(lambda k, z: model.transport(k, z)))(ks, mus).shape == (3, 4, 6)
+    assert eqx.filter_jit(jax.vmap(lambda w, z: model.compose(w, z)))(jnp.eye(3), mus).shape == (3, 4, 6)
+    losses, _ = eqx.filter_jit(jax.vmap(lambda x, k, key: model.loss(x, k, key=key)))(sequences, ks, keys)
+    weak, _ = eqx.filter_jit(jax.vmap(lambda x, key: weak_model.weak_loss(x, key=key)))(sequences, keys)
+    errs = eqx.filter_jit(jax.vmap(lambda x, k: metrics.equivariance_error(model, x, k)))(sequences, ks)
+    lls = eqx.filter_jit(
+        jax.vmap(lambda x, k, key: metrics.log_likelihood(model, x, k, key=key, num_samples=4))
+    )(sequences, ks, keys)
+    logp = eqx.filter_jit(jax.vmap(model.prior_log_prob, in_axes=(0, None, 0)))(ks, 2.0, mus)
+    assert losses.shape == weak.shape == errs.shape == logp.shape == (3,) and lls.shape == (3, 4)
+    assert jnp.all(jnp.isfinite(lls))
+
+
+def test_hutchinson_model_loss_runs(sequences, getkey):
+    cfg = ff.FFVAEConfig(**{**CONFIG.__dict__, "laplacian": "hutchinson", "num_probes": 2})
+    m = ff.FlowFactorizedVAE(cfg, key=getkey())
+    loss, _ = eqx.filter_jit(lambda m, x, key: m.loss(x, 0, key=key))(m, sequences[0], getkey())
+    assert jnp.isfinite(loss)
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="num_frames must be ≥ 2.*got 1"):
+        ff.FFVAEConfig(num_frames=1)
+    with pytest.raises(ValueError, match="image_size=32"):
+        ff.FlowFactorizedVAE(ff.FFVAEConfig(image_shape=(1, 32, 32)), key=jr.key(0))
+
+
+def test_hj_collocation_does_not_move_encoder(model, sequences, getkey):
+    """The HJ regulariser shapes the potentials only: its gradient never reaches the encoder."""
+    key = getkey()
+
+    def hj_only(m):
+        return m.loss(sequences[0], 1, key=key)[1]["hj"]
+
+    grads = eqx.filter_jit(eqx.filter_grad(hj_only))(model)
+    assert all(jnp.all(g == 0) for g in jax.tree.leaves(grads.encoder))
+    assert any(jnp.any(g != 0) for g in jax.tree.leaves(grads.flows.potentials))
