@@ -1,0 +1,120 @@
+"""MNIST digits: the embedded 5,000-digit subset, the standard IDX files, and a verified download."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+_SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def load_embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits shipped in the package: uint8 images (N, 28, 28), labels (N,)."""
+    ref = importlib.resources.files("eqx_ffvae.data") / "assets" / "mnist_5k.npz"
+    with importlib.resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
+        return npz["images"], npz["labels"]
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one (optionally gzipped) IDX file of unsigned bytes."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} = {int(np.prod(shape))} bytes, file holds {body.size}")
+    return body.reshape(shape)
+
+
+def load_mnist_idx(data_dir: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Standard MNIST from `data_dir` (`train-images-idx3-ubyte.gz`, …): images (N, 28, 28), labels (N,)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"MNIST directory {data_dir} does not exist (pass --data-dir, or download=True)")
+    if split not in _SPLIT_FILES:
+        raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
+    paths = []
+    for name in _SPLIT_FILES[split]:
+        candidates = [data_dir / name, data_dir / name.removesuffix(".gz")]
+        found = next((p for p in candidates if p.exists()), None)
+        if found is None:
+            raise FileNotFoundError(f"{data_dir} has no {name}; expected the standard MNIST IDX files there")
+        paths.append(found)
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise ValueError(f"{paths[0]}: expected images (N, 28, 28) and N labels, got {images.shape}, {labels.shape}")
+    return images, labels
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_mnist(
+    data_dir: str | os.PathLike,
+    *,
+    mirrors: tuple[str, ...] = MNIST_MIRRORS,
+    files: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch the MNIST IDX files into `data_dir`, each checked against its SHA-256.
+
+    A file is written to a temporary name in the same directory and renamed only once its checksum
+    matches, so an interrupted or corrupt download never leaves a file that looks complete.
+    """
+    files = MNIST_FILES if files is None else files
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, expected in files.items():
+        target = data_dir / name
+        if target.exists() and sha256(target) == expected:
+            continue
+        errors = []
+        for mirror in mirrors:
+            fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=timeout) as resp:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(block)
+                got = sha256(tmp)
+                if got != expected:
+                    raise ValueError(f"checksum mismatch for {mirror + name}: sha256 {got}, expected {expected}")
+                os.replace(tmp, target)
+                break
+            except Exception as err:  # noqa: BLE001 - try the next mirror, report all at the end
+                errors.append(f"{mirror + name}: {err}")
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            raise RuntimeError(f"could not download {name} into {data_dir}:\n  " + "\n  ".join(errors))
+    return data_dir

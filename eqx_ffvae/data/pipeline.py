@@ -1,0 +1,218 @@
+"""Grain pipelines of transformation sequences (SPEC §1).
+
+source indices → split → shard → shuffle(seed) → repeat → random_map (build one sequence) →
+batch → iterator (optionally worker processes). Every element is
+`{"frames": float32 (T+1, C, H, W) in [0, 1], "k": int32, "index": int64 …}`; factor datasets add
+`"factors"` (T+1, F), the factor values of each frame. Deterministic per seed; the iterator's
+state saves and restores (`get_state` / `set_state`), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from .factors import FACTOR_SIZES, PngFolderSource, ProceduralShapes, Shapes3DSource
+from .mnist import download_mnist, load_embedded_mnist, load_mnist_idx
+from .transforms import MNIST_FRAMES, MNIST_TRANSFORMS, colourise, mnist_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know of a dataset: frames per sequence, transformations, image shape."""
+
+    num_frames: int
+    transforms: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    flow_factors: tuple[int, ...] = ()
+
+    @property
+    def num_flows(self) -> int:
+        return len(self.transforms)
+
+
+DATASETS = {
+    "mnist": DatasetInfo(MNIST_FRAMES, MNIST_TRANSFORMS, (3, 28, 28)),
+    "shapes3d": DatasetInfo(
+        8, ("floor_hue", "wall_hue", "object_hue", "scale", "orientation"), (3, 64, 64), (0, 1, 2, 3, 5)
+    ),
+    "falcor3d": DatasetInfo(
+        5,
+        ("lighting_intensity", "lighting_x", "lighting_y", "lighting_z", "camera_x", "camera_y", "camera_z"),
+        (3, 128, 128),
+        tuple(range(7)),
+    ),
+    "isaac3d": DatasetInfo(
+        4,
+        ("robot_x", "robot_y", "camera_height", "object_scale", "lighting_intensity", "lighting_y_dir",
+         "object_colour", "wall_colour"),
+        (3, 128, 128),
+        tuple(range(1, 9)),
+    ),
+}
+DATASETS["procedural-shapes"] = DATASETS["shapes3d"]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+class MnistSequence(grain.transforms.RandomMap):
+    """Index of a digit → its colourised sequence under transformation k (given, or uniform)."""
+
+    def __init__(self, images: np.ndarray, k: int | None, num_frames: int = MNIST_FRAMES):
+        self.images, self.k, self.num_frames = images, k, num_frames
+
+    def random_map(self, index, rng: np.random.Generator):
+        k = int(rng.integers(len(MNIST_TRANSFORMS))) if self.k is None else self.k
+        x0 = colourise(self.images[index].astype(np.float32) / 255.0)
+        frames = mnist_frames(x0, k, np.arange(self.num_frames))
+        return {"frames": frames, "k": np.int32(k), "index": np.int64(index)}
+
+
+class FactorSequence(grain.transforms.RandomMap):
+    """Index of a factor combination → the sweep of flow k's factor over consecutive values.
+
+    All other factors keep the values of the drawn combination; the sweep starts at a uniform
+    position that fits (it never wraps into a neighbouring factor).
+    """
+
+    def __init__(self, source, flow_factors: tuple[int, ...], num_frames: int, k: int | None):
+        self.source, self.flow_factors, self.num_frames, self.k = source, flow_factors, num_frames, k
+        sizes = source.factor_sizes
+        short = [f for f in flow_factors if sizes[f] < num_frames]
+        if short:
+            raise ValueError(f"factors {short} of sizes {[sizes[f] for f in short]} are too short for {num_frames} frames")
+
+    def random_map(self, index, rng: np.random.Generator):
+        sizes = self.source.factor_sizes
+        k = int(rng.integers(len(self.flow_factors))) if self.k is None else self.k
+        factor = self.flow_factors[k]
+        start = int(rng.integers(sizes[factor] - self.num_frames + 1))
+        factors = np.tile(np.array(np.unravel_index(int(index), sizes), np.int32), (self.num_frames, 1))
+        factors[:, factor] = start + np.arange(self.num_frames)
+        indices = np.ravel_multi_index(tuple(factors.T), sizes).astype(np.int64)
+        frames = self.source.images(indices).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        return {"frames": frames, "k": np.int32(k), "index": indices, "factors": factors}
+
+
+def split_indices(n: int, split: str, *, test_fraction: float = 0.1, split_seed: int = 0) -> np.ndarray:
+    """A fixed, disjoint train/test partition of range(n) (independent of the training seed)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_test = max(1, int(round(test_fraction * n)))
+    return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
+
+
+def _open_factor_source(name: str, data_dir: str | os.PathLike | None, factor_sizes):
+    sizes = tuple(factor_sizes) if factor_sizes is not None else FACTOR_SIZES[name]
+    if name == "procedural-shapes":
+        return ProceduralShapes()
+    if data_dir is None:
+        raise FileNotFoundError(f"{name} needs data_dir=… (the folder holding the dataset); see the README")
+    data_dir = Path(data_dir)
+    if name == "shapes3d":
+        path = data_dir / "3dshapes.h5" if data_dir.is_dir() else data_dir
+        return Shapes3DSource(path, sizes)
+    return PngFolderSource(data_dir, sizes, image_size=DATASETS[name].image_shape[-1])
+
+
+def sequence_dataset(
+    name: str,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    k: int | None = None,
+    num_epochs: int | None = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    download: bool = False,
+    factor_sizes: tuple[int, ...] | None = None,
+    num_frames: int | None = None,
+) -> grain.MapDataset:
+    """A `grain.MapDataset` of sequences of dataset `name` (SPEC §1).
+
+    k: a fixed transformation, or None for uniform k per sequence. num_epochs=None repeats forever,
+    with a new shuffle and new k draws each epoch. shard_index/shard_count: this process's disjoint
+    share (multi-host). MNIST without data_dir uses the embedded 5,000 digits, split by split_seed;
+    with data_dir, the official train/test files (download=True fetches them, checksummed).
+    factor_sizes and num_frames override the dataset's table (reduced grids, shorter sequences).
+    """
+    info = dataset_info(name)
+    num_frames = info.num_frames if num_frames is None else num_frames
+    if num_frames < 2 or (name == "mnist" and num_frames > MNIST_FRAMES):
+        raise ValueError(f"num_frames must be ≥ 2 (≤ {MNIST_FRAMES} for mnist), got {num_frames}")
+    if k is not None and not 0 <= k < info.num_flows:
+        raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    if name == "mnist":
+        if data_dir is None:
+            images, _ = load_embedded_mnist()
+            indices = split_indices(len(images), split, test_fraction=test_fraction, split_seed=split_seed)
+        else:
+            if download:
+                download_mnist(data_dir)
+            images, _ = load_mnist_idx(data_dir, split)
+            indices = np.arange(len(images))
+        builder = MnistSequence(images, k, num_frames)
+    else:
+        source = _open_factor_source(name, data_dir, factor_sizes)
+        indices = split_indices(len(source), split, test_fraction=test_fraction, split_seed=split_seed)
+        builder = FactorSequence(source, info.flow_factors, num_frames, k)
+    indices = indices[shard_index::shard_count]
+    ds = grain.MapDataset.source(indices).shuffle(seed=seed)
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    return ds.random_map(builder, seed=seed)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; mark them parsed when no absl app did."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def batch_iterator(
+    dataset: grain.MapDataset,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    drop_remainder: bool = True,
+    prefetch_buffer: int = 4,
+) -> grain.DatasetIterator:
+    """Batches of `dataset` as a checkpointable iterator (`get_state()` / `set_state(state)`).
+
+    num_workers > 0 builds sequences in that many processes (started with `spawn`: call this from
+    under `if __name__ == "__main__":` in scripts).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    ds = dataset.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch_buffer))
+    return iter(ds)
+
+
+def dataset_length(dataset: grain.MapDataset) -> int:
+    """Number of sequences in one pass (raises for an infinite dataset)."""
+    n = len(dataset)
+    if n >= math.inf or n > 2**62:
+        raise ValueError("this dataset repeats forever; build it with num_epochs=1 to count it")
+    return n
