@@ -1,9 +1,12 @@
-"""2-D convolutions written as patch extraction + one matmul, with `lax` as the reference.
+"""2-D convolutions on channels-last images `(H, W, C)`, each in the form XLA:CPU runs fastest.
 
-XLA:CPU runs its native (and above all its transposed and gradient) convolutions far below its
-matmul rate; the same maths as `im2col` + `einsum` runs several times faster here (see
-`benchmarks/step.py`). Both layers take one example `(C, H, W)`; `impl="lax"` computes the same
-function with `lax.conv_general_dilated` and is what the tests compare against.
+Measured here (`benchmarks/step.py`): XLA's transposed convolutions and their gradients run far
+below its matmul rate, and building patch matrices (im2col) is memory-bound and slower still. So:
+a kernel that covers the whole input (or a transposed conv of a 1×1 input) is a dense matmul,
+1×1 kernels are a matmul over pixels, other convs are XLA's forward convolution, and the
+stride-2, k=4, p=1 transposed conv is computed sub-pixel: one stride-1 3×3 forward convolution
+produces all four output phases at once, then a depth-to-space reshape. `impl="lax"` computes the
+same functions with `lax.conv_general_dilated` and its exact transpose; the tests compare the two.
 """
 
 from __future__ import annotations
@@ -15,43 +18,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-ConvImpl = Literal["matmul", "lax"]
-
-
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def im2col(
-    x: Float[Array, "c h w"], kernel: int, stride: int, padding: int
-) -> Float[Array, "c kh kw ho wo"]:
-    """Every kernel-sized patch of `x` (zero padded), as `(C, k, k, H_out, W_out)`."""
-    c, h, w = x.shape
-    ho, wo = _out_size(h, kernel, stride, padding), _out_size(w, kernel, stride, padding)
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding)))
-    rows = [
-        jnp.stack(
-            [
-                xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-                for j in range(kernel)
-            ],
-            axis=1,
-        )
-        for i in range(kernel)
-    ]
-    return jnp.stack(rows, axis=1)
-
-
-def col2im(
-    cols: Float[Array, "c kh kw hi wi"], out_hw: tuple[int, int], stride: int, padding: int
-) -> Float[Array, "c ho wo"]:
-    """The exact adjoint of `im2col`: scatter-add each patch back to the image it came from."""
-    c, kernel = cols.shape[0], cols.shape[1]
-    like = jax.ShapeDtypeStruct((c, *out_hw), cols.dtype)
-    (x,) = jax.linear_transpose(lambda img: im2col(img, kernel, stride, padding), like)(cols)
-    return x
+ConvImpl = Literal["fast", "lax"]
+_DIMS = ("NHWC", "OIHW", "NHWC")
 
 
 def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: float | int) -> Array:
@@ -59,8 +30,14 @@ def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: float | int) -> 
     return jr.uniform(key, shape, jnp.float32, -bound, bound)
 
 
+def _lax_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
+    return jax.lax.conv_general_dilated(
+        x[None], weight, (stride, stride), [(padding, padding)] * 2, dimension_numbers=_DIMS
+    )[0]
+
+
 class Conv2d(eqx.Module):
-    """`y = W * x + b` (cross-correlation, zero padding), weight `(out, in, k, k)`."""
+    """`y = W ⋆ x + b` (cross-correlation, zero padding) on `(H, W, C_in)`; weight `(out, in, k, k)`."""
 
     weight: Float[Array, "o i k k"]
     bias: Float[Array, " o"]
@@ -76,7 +53,7 @@ class Conv2d(eqx.Module):
         stride: int = 1,
         padding: int = 0,
         *,
-        impl: ConvImpl = "matmul",
+        impl: ConvImpl = "fast",
         key: PRNGKeyArray,
     ):
         wkey, bkey = jr.split(key)
@@ -85,24 +62,25 @@ class Conv2d(eqx.Module):
         self.bias = _uniform(bkey, (out_channels,), fan_in)
         self.stride, self.padding, self.impl = stride, padding, impl
 
-    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "o ho wo"]:
-        kernel = self.weight.shape[-1]
-        if self.impl == "lax":
-            y = jax.lax.conv_general_dilated(
-                x[None],
-                self.weight,
-                (self.stride, self.stride),
-                [(self.padding, self.padding)] * 2,
-                dimension_numbers=("NCHW", "OIHW", "NCHW"),
-            )[0]
+    def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "ho wo o"]:
+        k = self.weight.shape[-1]
+        h, w, _ = x.shape
+        if self.impl == "fast" and k == 1 and self.stride == 1 and self.padding == 0:
+            y = x @ self.weight[:, :, 0, 0].T
+        elif self.impl == "fast" and k == h == w and self.padding == 0:
+            y = jnp.einsum("hwi,oihw->o", x, self.weight)[None, None]
         else:
-            cols = im2col(x, kernel, self.stride, self.padding)
-            y = jnp.einsum("oikl,iklhw->ohw", self.weight, cols)
-        return y + self.bias[:, None, None]
+            y = _lax_conv(x, self.weight, self.stride, self.padding)
+        return y + self.bias
+
+
+# Sub-pixel table for the stride-2, k=4, p=1 transposed conv: output row 2a + r takes input rows
+# a + dy (dy = -1, 0, 1) through kernel row _SUBPIXEL[r][dy + 1]; 4 marks "no tap" (a zero row).
+_SUBPIXEL = np.array([[3, 1, 4], [4, 2, 0]])
 
 
 class ConvTranspose2d(eqx.Module):
-    """The adjoint of a `Conv2d` (PyTorch's `ConvTranspose2d` with output_padding 0).
+    """The adjoint of a `Conv2d` (PyTorch's `ConvTranspose2d`, output_padding 0), on `(H, W, C_in)`.
 
     Weight `(in, out, k, k)`; output size `(H - 1) * stride - 2 * padding + k`.
     """
@@ -121,7 +99,7 @@ class ConvTranspose2d(eqx.Module):
         stride: int = 1,
         padding: int = 0,
         *,
-        impl: ConvImpl = "matmul",
+        impl: ConvImpl = "fast",
         key: PRNGKeyArray,
     ):
         wkey, bkey = jr.split(key)
@@ -133,19 +111,25 @@ class ConvTranspose2d(eqx.Module):
     def out_size(self, size: int) -> int:
         return (size - 1) * self.stride - 2 * self.padding + self.weight.shape[-1]
 
-    def __call__(self, x: Float[Array, "i h w"]) -> Float[Array, "o ho wo"]:
-        out_hw = (self.out_size(x.shape[1]), self.out_size(x.shape[2]))
+    def __call__(self, x: Float[Array, "h w i"]) -> Float[Array, "ho wo o"]:
+        i, o, k, _ = self.weight.shape
+        h, w, _ = x.shape
         if self.impl == "lax":
-            like = jax.ShapeDtypeStruct((self.weight.shape[1], *out_hw), x.dtype)
-            conv = lambda y: jax.lax.conv_general_dilated(  # noqa: E731
-                y[None],
-                self.weight,
-                (self.stride, self.stride),
-                [(self.padding, self.padding)] * 2,
-                dimension_numbers=("NCHW", "OIHW", "NCHW"),
-            )[0]
-            (y,) = jax.linear_transpose(conv, like)(x)
+            like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), o), x.dtype)
+            (y,) = jax.linear_transpose(lambda y: _lax_conv(y, self.weight, self.stride, self.padding), like)(x)
+        elif h == w == 1 and self.stride == 1 and self.padding == 0:
+            y = jnp.einsum("i,iokl->klo", x[0, 0], self.weight)
+        elif k == 1 and self.stride == 1 and self.padding == 0:
+            y = x @ self.weight[:, :, 0, 0]
+        elif (k, self.stride, self.padding) == (4, 2, 1):
+            wpad = jnp.pad(self.weight, ((0, 0), (0, 0), (0, 1), (0, 1)))
+            # combined[dy, dx, i, r, q, o] = W[i, o, table[r, dy], table[q, dx]]
+            ky = _SUBPIXEL.T[:, None, :, None]
+            kx = _SUBPIXEL.T[None, :, None, :]
+            combined = wpad[:, :, ky, kx].transpose(4, 5, 1, 0, 2, 3).reshape(4 * o, i, 3, 3)
+            phases = _lax_conv(x, combined, 1, 1).reshape(h, w, 2, 2, o)
+            y = phases.transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, o)
         else:
-            cols = jnp.einsum("iokl,ihw->oklhw", self.weight, x)
-            y = col2im(cols, out_hw, self.stride, self.padding)
-        return y + self.bias[:, None, None]
+            like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), o), x.dtype)
+            (y,) = jax.linear_transpose(lambda y: _lax_conv(y, self.weight, self.stride, self.padding), like)(x)
+        return y + self.bias

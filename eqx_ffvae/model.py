@@ -47,7 +47,7 @@ class FFVAEConfig:
     weakly_supervised: bool = False
     weak_estimator: Literal["exact", "gumbel"] = "exact"
     gumbel_temperature: float = 1.0
-    conv_impl: ConvImpl = "matmul"
+    conv_impl: ConvImpl = "fast"
 
     def __post_init__(self):
         if self.num_frames < 2:

@@ -1,4 +1,6 @@
-"""The optimiser and one jitted training step: loss, gradients and the optax update together."""
+"""The optimiser and one jitted training step (loss, gradients and the optax update together),
+data-parallel over a ("batch",) mesh: batch sharded, model replicated.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 Batch = dict[str, Array]
@@ -35,13 +39,44 @@ def batch_loss(
     return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
 
 
-def make_step(optimizer: optax.GradientTransformation, *, weak: bool = False) -> Callable:
-    """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region."""
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D ("batch",) mesh over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("batch",))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
+    """Put this process's rows of the global batch on the mesh, split along the batch axis."""
+    sharding = NamedSharding(mesh, P("batch"))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array leaf copied to every device of the mesh (the model and optimiser state)."""
+    return eqx.filter_shard(tree, NamedSharding(mesh, P()))
+
+
+def make_step(
+    optimizer: optax.GradientTransformation, *, weak: bool = False, mesh: Mesh | None = None
+) -> Callable:
+    """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
+
+    With a mesh, the batch is constrained to be split over ("batch",) and the model replicated, so
+    XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated.
+    """
 
     @eqx.filter_jit(donate="all")
     def step(model, opt_state, batch, key):
+        if mesh is not None:
+            batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
+            model, opt_state = replicate((model, opt_state), mesh)
         (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, batch, key, weak=weak)
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt_state, loss, terms
+        model = eqx.apply_updates(model, updates)
+        if mesh is not None:
+            model, opt_state = replicate((model, opt_state), mesh)
+        return model, opt_state, loss, terms
 
     return step

@@ -195,15 +195,20 @@ def batch_iterator(
     num_workers: int = 0,
     drop_remainder: bool = True,
     prefetch_buffer: int = 4,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> grain.DatasetIterator:
     """Batches of `dataset` as a checkpointable iterator (`get_state()` / `set_state(state)`).
 
-    num_workers > 0 builds sequences in that many processes (started with `spawn`: call this from
-    under `if __name__ == "__main__":` in scripts).
+    With several processes (multi-host training) each gets its own rows of every global batch of
+    `batch_size`, so together they see exactly the batches one process would. num_workers > 0
+    builds sequences in that many processes (started with `spawn`: call this from under
+    `if __name__ == "__main__":` in scripts).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    ds = dataset.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"batch_size must be a positive multiple of the {process_count} processes, got {batch_size}")
+    local = batch_size // process_count
+    ds = dataset.batch(local, drop_remainder=drop_remainder)[process_index::process_count].to_iter_dataset()
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch_buffer))

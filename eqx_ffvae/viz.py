@@ -1,0 +1,82 @@
+"""Figures: data-over-model sequence grids, latent-flow GIFs, composed flows, loss curves.
+
+Functions take arrays and a destination path; they never decide where files go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _to_hwc(frames: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] → (N, H, W, 3) uint8 (grey images repeated to RGB)."""
+    frames = np.clip(np.asarray(frames, np.float32), 0, 1)
+    if frames.shape[1] == 1:
+        frames = np.repeat(frames, 3, axis=1)
+    return (frames.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+
+
+def tile_rows(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
+    """Rows of frames (each (N, C, H, W)) → one uint8 image, rows stacked top to bottom."""
+    imgs = [_to_hwc(r) for r in rows]
+    n = max(r.shape[0] for r in imgs)
+    h, w = imgs[0].shape[1:3]
+    canvas = np.full((len(imgs) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(imgs):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y : y + h, x : x + w] = img
+    return canvas
+
+
+def save_rows(path: str | os.PathLike, rows: Sequence[np.ndarray], labels: Sequence[str], title: str = "") -> None:
+    """A labelled grid: one row per entry of `rows` (e.g. data over model), frames left to right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = tile_rows(rows)
+    fig, ax = plt.subplots(figsize=(max(4, grid.shape[1] / 40), max(1.5, grid.shape[0] / 40)), dpi=100)
+    ax.imshow(grid, interpolation="nearest")
+    h = rows[0].shape[-2] + 2
+    ax.set_yticks([2 + h * i + h / 2 for i in range(len(rows))], labels)
+    ax.set_xticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_gif(path: str | os.PathLike, rows: Sequence[np.ndarray], fps: float = 4.0) -> None:
+    """An animation whose i-th frame shows frame i of every row side by side (rows: (N, C, H, W))."""
+    import imageio.v2 as imageio
+
+    n = min(r.shape[0] for r in rows)
+    frames = [tile_rows([np.stack([r[i] for r in rows])]) for i in range(n)]
+    imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+
+
+def save_loss_curves(path: str | os.PathLike, records: Sequence[dict], terms: Sequence[str]) -> None:
+    """One panel per loss term over training steps (from metrics.jsonl records)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [t for t in terms if any(t in r for r in records)]
+    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
+    steps = np.array([r["step"] for r in records])
+    for ax, term in zip(axes[0], present):
+        values = np.array([r.get(term, np.nan) for r in records], np.float64)
+        ax.plot(steps, values, lw=1)
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        if term in ("loss", "kl0", "hj", "hj_initial") and np.all(values[np.isfinite(values)] > 0):
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,227 @@
+"""Train, evaluate and draw the Flow Factorized VAE.
+
+    python train/run.py                       # train the `quick` preset (embedded MNIST), eval, figures
+    python train/run.py --preset mnist --data-dir ~/data/mnist
+    python train/run.py eval --run runs/quick-…  # rewrite eval.json and figures of a saved run
+    python train/run.py sample --run runs/quick-…
+
+Subcommands: train (the default), eval, sample. Re-running with an --out that holds a checkpoint
+resumes it; SIGINT/SIGTERM save a checkpoint and exit 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loop import RunError, RunSpec  # noqa: E402
+from presets import PRESETS  # noqa: E402
+
+
+@dataclasses.dataclass
+class Train:
+    """Train a model (resuming --out if it holds a checkpoint), then evaluate it and draw figures."""
+
+    preset: str = "quick"
+    """one of: quick (CPU minutes, embedded MNIST), mnist, mnist-weak, shapes3d, falcor3d, isaac3d"""
+    model: Literal["ffvae", "ffvae-weak"] | None = None
+    """supervised (k observed) or weakly supervised (k inferred); default: the preset's"""
+    data_dir: Path | None = None
+    """dataset folder (MNIST IDX files, 3dshapes.h5, or the PNG folder); default: embedded/procedural data"""
+    steps: int | None = None
+    """training steps (default: the preset's)"""
+    batch_size: int | None = None
+    """sequences per step, over all devices (default: the preset's)"""
+    seed: int = 0
+    """seeds the model, the data order and the training noise"""
+    out: Path | None = None
+    """run directory (default: runs/<preset>-<time>/); one holding a checkpoint is resumed"""
+    checkpoint_every: int | None = None
+    """save a checkpoint every N steps (and always at the end)"""
+    fresh: bool = False
+    """discard checkpoints and logs already in --out and start over"""
+    latent_dim: int | None = None
+    """override the preset's latent dimension d"""
+    width: int | None = None
+    """override the conv width of the encoder/decoder"""
+    potential_width: int | None = None
+    """override the hidden width of the potential and force MLPs"""
+    learning_rate: float | None = None
+    """override the preset's Adam learning rate"""
+    laplacian: Literal["exact", "hutchinson"] | None = None
+    """divergence of the flows: exact trace (forward mode) or Hutchinson's estimator"""
+    workers: int | None = None
+    """data-loading processes (0 = in the main process)"""
+    eval_sequences: int | None = None
+    """held-out sequences scored at the end (and by eval)"""
+    ll_samples: int | None = None
+    """importance samples per frame for the log-likelihood (SPEC: 100 for reported tables)"""
+    skip_eval: bool = False
+    """train only; run `eval --run DIR` later"""
+    coordinator: str | None = None
+    """multi-host: address host:port of process 0 (jax.distributed); also needs --num-processes/--process-id"""
+    num_processes: int = 1
+    """multi-host: number of processes"""
+    process_id: int = 0
+    """multi-host: this process's index"""
+
+
+@dataclasses.dataclass
+class Eval:
+    """Evaluate a saved run: rewrite its eval.json and figures from its newest checkpoint."""
+
+    run: Path
+    """the run directory (holds config.json and checkpoints/)"""
+
+
+@dataclasses.dataclass
+class Sample:
+    """Draw random latents pushed along every flow of a saved run."""
+
+    run: Path
+    """the run directory"""
+    num: int = 6
+    """samples per flow"""
+    seed: int = 0
+
+
+COMMANDS = {"train": Train, "eval": Eval, "sample": Sample}
+
+
+def resolve(args: Train) -> RunSpec:
+    from eqx_ffvae import FFVAEConfig, data
+
+    if args.preset not in PRESETS:
+        raise RunError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[args.preset]
+    steps = p.steps if args.steps is None else args.steps
+    if steps < 1:
+        raise RunError(f"--steps must be ≥ 1, got {steps}")
+    dataset = p.dataset
+    if dataset == "shapes3d" and args.data_dir is None:
+        dataset = "procedural-shapes"
+        print("no --data-dir given for shapes3d: using the procedural shapes renderer (same factors, offline)")
+    if dataset in ("falcor3d", "isaac3d") and args.data_dir is None:
+        raise RunError(f"preset {args.preset} needs --data-dir pointing at the {dataset} PNG folder (see README)")
+    if args.data_dir is not None and not args.data_dir.exists():
+        raise RunError(f"--data-dir {args.data_dir} does not exist")
+    info = data.dataset_info(dataset)
+    weak = p.weak if args.model is None else args.model == "ffvae-weak"
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    model = FFVAEConfig(
+        image_shape=info.image_shape,
+        num_frames=info.num_frames,
+        latent_dim=pick(args.latent_dim, p.latent_dim),
+        num_flows=info.num_flows,
+        width=pick(args.width, p.width),
+        potential_width=pick(args.potential_width, p.potential_width),
+        laplacian=pick(args.laplacian, p.laplacian),
+        hj_weight=p.hj_weight,
+        flow_kl_weight=p.flow_kl_weight,
+        weakly_supervised=weak,
+    )
+    batch = pick(args.batch_size, p.batch_size)
+    if batch < 1:
+        raise RunError(f"--batch-size must be ≥ 1, got {batch}")
+    every = pick(args.checkpoint_every, p.checkpoint_every)
+    if every < 1:
+        raise RunError(f"--checkpoint-every must be ≥ 1, got {every}")
+    return RunSpec(
+        preset=args.preset,
+        dataset=dataset,
+        data_dir=None if args.data_dir is None else str(args.data_dir.resolve()),
+        seed=args.seed,
+        steps=steps,
+        batch_size=batch,
+        learning_rate=pick(args.learning_rate, p.learning_rate),
+        checkpoint_every=every,
+        workers=pick(args.workers, p.workers),
+        model=dataclasses.asdict(model),
+        eval={
+            "eval_sequences": pick(args.eval_sequences, p.eval_sequences),
+            "eval_batch_size": p.eval_batch_size,
+            "ll_samples": pick(args.ll_samples, p.ll_samples),
+            "shift_batches": p.shift_batches,
+        },
+    )
+
+
+def _load_spec(run: Path) -> RunSpec:
+    path = run / "config.json"
+    if not path.exists():
+        raise RunError(f"{run} is not a run directory (no config.json); pass the --out of a training run")
+    return RunSpec.from_json(json.loads(path.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    name = argv[0] if argv and argv[0] in COMMANDS else "train"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    args = tyro.cli(COMMANDS[name], args=rest, prog=f"run.py {name}" if name != "train" else "run.py",
+                    description=(__doc__ if name == "train" else None))
+    try:
+        return _dispatch(name, args)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(name: str, args) -> int:
+    import jax
+
+    if name == "train":
+        if args.coordinator is not None:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        spec = resolve(args)
+        from loop import train
+        from evaluate import run_eval
+
+        out = args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            print(json.dumps(spec.to_json(), indent=2))
+            print(f"run directory: {out}")
+        start = time.perf_counter()
+        model = train(spec, out, fresh=args.fresh)
+        if jax.process_index() == 0:
+            print(f"trained in {time.perf_counter() - start:.0f} s")
+            if not args.skip_eval:
+                run_eval(spec, _local(model), out)
+                print(f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start:.0f} s")
+        return 0
+    from evaluate import run_eval, run_sample
+    from loop import restore_model
+
+    spec = _load_spec(args.run)
+    model, step = restore_model(spec, args.run)
+    print(f"loaded {args.run} at step {step}")
+    if name == "eval":
+        run_eval(spec, model, args.run)
+    else:
+        run_sample(spec, model, args.run, num=args.num, seed=args.seed)
+    return 0
+
+
+def _local(model):
+    """This process's copy of a replicated model (multi-host arrays are not all addressable)."""
+    import equinox as eqx
+    import jax
+
+    if jax.process_count() == 1:
+        return model
+    return jax.tree.map(lambda x: x.addressable_data(0) if eqx.is_array(x) else x, model)
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()
+    sys.exit(main())
