@@ -71,7 +71,7 @@ class Conv2d(eqx.Module):
             y = jnp.einsum("hwi,oihw->o", x, self.weight)[None, None]
         else:
             y = _lax_conv(x, self.weight, self.stride, self.padding)
-        return y + self.bias
+        return y + self.bias[None, None]
 
 
 # Sub-pixel table for the stride-2, k=4, p=1 transposed conv: output row 2a + r takes input rows
@@ -132,4 +132,4 @@ class ConvTranspose2d(eqx.Module):
         else:
             like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), o), x.dtype)
             (y,) = jax.linear_transpose(lambda y: _lax_conv(y, self.weight, self.stride, self.padding), like)(x)
-        return y + self.bias
+        return y + self.bias[None, None]

@@ -34,8 +34,8 @@ def test_transpose_is_adjoint_of_conv(getkey):
     deconv = ConvTranspose2d(3, 5, 4, 2, 1, key=key)
     deconv = eqx.tree_at(lambda d: d.weight, deconv, conv.weight)
     x, y = jr.normal(getkey(), (28, 28, 5)), jr.normal(getkey(), (14, 14, 3))
-    lhs = jnp.vdot(conv(x) - conv.bias, y)
-    rhs = jnp.vdot(x, deconv(y) - deconv.bias)
+    lhs = jnp.vdot(conv(x) - conv.bias[None, None], y)
+    rhs = jnp.vdot(x, deconv(y) - deconv.bias[None, None])
     np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
 
 
