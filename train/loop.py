@@ -46,9 +46,10 @@ class RunSpec:
     workers: int
     model: dict
     eval: dict
+    factor_sizes: list[int] | None = None
 
     # Fields a resumed run must share with the checkpoint it continues.
-    IDENTITY = ("dataset", "data_dir", "seed", "batch_size", "learning_rate", "model")
+    IDENTITY = ("dataset", "data_dir", "factor_sizes", "seed", "batch_size", "learning_rate", "model")
 
     def model_config(self) -> ff.FFVAEConfig:
         cfg = dict(self.model)
@@ -144,6 +145,8 @@ def train_dataset(spec: RunSpec, *, split: str = "train", seed: int | None = Non
             seed=spec.seed if seed is None else seed,
             data_dir=spec.data_dir,
             num_epochs=num_epochs,
+            num_frames=spec.model["num_frames"],
+            factor_sizes=None if spec.factor_sizes is None else tuple(spec.factor_sizes),
         )
     except (FileNotFoundError, ValueError) as err:
         raise RunError(str(err).splitlines()[0]) from None
@@ -153,8 +156,8 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
     """Train (or resume) the run in `run_dir`; returns the final model."""
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
-    _prepare_run_dir(spec, run_dir, fresh, is_main)
     dataset = train_dataset(spec)
+    _prepare_run_dir(spec, run_dir, fresh, is_main)
     model, optimizer, opt_state = build(spec)
     mesh = make_mesh()
     if spec.batch_size % mesh.size:

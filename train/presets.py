@@ -33,7 +33,7 @@ _PAPER = dict(steps=90_000, batch_size=128, learning_rate=1e-4, checkpoint_every
 
 PRESETS = {
     "quick": Preset(
-        dataset="mnist", latent_dim=32, width=32, potential_width=128, steps=2000, batch_size=32,
+        dataset="mnist", latent_dim=32, width=32, potential_width=128, steps=1500, batch_size=32,
         learning_rate=2e-3, checkpoint_every=250, hj_weight=0.1, flow_kl_weight=0.1,
         eval_sequences=300, ll_samples=20, shift_batches=10,
         about="embedded MNIST, small latent: trains, evaluates and draws in minutes on a laptop CPU",

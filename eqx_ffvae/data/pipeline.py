@@ -203,7 +203,8 @@ def batch_iterator(
     With several processes (multi-host training) each gets its own rows of every global batch of
     `batch_size`, so together they see exactly the batches one process would. num_workers > 0
     builds sequences in that many processes (started with `spawn`: call this from under
-    `if __name__ == "__main__":` in scripts).
+    `if __name__ == "__main__":` in scripts); with none, a background thread builds the next
+    `prefetch_buffer` batches while the accelerator works on this one.
     """
     if batch_size < 1 or batch_size % process_count:
         raise ValueError(f"batch_size must be a positive multiple of the {process_count} processes, got {batch_size}")
@@ -212,6 +213,8 @@ def batch_iterator(
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch_buffer))
+    elif prefetch_buffer > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_buffer)
     return iter(ds)
 
 

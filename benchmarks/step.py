@@ -1,0 +1,148 @@
+"""Time the whole training step (loss, grads, optax update) at the paper's and smaller configs.
+
+    python benchmarks/step.py [--json PATH] [--configs a b c] [--laplacians exact hutchinson]
+
+Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
+(b) d=64, B=128; (c) d=64, B=32. Each row runs in its own process, so `peak_rss_mb` is that
+configuration's own peak. FLOPs come from XLA's cost analysis of the compiled step, which counts
+the body of Diffrax's while loop once; the other T−1 flow steps are added from the cost analysis of
+one flow step (vector field and its gradient), so GFLOP/s counts all T steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {"a": dict(d=324, batch=128), "b": dict(d=64, batch=128), "c": dict(d=64, batch=32)}
+T, K = 8, 3
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(a))
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def measure(config: str, laplacian: str, steps: int) -> dict:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    import eqx_ffvae as ff
+    from eqx_ffvae.training import make_optimizer, make_step
+
+    d, batch = CONFIGS[config]["d"], CONFIGS[config]["batch"]
+    cfg = ff.FFVAEConfig(
+        image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=d, potential_width=d,
+        laplacian=laplacian,
+    )
+    model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
+    optimizer = make_optimizer(1e-4)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    step = make_step(optimizer)
+    data = {"frames": jr.uniform(jr.key(1), (batch, T + 1, 3, 28, 28)), "k": jnp.arange(batch, dtype=jnp.int32) % K}
+
+    start = time.perf_counter()
+    compiled = step.lower(model, opt_state, data, jr.key(2)).compile()
+    model, opt_state, loss, _ = step(model, opt_state, data, jr.key(2))
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - start
+
+    pot = model.flows.potential(0)
+    zs = jr.normal(jr.key(3), (batch, d))
+
+    def one_flow_step(pot, zs, key):
+        def vf(z, k):
+            probes = ff.flows.hutchinson_probes(k, 1, d) if laplacian == "hutchinson" else None
+            g, lap = ff.flows._grad_and_laplacian(pot, 0.5, z, laplacian, probes)
+            return jnp.sum(g**2) - lap
+
+        return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
+
+    body = eqx.filter_jit(eqx.filter_value_and_grad(one_flow_step)).lower(pot, zs, jr.key(4)).compile()
+    flops = _flops(compiled) + (T - 1) * _flops(body)
+
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        model, opt_state, loss, _ = step(model, opt_state, data, jr.key(10 + i))
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "config": config,
+        "laplacian": laplacian,
+        "d": d,
+        "batch": batch,
+        "median_s": median,
+        "compile_s": compile_s,
+        "flops": flops,
+        "gflops_per_s": flops / median / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--laplacians", nargs="+", default=["exact", "hutchinson"], choices=["exact", "hutchinson"])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after compile (median reported)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], args.one[1], args.steps)))
+        return
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _util import print_table, write_json
+
+    import jax
+
+    mm = matmul_gflops()
+    rows = []
+    for config in args.configs:
+        for lap in args.laplacians:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", config, lap, "--steps", str(args.steps)],
+                capture_output=True, text=True, check=False,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"config {config}/{lap} failed:\n{out.stderr[-3000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["matmul_gflops_per_s"] = mm
+            row["fraction_of_matmul"] = row["gflops_per_s"] / mm
+            rows.append(row)
+            print(f"{config}/{lap}: {row['median_s']:.3f} s/step", file=sys.stderr)
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
+    print_table(rows, ["config", "laplacian", "d", "batch", "median_s", "compile_s", "flops", "gflops_per_s",
+                       "matmul_gflops_per_s", "fraction_of_matmul", "peak_rss_mb"])
+    write_json(rows, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""train/run.py end to end: devices, exact resume, signals, NaN stop, presets, eval, errors."""
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "train" / "run.py"
+TINY = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "8"]
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("ffvae_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_module():
+    return _load_run_module()
+
+
+def _env(devices=1, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EQX_FFVAE_")}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def _run(args, devices=1, timeout=300, **extra):
+    return subprocess.run(
+        [sys.executable, str(RUN), *args], env=_env(devices, **extra), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checkpoint_leaves(run_dir):
+    sys.path.insert(0, str(ROOT / "train"))
+    from loop import RunSpec, build
+
+    from eqx_ffvae.checkpoint import Checkpointer
+
+    spec = RunSpec.from_json(json.loads((run_dir / "config.json").read_text()))
+    model, _, opt_state = build(spec)
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    (model, opt_state), key, record, step = ckpt.restore((model, opt_state))
+    ckpt.close()
+    import equinox as eqx
+    import jax
+
+    return step, [np.asarray(x) for x in jax.tree.leaves(eqx.filter((model, opt_state), eqx.is_array))], record
+
+
+@pytest.mark.slow
+def test_one_and_four_devices_give_the_same_losses(tmp_path):
+    args = ["--steps", "5", "--skip-eval", *TINY]
+    one = _run([*args, "--out", str(tmp_path / "d1")], devices=1)
+    four = _run([*args, "--out", str(tmp_path / "d4")], devices=4)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert four.returncode == 0, four.stderr[-2000:]
+    a, b = _losses(tmp_path / "d1"), _losses(tmp_path / "d4")
+    assert len(a) == len(b) == 5
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+
+
+def _start(args, **extra):
+    return subprocess.Popen(
+        [sys.executable, str(RUN), *args], env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_checkpoint(run_dir, proc, timeout=240):
+    start = time.time()
+    while time.time() - start < timeout:
+        ckpts = run_dir / "checkpoints"
+        if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint:\n{proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identically(tmp_path):
+    args = ["--steps", "120", "--checkpoint-every", "5", "--skip-eval", *TINY]
+    straight = _run([*args, "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = _start([*args, "--out", str(tmp_path / "killed")])
+    _wait_for_checkpoint(tmp_path / "killed", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = max(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit())
+    assert interrupted_at < 120
+    resumed = _run([*args, "--out", str(tmp_path / "killed")])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"from step {interrupted_at}" in resumed.stdout
+    step_a, leaves_a, _ = _checkpoint_leaves(tmp_path / "straight")
+    step_b, leaves_b, _ = _checkpoint_leaves(tmp_path / "killed")
+    assert step_a == step_b == 120
+    assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True))
+    assert [r for r in _losses(tmp_path / "killed")] == _losses(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_zero(tmp_path):
+    run_dir = tmp_path / "term"
+    proc = _start(["--steps", "100000", "--checkpoint-every", "5", "--skip-eval", *TINY, "--out", str(run_dir)])
+    _wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM: saved step" in out + err
+    step, leaves, record = _checkpoint_leaves(run_dir)
+    assert 0 < step < 100000 and leaves and record["step"] == step
+
+
+def test_injected_nan_stops_with_message(tmp_path):
+    res = _run(["--steps", "6", "--checkpoint-every", "2", *TINY, "--out", str(tmp_path / "nan")],
+               EQX_FFVAE_INJECT_NAN_AT_STEP="3")
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "non-finite loss at step 3" in lines[0] and "last good checkpoint is step 2" in lines[0]
+    assert "Traceback" not in res.stderr
+    assert max(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == 2
+
+
+# ---- in-process runs: presets on fixture data, eval, expected errors -----------------------------
+
+
+def _png_grid(folder, sizes, px=128):
+    folder.mkdir(parents=True)
+    for idx in range(math.prod(sizes)):
+        Image.fromarray(np.full((px, px, 3), idx % 255, np.uint8)).save(folder / f"{idx:05d}.png")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["quick", "mnist", "mnist-weak", "shapes3d", "falcor3d", "isaac3d"])
+def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
+    extra = []
+    if preset == "falcor3d":
+        extra = ["--data-dir", str(_png_grid(tmp_path / "falcor", (2,) * 7)), "--factor-sizes", *["2"] * 7,
+                 "--num-frames", "2"]
+    if preset == "isaac3d":
+        extra = ["--data-dir", str(_png_grid(tmp_path / "isaac", (1,) + (2,) * 8)), "--factor-sizes", "1",
+                 *["2"] * 8, "--num-frames", "2"]
+    rc = run_module.main(["--preset", preset, "--steps", "2", "--skip-eval", "--workers", "0", *TINY, *extra,
+                          "--out", str(tmp_path / "run")])
+    assert rc == 0
+    assert len(_losses(tmp_path / "run")) == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["preset"] == preset and config["steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def trained_run(run_module, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    rc = run_module.main(["--steps", "3", *TINY, "--eval-sequences", "20", "--ll-samples", "3", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_run_directory_holds_everything(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "eval.json", "figures"} <= names
+    result = json.loads((trained_run / "eval.json").read_text())
+    for name in ("scale", "rotation", "hue"):
+        entry = result["transformations"][name]
+        for key in ("equivariance_error", "equivariance_error_identity", "equivariance_error_linear",
+                    "log_likelihood", "log_likelihood_per_frame", "num_sequences"):
+            assert key in entry
+        assert len(entry["log_likelihood_per_frame"]) == 9
+    figures = {p.name for p in (trained_run / "figures").iterdir()}
+    assert {"flow_scale.png", "flow_rotation.gif", "compose_scale+rotation.png", "loss.png"} <= figures
+    assert any((trained_run / "tensorboard").iterdir())
+
+
+def test_eval_rewrites_the_same_eval_json(run_module, trained_run):
+    before = (trained_run / "eval.json").read_text()
+    (trained_run / "eval.json").unlink()
+    assert run_module.main(["eval", "--run", str(trained_run)]) == 0
+    assert (trained_run / "eval.json").read_text() == before
+
+
+def test_sample_draws_every_flow(run_module, trained_run):
+    assert run_module.main(["sample", "--run", str(trained_run), "--num", "2"]) == 0
+    assert (trained_run / "figures" / "samples_hue.png").exists()
+
+
+def test_help_explains_flags():
+    res = _run(["--help"])
+    assert res.returncode == 0
+    for flag in ("--preset", "--model", "--data-dir", "--steps", "--batch-size", "--seed", "--out",
+                 "--checkpoint-every", "--fresh"):
+        assert flag in res.stdout
+
+
+def _one_line_error(run_module, capsys, args, match):
+    rc = run_module.main(args)
+    err = capsys.readouterr().err
+    assert rc != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], err
+    return lines[0]
+
+
+def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run):
+    _one_line_error(run_module, capsys, ["--preset", "cifar"], "unknown preset 'cifar'")
+    _one_line_error(run_module, capsys, ["--steps", "0"], "--steps must be ≥ 1, got 0")
+    _one_line_error(run_module, capsys, ["--preset", "falcor3d"], "needs --data-dir")
+    _one_line_error(run_module, capsys, ["--data-dir", str(tmp_path / "absent")], "absent does not exist")
+    _one_line_error(run_module, capsys, ["--preset", "falcor3d", "--data-dir", str(tmp_path)], "holds no .png")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_error(run_module, capsys, ["--steps", "1", *TINY, "--out", str(blocker / "run")], "cannot write to --out")
+    _one_line_error(run_module, capsys, ["--steps", "4", *TINY[:-2], "--batch-size", "8", "--width", "6",
+                                         "--out", str(trained_run)], "another configuration")
+    _one_line_error(run_module, capsys, ["eval", "--run", str(tmp_path)], "not a run directory")
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--steps", "3", "--skip-eval", *TINY]
+    single = _run([*args, "--out", str(tmp_path / "single")])
+    assert single.returncode == 0, single.stderr[-2000:]
+    procs = [
+        _start([*args, "--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                "--process-id", str(i)])
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"), rtol=1e-4)
