@@ -1,5 +1,5 @@
 """Save and restore a training state with Orbax: every array leaf of (model, optimiser state),
-the PRNG key, the step, and a JSON record (data-iterator state, config) in one atomic checkpoint.
+and a JSON record (PRNG key data, data-iterator state, …) in one atomic checkpoint per step.
 
 Arrays are stored as a flat, ordered dict of leaves; restoring fills the leaves of a template
 built from the same config, so the result is bit-identical to what was saved.
@@ -14,6 +14,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.random as jr
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -41,7 +42,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, key: jax.Array, record: dict) -> None:
         """Save the array leaves of `state`, the key and a JSON-serialisable `record` at `step`."""
         arrays = {f"{i:05d}": leaf for i, leaf in enumerate(_leaves(state))}
-        arrays["key"] = jr.key_data(key)
+        record = {**record, "key_data": np.asarray(jax.device_get(jr.key_data(key))).tolist()}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)),
@@ -56,7 +57,6 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         leaves = _leaves(template)
         like = {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
-        like["key"] = jr.key_data(jr.key(0))
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(like), record=ocp.args.JsonRestore()),
@@ -65,7 +65,9 @@ class Checkpointer:
         params, static = eqx.partition(template, eqx.is_array)
         treedef = jax.tree.structure(params)
         new_params = jax.tree.unflatten(treedef, [arrays[f"{i:05d}"] for i in range(len(leaves))])
-        return eqx.combine(new_params, static), jr.wrap_key_data(arrays["key"]), dict(restored["record"]), step
+        record = dict(restored["record"])
+        key = jr.wrap_key_data(np.asarray(record.pop("key_data"), np.uint32))
+        return eqx.combine(new_params, static), key, record, step
 
     def close(self) -> None:
         self._manager.close()

@@ -23,6 +23,7 @@ TINY = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-
 def _load_run_module():
     spec = importlib.util.spec_from_file_location("ffvae_run", RUN)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -93,14 +93,13 @@ def restore_model(spec: RunSpec, run_dir: Path):
 
 
 def _check_same_run(spec: RunSpec, run_dir: Path) -> None:
-    saved = RunSpec.from_json(json.loads((run_dir / "config.json").read_text()))
-    diffs = [f for f in RunSpec.IDENTITY if getattr(saved, f) != getattr(spec, f)]
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = json.loads(json.dumps(spec.to_json()))
+    diffs = [f for f in RunSpec.IDENTITY if saved.get(f) != now[f]]
     if diffs:
-        detail = "; ".join(
-            f"{f}: {getattr(saved, f)!r} there vs {getattr(spec, f)!r} now" for f in diffs if f != "model"
-        )
+        detail = "; ".join(f"{f}: {saved.get(f)!r} there vs {now[f]!r} now" for f in diffs if f != "model")
         if "model" in diffs:
-            changed = [k for k in spec.model if saved.model.get(k) != spec.model[k]]
+            changed = [k for k in now["model"] if saved["model"].get(k) != now["model"][k]]
             detail = "; ".join(filter(None, [detail, f"model fields {changed} differ"]))
         raise RunError(
             f"{run_dir} holds a checkpoint of another configuration ({detail}); "
@@ -188,7 +187,7 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     inject = int(os.environ.get(INJECT_NAN_ENV, "-1"))
     writer = SummaryWriter(run_dir / "tensorboard") if is_main else None
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if is_main else None
+    metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1) if is_main else None
     last_saved = start
 
     def save(step: int) -> None:
