@@ -4,8 +4,8 @@ Measured here (`benchmarks/step.py`): XLA's transposed convolutions and their gr
 below its matmul rate, and building patch matrices (im2col) is memory-bound and slower still. So:
 a kernel that covers the whole input (or a transposed conv of a 1×1 input) is a dense matmul,
 1×1 kernels are a matmul over pixels, other convs are XLA's forward convolution, and the
-stride-2, k=4, p=1 transposed conv is computed sub-pixel: one stride-1 3×3 forward convolution
-produces all four output phases at once, then a depth-to-space reshape. `impl="lax"` computes the
+stride-2, k=4, p=1 transposed conv is computed sub-pixel: each of its four output phases is a
+stride-1 2×2 forward convolution (no multiplications by inserted zeros), interleaved by a reshape. `impl="lax"` computes the
 same functions with `lax.conv_general_dilated` and its exact transpose; the tests compare the two.
 """
 
@@ -74,9 +74,11 @@ class Conv2d(eqx.Module):
         return y + self.bias[None, None]
 
 
-# Sub-pixel table for the stride-2, k=4, p=1 transposed conv: output row 2a + r takes input rows
-# a + dy (dy = -1, 0, 1) through kernel row _SUBPIXEL[r][dy + 1]; 4 marks "no tap" (a zero row).
-_SUBPIXEL = np.array([[3, 1, 4], [4, 2, 0]])
+# Sub-pixel form of the stride-2, k=4, p=1 transposed conv: output row 2a + r is a stride-1 2-tap
+# correlation of the input rows (a - 1, a) for r = 0 or (a, a + 1) for r = 1, with kernel rows
+# _PHASE_TAPS[r] and zero padding _PHASE_PAD[r]; likewise for columns.
+_PHASE_TAPS = (np.array([3, 1]), np.array([2, 0]))
+_PHASE_PAD = ((1, 0), (0, 1))
 
 
 class ConvTranspose2d(eqx.Module):
@@ -122,13 +124,20 @@ class ConvTranspose2d(eqx.Module):
         elif k == 1 and self.stride == 1 and self.padding == 0:
             y = x @ self.weight[:, :, 0, 0]
         elif (k, self.stride, self.padding) == (4, 2, 1):
-            wpad = jnp.pad(self.weight, ((0, 0), (0, 0), (0, 1), (0, 1)))
-            # combined[dy, dx, i, r, q, o] = W[i, o, table[r, dy], table[q, dx]]
-            ky = _SUBPIXEL.T[:, None, :, None]
-            kx = _SUBPIXEL.T[None, :, None, :]
-            combined = wpad[:, :, ky, kx].transpose(4, 5, 1, 0, 2, 3).reshape(4 * o, i, 3, 3)
-            phases = _lax_conv(x, combined, 1, 1).reshape(h, w, 2, 2, o)
-            y = phases.transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, o)
+            phases = [
+                [
+                    jax.lax.conv_general_dilated(
+                        x[None],
+                        self.weight[:, :, _PHASE_TAPS[r]][:, :, :, _PHASE_TAPS[q]].transpose(1, 0, 2, 3),
+                        (1, 1),
+                        [_PHASE_PAD[r], _PHASE_PAD[q]],
+                        dimension_numbers=_DIMS,
+                    )[0]
+                    for q in range(2)
+                ]
+                for r in range(2)
+            ]
+            y = jnp.stack([jnp.stack(row, axis=2) for row in phases], axis=1).reshape(2 * h, 2 * w, o)
         else:
             like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), o), x.dtype)
             (y,) = jax.linear_transpose(lambda y: _lax_conv(y, self.weight, self.stride, self.padding), like)(x)
