@@ -26,7 +26,7 @@ T, K = 8, 3
 
 
 def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
+    cost = getattr(compiled, "compiled", compiled).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", 0.0))
 

@@ -4,6 +4,7 @@ data-parallel over a ("batch",) mesh: batch sharded, model replicated.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -64,8 +65,11 @@ def make_step(
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
     With a mesh, the batch is constrained to be split over ("batch",) and the model replicated, so
-    XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated.
+    XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated
+    (the batch's too, which XLA cannot reuse: its warning about that is silenced).
     """
+
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
     @eqx.filter_jit(donate="all")
     def step(model, opt_state, batch, key):
