@@ -1,6 +1,7 @@
 """Figures: data-over-model sequence grids, latent-flow GIFs, composed flows, loss curves.
 
-Functions take arrays and a destination path; they never decide where files go.
+Functions take arrays and a destination path; they never decide where files go. Figures are
+built with matplotlib's object API, so saving one never switches the caller's pyplot backend.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def _to_hwc(frames: np.ndarray) -> np.ndarray:
@@ -34,13 +36,9 @@ def tile_rows(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
 
 def save_rows(path: str | os.PathLike, rows: Sequence[np.ndarray], labels: Sequence[str], title: str = "") -> None:
     """A labelled grid: one row per entry of `rows` (e.g. data over model), frames left to right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grid = tile_rows(rows)
-    fig, ax = plt.subplots(figsize=(max(4, grid.shape[1] / 40), max(1.5, grid.shape[0] / 40)), dpi=100)
+    fig = Figure(figsize=(max(4, grid.shape[1] / 40), max(1.5, grid.shape[0] / 40)), dpi=100)
+    ax = fig.subplots()
     ax.imshow(grid, interpolation="nearest")
     h = rows[0].shape[-2] + 2
     ax.set_yticks([2 + h * i + h / 2 for i in range(len(rows))], labels)
@@ -48,7 +46,6 @@ def save_rows(path: str | os.PathLike, rows: Sequence[np.ndarray], labels: Seque
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def save_gif(path: str | os.PathLike, rows: Sequence[np.ndarray], fps: float = 4.0) -> None:
@@ -62,13 +59,9 @@ def save_gif(path: str | os.PathLike, rows: Sequence[np.ndarray], fps: float = 4
 
 def save_loss_curves(path: str | os.PathLike, records: Sequence[dict], terms: Sequence[str]) -> None:
     """One panel per loss term over training steps (from metrics.jsonl records)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     present = [t for t in terms if any(t in r for r in records)]
-    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(present), 2.8))
+    axes = fig.subplots(1, len(present), squeeze=False)
     steps = np.array([r["step"] for r in records])
     for ax, term in zip(axes[0], present):
         values = np.array([r.get(term, np.nan) for r in records], np.float64)
@@ -79,4 +72,3 @@ def save_loss_curves(path: str | os.PathLike, records: Sequence[dict], terms: Se
             ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -100,7 +100,7 @@ def _wait_for_checkpoint(run_dir, proc, timeout=240):
 
 @pytest.mark.slow
 def test_killed_run_resumes_bit_identically(tmp_path):
-    args = ["--steps", "120", "--checkpoint-every", "5", "--skip-eval", *TINY]
+    args = ["--steps", "50", "--checkpoint-every", "5", "--skip-eval", *TINY]
     straight = _run([*args, "--out", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-2000:]
     proc = _start([*args, "--out", str(tmp_path / "killed")])
@@ -108,13 +108,13 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     interrupted_at = max(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit())
-    assert interrupted_at < 120
+    assert interrupted_at < 50
     resumed = _run([*args, "--out", str(tmp_path / "killed")])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"from step {interrupted_at}" in resumed.stdout
     step_a, leaves_a, _ = _checkpoint_leaves(tmp_path / "straight")
     step_b, leaves_b, _ = _checkpoint_leaves(tmp_path / "killed")
-    assert step_a == step_b == 120
+    assert step_a == step_b == 50
     assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True))
     assert [r for r in _losses(tmp_path / "killed")] == _losses(tmp_path / "straight")
 
