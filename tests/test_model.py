@@ -157,7 +157,7 @@ def test_public_model_functions_jit_and_vmap(model, weak_model, sequences, getke
     lls = eqx.filter_jit(
         jax.vmap(lambda x, k, key: metrics.log_likelihood(model, x, k, key=key, num_samples=4))
     )(sequences, ks, keys)
-    logp = eqx.filter_jit(jax.vmap(model.prior_log_prob, in_axes=(0, None, 0)))(ks, 2.0, mus)
+    logp = eqx.filter_jit(lambda k, z: jax.vmap(model.prior_log_prob, in_axes=(0, None, 0))(k, 2.0, z))(ks, mus)
     assert losses.shape == weak.shape == errs.shape == logp.shape == (3,) and lls.shape == (3, 4)
     assert jnp.all(jnp.isfinite(lls))
 
