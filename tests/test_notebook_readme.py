@@ -22,9 +22,10 @@ def test_notebook_outputs_are_stripped():
 
 
 @pytest.mark.slow
-def test_notebook_runs_top_to_bottom_without_a_run(tmp_path):
+def test_notebook_runs_top_to_bottom_without_a_run(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
+    monkeypatch.setenv("EQX_FFVAE_RUNS", str(tmp_path / "runs"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     images = sum(

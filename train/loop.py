@@ -16,7 +16,7 @@ import jax
 import jax.random as jr
 import numpy as np
 from tensorboard import SummaryWriter
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import eqx_ffvae as ff
 from eqx_ffvae import data
