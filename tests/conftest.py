@@ -1,6 +1,9 @@
 import os
+import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+# One persistent compilation cache for the session and the training runs it starts as
+# subprocesses: runs of one configuration (resume, README commands) compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "eqx_ffvae-test-jax-cache"))
 
 import jax
 import jax.random as jr
