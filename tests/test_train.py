@@ -152,10 +152,24 @@ def _png_grid(folder, sizes, px=128):
     return folder
 
 
+def _shapes_h5(folder, sizes):
+    import h5py
+
+    folder.mkdir(parents=True)
+    n = math.prod(sizes)
+    with h5py.File(folder / "3dshapes.h5", "w") as f:
+        f["images"] = np.random.default_rng(0).integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)
+        f["labels"] = np.stack(np.unravel_index(np.arange(n), sizes), axis=-1).astype(np.float64)
+    return folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["quick", "mnist", "mnist-weak", "shapes3d", "falcor3d", "isaac3d"])
 def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
     extra = []
+    if preset == "shapes3d":
+        extra = ["--data-dir", str(_shapes_h5(tmp_path / "shapes", (3, 3, 3, 3, 2, 3))), "--factor-sizes",
+                 "3", "3", "3", "3", "2", "3", "--num-frames", "3"]
     if preset == "falcor3d":
         extra = ["--data-dir", str(_png_grid(tmp_path / "falcor", (2,) * 7)), "--factor-sizes", *["2"] * 7,
                  "--num-frames", "2"]
@@ -168,6 +182,7 @@ def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
     assert len(_losses(tmp_path / "run")) == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["preset"] == preset and config["steps"] == 2
+    assert config["dataset"] == {"quick": "mnist", "mnist-weak": "mnist"}.get(preset, preset)
 
 
 @pytest.fixture(scope="module")
