@@ -240,7 +240,6 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
             metrics_file.close()
             writer.close()
         ckpt.close()
-        del iterator
     if stop["signal"]:
         raise SystemExit(0)
     return model

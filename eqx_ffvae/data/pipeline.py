@@ -10,7 +10,6 @@ state saves and restores (`get_state` / `set_state`), so a resumed run sees the 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 
@@ -217,10 +216,3 @@ def batch_iterator(
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_buffer)
     return iter(ds)
 
-
-def dataset_length(dataset: grain.MapDataset) -> int:
-    """Number of sequences in one pass (raises for an infinite dataset)."""
-    n = len(dataset)
-    if n >= math.inf or n > 2**62:
-        raise ValueError("this dataset repeats forever; build it with num_epochs=1 to count it")
-    return n
