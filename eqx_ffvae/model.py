@@ -12,6 +12,7 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
 from . import objectives as obj
+from .metrics import frame_times
 from .conv import ConvImpl
 from .flows import LaplacianMethod, flow
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
@@ -87,7 +88,7 @@ class FlowFactorizedVAE(eqx.Module):
     @property
     def frame_times(self) -> Float[Array, " n"]:
         """The integer times 0, 1, …, T at which the frames sit."""
-        return jnp.arange(self.config.num_frames, dtype=jnp.float32)
+        return frame_times(self.config.num_frames)
 
     def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         return self.encoder(x)
@@ -146,8 +147,11 @@ class FlowFactorizedVAE(eqx.Module):
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """One draw z_0 ~ q(z_0|x_0) carried by flow k to every frame, with its log-density."""
-        sample_key, probe_key = jr.split(key)
         mu, logvar = self.encode(x_seq[0])
+        return self._carry_sample(mu, logvar, k, key)
+
+    def _carry_sample(self, mu: Array, logvar: Array, k: Int[ArrayLike, ""], key: PRNGKeyArray):
+        sample_key, probe_key = jr.split(key)
         z0 = mu + jnp.exp(0.5 * logvar) * jr.normal(sample_key, mu.shape, mu.dtype)
         logq0 = obj.gaussian_log_prob(z0, mu, logvar)
         return self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
@@ -158,8 +162,8 @@ class FlowFactorizedVAE(eqx.Module):
         """Supervised loss of one sequence: −ELBO (SPEC §4) + λ_HJ · HJ residual; and its terms."""
         c = self.config
         ts = self.frame_times
-        zs, logqs = self.importance_proposal(x_seq, k, key=key)
         mu, logvar = self.encode(x_seq[0])
+        zs, logqs = self._carry_sample(mu, logvar, k, key)
         recon = jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x))(zs, x_seq)
         kl0 = obj.kl_to_standard_normal(mu, logvar)
         log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
