@@ -16,6 +16,7 @@ from .potentials import AbstractPotential, hvp_grad_and_laplacian
 
 LaplacianMethod = Literal["exact", "hvp", "hutchinson"]
 _METHODS = ("exact", "hvp", "hutchinson")
+_DIVERGENCES = (*_METHODS, "none")
 
 
 def velocity(pot: AbstractPotential, t: ScalarLike, z: Float[Array, " d"]) -> Float[Array, " d"]:
@@ -37,6 +38,8 @@ def _grad_and_laplacian(
 ) -> tuple[Float[Array, " d"], Scalar]:
     if method == "exact":
         return pot.grad_and_laplacian(t, z)
+    if method == "none":
+        return velocity(pot, t, z), jnp.zeros((), z.dtype)
     if method == "hvp":
         return hvp_grad_and_laplacian(lambda x: pot(t, x), z)
     if method == "hutchinson":
@@ -92,9 +95,10 @@ def flow(
 
     Returns the states `zs` (len(ts), d) and log-densities `logqs` (len(ts),) at `ts`.
     Default: Euler with dt0 = 1, i.e. exactly the paper's `z_t = z_{t-1} + ∇u(z_{t-1})` per frame.
+    `divergence="none"` moves z only (log q stays at logq0), for models that need no density.
     """
-    if divergence not in _METHODS:
-        raise ValueError(f"unknown divergence {divergence!r}; use one of {_METHODS}")
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; use one of {_DIVERGENCES}")
     solver = diffrax.Euler() if solver is None else solver
     dt0 = 1.0 if dt0 is None else dt0
     stepsize_controller = diffrax.ConstantStepSize() if stepsize_controller is None else stepsize_controller

@@ -2,7 +2,9 @@
 
 A model is scored through a small interface: `encode(x) -> (mu, logvar)`, `decode(z) -> logits`,
 `transport(k, z0, ts) -> zs` (models that learn a transformation), and for the likelihood
-`importance_proposal(x_seq, k, *, key) -> (zs, logqs)` and `prior_log_prob(k, t, z)`.
+`importance_proposal(x_seq, k, *, key) -> (zs, logqs)` and `prior_log_prob(k, t, z)`; a model whose
+proposal lives in a larger space than the decoder's input (TVAE's (z, u)) also gives `decode_proposal`.
+Models with no learned transformation have no `transport`; they are scored by the best linear shift.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def log_likelihood(
     """
     zs, logqs = jax.vmap(lambda key: model.importance_proposal(x_seq, k, key=key))(jr.split(key, num_samples))
     ts = frame_times(x_seq.shape[0])
-    loglik = jax.vmap(jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(model.decode(z), x)), (0, None))(zs, x_seq)
+    decode = getattr(model, "decode_proposal", model.decode)
+    loglik = jax.vmap(jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(decode(z), x)), (0, None))(zs, x_seq)
     logp = jax.vmap(jax.vmap(model.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(k, ts, zs)
     log_w = loglik + logp - logqs
     return jax.nn.logsumexp(log_w, axis=0) - jnp.log(num_samples)

@@ -12,9 +12,9 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
 from . import objectives as obj
-from .metrics import frame_times
 from .conv import ConvImpl
 from .flows import LaplacianMethod, flow
+from .metrics import frame_times
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import AbstractPotential, PotentialBank
 from .prior import DiffusionPrior

@@ -140,7 +140,8 @@ class Force(eqx.Module):
         return -self.mlp(t, z) ** 2
 
 
-def _select(stacked: eqx.Module, k: Int[ArrayLike, ""]) -> eqx.Module:
+def select_stacked(stacked: eqx.Module, k: Int[ArrayLike, ""]) -> eqx.Module:
+    """Member k of a module built with `eqx.filter_vmap` (every array leaf has a leading K axis)."""
     params, static = eqx.partition(stacked, eqx.is_array)
     return eqx.combine(jax.tree.map(lambda p: p[k], params), static)
 
@@ -191,10 +192,10 @@ class PotentialBank(eqx.Module):
         self.num_flows = num_flows
 
     def potential(self, k: Int[ArrayLike, ""]) -> MLPPotential:
-        return _select(self.potentials, k)
+        return select_stacked(self.potentials, k)
 
     def force(self, k: Int[ArrayLike, ""]) -> Force:
-        return _select(self.forces, k)
+        return select_stacked(self.forces, k)
 
     def combined(self, weights: Float[Array, " k"]) -> WeightedPotential:
         """The potential Σ_k w_k u^k (composition of flows)."""

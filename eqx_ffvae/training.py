@@ -14,30 +14,67 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 Batch = dict[str, Array]
 
 
-def make_optimizer(learning_rate: float, *, clip_norm: float | None = 100.0) -> optax.GradientTransformation:
+def make_optimizer(
+    learning_rate: float, *, clip_norm: float | None = 100.0
+) -> optax.GradientTransformation:
     """Adam (the paper's optimiser), with global-norm clipping as a guard against rare spikes."""
     adam = optax.adam(learning_rate)
-    return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+    return (
+        adam
+        if clip_norm is None
+        else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+    )
 
 
 def batch_loss(
     model: Any, batch: Batch, key: PRNGKeyArray, *, weak: bool = False
 ) -> tuple[Scalar, dict[str, Scalar]]:
-    """Mean per-sequence loss over a batch `{"frames": (B, T+1, C, H, W), "k": (B,)}`, one key each."""
+    """Mean per-sequence loss over a batch `{"frames": (B, T+1, C, H, W), "k": (B,)}`, one key each.
+
+    Models with a `batch_loss` method (the baselines) compute it themselves.
+    """
     frames: Float[Array, "b n c h w"] = batch["frames"]
+    if hasattr(model, "batch_loss"):
+        return model.batch_loss(frames, batch["k"], key=key)
     keys = jr.split(key, frames.shape[0])
     if weak:
         losses, terms = jax.vmap(lambda x, kk: model.weak_loss(x, key=kk))(frames, keys)
     else:
         ks: Int[Array, " b"] = batch["k"]
-        losses, terms = jax.vmap(lambda x, k, kk: model.loss(x, k, key=kk))(frames, ks, keys)
+        losses, terms = jax.vmap(lambda x, k, kk: model.loss(x, k, key=kk))(
+            frames, ks, keys
+        )
     return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
+
+
+def _has_discriminator(model: Any) -> bool:
+    return hasattr(model, "discriminator_loss")
+
+
+def _without_discriminator(tree: Any) -> Any:
+    return (
+        eqx.tree_at(lambda m: m.discriminator, tree, None)
+        if _has_discriminator(tree)
+        else tree
+    )
+
+
+def init_opt_state(model: Any, optimizer: optax.GradientTransformation) -> Any:
+    """Optimiser state for `model`; an adversarial model (FactorVAE) gets `(main, discriminator)`
+    states, the discriminator's from the model's own `discriminator_optimizer()`."""
+    params = eqx.filter(model, eqx.is_inexact_array)
+    if not _has_discriminator(model):
+        return optimizer.init(params)
+    return optimizer.init(
+        _without_discriminator(params)
+    ), model.discriminator_optimizer().init(params.discriminator)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -51,7 +88,9 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
     sharding = NamedSharding(mesh, P("batch"))
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
+    }
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -60,25 +99,69 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def make_step(
-    optimizer: optax.GradientTransformation, *, weak: bool = False, mesh: Mesh | None = None
+    optimizer: optax.GradientTransformation,
+    *,
+    weak: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
     With a mesh, the batch is constrained to be split over ("batch",) and the model replicated, so
     XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated
-    (the batch's too, which XLA cannot reuse: its warning about that is silenced).
+    (the batch's too, which XLA cannot reuse: its warning about that is silenced). A model with a
+    discriminator (FactorVAE) is updated in two alternating phases inside the step: the model by
+    `optimizer` with the discriminator fixed, then the discriminator by its own optimiser on latents
+    of the updated encoder.
     """
 
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+    def _alternating_update(model, opt_state, batch, key):
+        main_state, disc_state = opt_state
+        model_key, disc_key = jr.split(key)
+        (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(
+            model, batch, model_key
+        )
+        params = _without_discriminator(eqx.filter(model, eqx.is_inexact_array))
+        updates, main_state = optimizer.update(
+            _without_discriminator(grads), main_state, params
+        )
+        model = eqx.apply_updates(model, updates)
+        disc_opt = model.discriminator_optimizer()
+
+        def disc_loss(disc):
+            return eqx.tree_at(
+                lambda m: m.discriminator, model, disc
+            ).discriminator_loss(batch["frames"], key=disc_key)
+
+        d_loss, d_grads = eqx.filter_value_and_grad(disc_loss)(model.discriminator)
+        d_updates, disc_state = disc_opt.update(
+            d_grads, disc_state, eqx.filter(model.discriminator, eqx.is_inexact_array)
+        )
+        model = eqx.tree_at(
+            lambda m: m.discriminator,
+            model,
+            eqx.apply_updates(model.discriminator, d_updates),
+        )
+        return model, (main_state, disc_state), loss, {**terms, "discriminator": d_loss}
 
     @eqx.filter_jit(donate="all")
     def step(model, opt_state, batch, key):
         if mesh is not None:
             batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
             model, opt_state = replicate((model, opt_state), mesh)
-        (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, batch, key, weak=weak)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-        model = eqx.apply_updates(model, updates)
+        if _has_discriminator(model):
+            model, opt_state, loss, terms = _alternating_update(
+                model, opt_state, batch, key
+            )
+        else:
+            (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(
+                model, batch, key, weak=weak
+            )
+            updates, opt_state = optimizer.update(
+                grads, opt_state, eqx.filter(model, eqx.is_inexact_array)
+            )
+            model = eqx.apply_updates(model, updates)
         if mesh is not None:
             model, opt_state = replicate((model, opt_state), mesh)
         return model, opt_state, loss, terms

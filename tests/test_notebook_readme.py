@@ -33,7 +33,7 @@ def test_notebook_runs_top_to_bottom_without_a_run(tmp_path, monkeypatch):
     )
     assert images >= 8, f"expected the notebook's figures, got {images} images"
     text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
-    assert "no run found: training a tiny one" in text and "E_k flow" in text
+    assert "no run found: training a tiny one" in text and "E_k model" in text
     assert (tmp_path / "runs" / "notebook-tiny" / "eval.json").exists()
 
 

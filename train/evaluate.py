@@ -11,13 +11,18 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from loop import RunSpec, train_dataset
+from loop import RunError, RunSpec, train_dataset
 
 from eqx_ffvae import data, viz
-from eqx_ffvae.evaluation import evaluate, fit_linear_shifts, format_table
+from eqx_ffvae.evaluation import (
+    evaluate,
+    fit_linear_shifts,
+    format_table,
+    has_transport,
+)
 
 EVAL_SEED = 1234
-LOSS_TERMS = ("loss", "recon", "kl0", "kl_flow", "hj", "kl_k")
+LOSS_TERMS = ("loss", "recon", "kl0", "kl", "kl_flow", "hj", "kl_k", "tc", "kl_slow", "wave", "classifier")
 
 
 def _batches(spec: RunSpec, split: str, batch_size: int, count: int):
@@ -26,7 +31,7 @@ def _batches(spec: RunSpec, split: str, batch_size: int, count: int):
     return [{"frames": b["frames"], "k": b["k"]} for b in itertools.islice(it, count)]
 
 
-def run_eval(spec: RunSpec, model, run_dir: Path) -> dict:
+def run_eval(spec: RunSpec, model, run_dir: Path, *, figures: bool = True, quiet: bool = False) -> dict:
     """Evaluate on held-out sequences, write eval.json, print the table, draw the figures."""
     ev = spec.eval
     info = data.dataset_info(spec.dataset)
@@ -37,9 +42,12 @@ def run_eval(spec: RunSpec, model, run_dir: Path) -> dict:
         model, test, shifts, transform_names=info.transforms, key=jr.key(EVAL_SEED), num_samples=ev["ll_samples"]
     )
     result["dataset"] = spec.dataset
+    result["model"] = spec.method
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    print(format_table(result))
-    draw_figures(spec, model, test, run_dir / "figures")
+    if not quiet:
+        print(format_table(result))
+    if figures:
+        draw_figures(spec, model, test, run_dir / "figures", shifts)
     return result
 
 
@@ -48,13 +56,19 @@ def _decode_path(model, zs):
     return jax.nn.sigmoid(jax.vmap(model.decode)(zs))
 
 
-def draw_figures(spec: RunSpec, model, test_batches: list[dict], out: Path) -> None:
-    """Per flow: data row over model row (PNG) and both animated (GIF); two flows composed; losses."""
+def draw_figures(spec: RunSpec, model, test_batches: list[dict], out: Path, shifts: jax.Array) -> None:
+    """Per flow: data row over model row (PNG) and both animated (GIF); two flows composed; losses.
+
+    A model with no transformation of its own is drawn moving by the best linear shift `shifts`.
+    """
     out.mkdir(parents=True, exist_ok=True)
     info = data.dataset_info(spec.dataset)
     frames = np.concatenate([b["frames"] for b in test_batches])
     ks = np.concatenate([b["k"] for b in test_batches])
-    transport = eqx.filter_jit(lambda m, k, z: m.transport(k, z))
+    if has_transport(model):
+        transport = eqx.filter_jit(lambda m, k, z: m.transport(k, z))
+    else:
+        transport = eqx.filter_jit(lambda m, k, z: z[None] + shifts[k])
     compose = eqx.filter_jit(lambda m, w, z: m.compose(w, z))
     encode = eqx.filter_jit(lambda m, x: m.encode(x)[0])
     for k, name in enumerate(info.transforms):
@@ -65,7 +79,7 @@ def draw_figures(spec: RunSpec, model, test_batches: list[dict], out: Path) -> N
         model_frames = np.asarray(_decode_path(model, transport(model, k, encode(model, jnp.asarray(x[0])))))
         viz.save_rows(out / f"flow_{name}.png", [x, model_frames], ["data", "model"], f"flow {k}: {name}")
         viz.save_gif(out / f"flow_{name}.gif", [x, model_frames])
-    if info.num_flows >= 2:
+    if info.num_flows >= 2 and hasattr(model, "compose"):
         a, b = 0, 1
         x0 = jnp.asarray(frames[0, 0])
         z0 = encode(model, x0)
@@ -88,6 +102,8 @@ def draw_figures(spec: RunSpec, model, test_batches: list[dict], out: Path) -> N
 
 def run_sample(spec: RunSpec, model, run_dir: Path, *, num: int = 6, seed: int = 0) -> Path:
     """Random z_0 ~ N(0, I) pushed along every flow: one grid per flow (rows = samples)."""
+    if not has_transport(model):
+        raise RunError(f"model {spec.method!r} learns no transformation to sample along; sample needs ffvae, poflow or tvae")
     info = data.dataset_info(spec.dataset)
     out = run_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,16 @@ from tqdm import tqdm
 import eqx_ffvae as ff
 from eqx_ffvae import data
 from eqx_ffvae.checkpoint import Checkpointer
-from eqx_ffvae.training import make_mesh, make_optimizer, make_step, replicate, shard_batch
+from eqx_ffvae.training import (
+    init_opt_state,
+    make_mesh,
+    make_optimizer,
+    make_step,
+    replicate,
+    shard_batch,
+)
 
 INJECT_NAN_ENV = "EQX_FFVAE_INJECT_NAN_AT_STEP"
-LOG_TERMS = ("loss", "elbo", "recon", "kl0", "kl_flow", "hj", "hj_initial", "kl_k")
 
 
 class RunError(Exception):
@@ -47,18 +53,17 @@ class RunSpec:
     model: dict
     eval: dict
     factor_sizes: list[int] | None = None
+    method: str = "ffvae"
 
     # Fields a resumed run must share with the checkpoint it continues.
-    IDENTITY = ("dataset", "data_dir", "factor_sizes", "seed", "batch_size", "learning_rate", "model")
+    IDENTITY = ("method", "dataset", "data_dir", "factor_sizes", "seed", "batch_size", "learning_rate", "model")
 
-    def model_config(self) -> ff.FFVAEConfig:
-        cfg = dict(self.model)
-        cfg["image_shape"] = tuple(cfg["image_shape"])
-        return ff.FFVAEConfig(**cfg)
+    def model_config(self):
+        return ff.methods.make_config(self.method, **self.model)
 
     @property
     def weak(self) -> bool:
-        return bool(self.model["weakly_supervised"])
+        return bool(self.model.get("weakly_supervised", False))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,9 +76,9 @@ class RunSpec:
 def build(spec: RunSpec):
     """Model, optimiser and optimiser state of a fresh run (keys from the seed, by role)."""
     model_key, _, _ = jr.split(jr.key(spec.seed), 3)
-    model = ff.FlowFactorizedVAE(spec.model_config(), key=model_key)
+    model = ff.methods.make_model(spec.method, spec.model_config(), key=model_key)
     optimizer = make_optimizer(spec.learning_rate)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    opt_state = init_opt_state(model, optimizer)
     return model, optimizer, opt_state
 
 
@@ -93,7 +98,7 @@ def restore_model(spec: RunSpec, run_dir: Path):
 
 
 def _check_same_run(spec: RunSpec, run_dir: Path) -> None:
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = {"method": "ffvae", **json.loads((run_dir / "config.json").read_text())}
     now = json.loads(json.dumps(spec.to_json()))
     diffs = [f for f in RunSpec.IDENTITY if saved.get(f) != now[f]]
     if diffs:

@@ -4,8 +4,10 @@
     python train/run.py --preset mnist --data-dir ~/data/mnist
     python train/run.py eval --run runs/quick-…  # rewrite eval.json and figures of a saved run
     python train/run.py sample --run runs/quick-…
+    python train/run.py --model beta-vae      # any method of the comparison, any preset
+    python train/run.py compare --preset quick --seeds 3   # the paper's Table 1 layout: compare.md
 
-Subcommands: train (the default), eval, sample. Re-running with an --out that holds a checkpoint
+Subcommands: train (the default), eval, sample, compare. Re-running with an --out that holds a checkpoint
 resumes it; SIGINT/SIGTERM save a checkpoint and exit 0.
 """
 
@@ -22,8 +24,22 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loop import RunError, RunSpec  # noqa: E402
-from presets import PRESETS  # noqa: E402
+from loop import RunError, RunSpec
+from presets import PRESETS
+
+ModelName = Literal[
+    "vae", "beta-vae", "factorvae", "slowvae", "tvae", "poflow", "ffvae", "ffvae-weak"
+]
+MODEL_NAMES: tuple[ModelName, ...] = (
+    "vae",
+    "beta-vae",
+    "factorvae",
+    "slowvae",
+    "tvae",
+    "poflow",
+    "ffvae",
+    "ffvae-weak",
+)
 
 
 @dataclasses.dataclass
@@ -32,8 +48,8 @@ class Train:
 
     preset: str = "quick"
     """one of: quick (CPU minutes, embedded MNIST), mnist, mnist-weak, shapes3d, falcor3d, isaac3d"""
-    model: Literal["ffvae", "ffvae-weak"] | None = None
-    """supervised (k observed) or weakly supervised (k inferred); default: the preset's"""
+    model: ModelName | None = None
+    """the method: ffvae (k observed), ffvae-weak (k inferred) or a baseline; default: the preset's FFVAE"""
     data_dir: Path | None = None
     """dataset folder (MNIST IDX files, 3dshapes.h5, or the PNG folder); default: embedded/procedural data"""
     steps: int | None = None
@@ -97,20 +113,42 @@ class Sample:
     seed: int = 0
 
 
-COMMANDS = {"train": Train, "eval": Eval, "sample": Sample}
+@dataclasses.dataclass
+class Compare:
+    """Train and evaluate every listed method for the same steps, batch and width over several seeds;
+    write compare.json and compare.md (methods × E_k per transformation and log-likelihood, mean ± std).
+    Re-running resumes: finished runs are reused, interrupted ones continue from their checkpoints."""
+
+    preset: str = "quick"
+    """the preset every method trains with"""
+    seeds: int = 3
+    """seeds 0 … N−1 per method"""
+    models: tuple[ModelName, ...] = MODEL_NAMES
+    """methods to compare (rows of the table)"""
+    steps: int | None = None
+    """override the preset's steps (the same budget for every method)"""
+    out: Path | None = None
+    """where the runs and the table go (default: runs/compare-<preset>)"""
+    data_dir: Path | None = None
+    """dataset folder, as for train"""
+    workers: int | None = None
+    """data-loading processes per run"""
+    eval_sequences: int | None = None
+    """held-out sequences scored per run"""
+    ll_samples: int | None = None
+    """importance samples per frame for the log-likelihood"""
 
 
-def _model_config(**fields):
-    from eqx_ffvae import FFVAEConfig
-
-    return FFVAEConfig(**fields)
+COMMANDS = {"train": Train, "eval": Eval, "sample": Sample, "compare": Compare}
 
 
 def resolve(args: Train) -> RunSpec:
-    from eqx_ffvae import data
+    from eqx_ffvae import data, methods
 
     if args.preset not in PRESETS:
-        raise RunError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        raise RunError(
+            f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}"
+        )
     p = PRESETS[args.preset]
     steps = p.steps if args.steps is None else args.steps
     if steps < 1:
@@ -118,16 +156,21 @@ def resolve(args: Train) -> RunSpec:
     dataset = p.dataset
     if dataset == "shapes3d" and args.data_dir is None:
         dataset = "procedural-shapes"
-        print("no --data-dir given for shapes3d: using the procedural shapes renderer (same factors, offline)")
+        print(
+            "no --data-dir given for shapes3d: using the procedural shapes renderer (same factors, offline)"
+        )
     if dataset in ("falcor3d", "isaac3d") and args.data_dir is None:
-        raise RunError(f"preset {args.preset} needs --data-dir pointing at the {dataset} PNG folder (see README)")
+        raise RunError(
+            f"preset {args.preset} needs --data-dir pointing at the {dataset} PNG folder (see README)"
+        )
     if args.data_dir is not None and not args.data_dir.exists():
         raise RunError(f"--data-dir {args.data_dir} does not exist")
     info = data.dataset_info(dataset)
-    weak = p.weak if args.model is None else args.model == "ffvae-weak"
-    pick = lambda value, default: default if value is None else value  # noqa: E731
+    method = args.model or ("ffvae-weak" if p.weak else "ffvae")
+    pick = lambda value, default: default if value is None else value
     try:
-        model = _model_config(
+        model = methods.make_config(
+            method,
             image_shape=info.image_shape,
             num_frames=pick(args.num_frames, info.num_frames),
             latent_dim=pick(args.latent_dim, p.latent_dim),
@@ -137,7 +180,6 @@ def resolve(args: Train) -> RunSpec:
             laplacian=pick(args.laplacian, p.laplacian),
             hj_weight=p.hj_weight,
             flow_kl_weight=p.flow_kl_weight,
-            weakly_supervised=weak,
         )
     except ValueError as err:
         raise RunError(str(err)) from None
@@ -165,13 +207,16 @@ def resolve(args: Train) -> RunSpec:
             "shift_batches": p.shift_batches,
         },
         factor_sizes=None if args.factor_sizes is None else list(args.factor_sizes),
+        method=method,
     )
 
 
 def _load_spec(run: Path) -> RunSpec:
     path = run / "config.json"
     if not path.exists():
-        raise RunError(f"{run} is not a run directory (no config.json); pass the --out of a training run")
+        raise RunError(
+            f"{run} is not a run directory (no config.json); pass the --out of a training run"
+        )
     return RunSpec.from_json(json.loads(path.read_text()))
 
 
@@ -179,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = argv[0] if argv and argv[0] in COMMANDS else "train"
     rest = argv[1:] if argv and argv[0] in COMMANDS else argv
-    args = tyro.cli(COMMANDS[name], args=rest, prog=f"run.py {name}" if name != "train" else "run.py",
-                    description=(__doc__ if name == "train" else None))
+    args = tyro.cli(
+        COMMANDS[name],
+        args=rest,
+        prog=f"run.py {name}" if name != "train" else "run.py",
+        description=(__doc__ if name == "train" else None),
+    )
     try:
         return _dispatch(name, args)
     except RunError as err:
@@ -193,12 +242,16 @@ def _dispatch(name: str, args) -> int:
 
     if name == "train":
         if args.coordinator is not None:
-            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+            jax.distributed.initialize(
+                args.coordinator, args.num_processes, args.process_id
+            )
         spec = resolve(args)
-        from loop import train
         from evaluate import run_eval
+        from loop import train
 
-        out = args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = (
+            args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         if jax.process_index() == 0:
             print(json.dumps(spec.to_json(), indent=2))
             print(f"run directory: {out}")
@@ -208,7 +261,14 @@ def _dispatch(name: str, args) -> int:
             print(f"trained in {time.perf_counter() - start:.0f} s")
             if not args.skip_eval:
                 run_eval(spec, _local(model), out)
-                print(f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start:.0f} s")
+                print(
+                    f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start:.0f} s"
+                )
+        return 0
+    if name == "compare":
+        from compare import run_compare
+
+        run_compare(args, resolve)
         return 0
     from evaluate import run_eval, run_sample
     from loop import restore_model
@@ -230,7 +290,9 @@ def _local(model):
 
     if jax.process_count() == 1:
         return model
-    return jax.tree.map(lambda x: x.addressable_data(0) if eqx.is_array(x) else x, model)
+    return jax.tree.map(
+        lambda x: x.addressable_data(0) if eqx.is_array(x) else x, model
+    )
 
 
 if __name__ == "__main__":

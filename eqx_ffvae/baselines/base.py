@@ -1,0 +1,104 @@
+"""What every baseline shares: a frame-wise Gaussian encoder, the decoder, an N(0, I) prior and the
+importance proposal "encoder on x_t" (SPEC §5), with the same conv family as the FFVAE (SPEC §6)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
+
+from .. import objectives as obj
+from ..conv import ConvImpl
+from ..nn import ConvDecoder, ConvEncoder
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+    """The fields every method of a comparison shares (same data shape, latent size and width)."""
+
+    image_shape: tuple[int, int, int] = (3, 28, 28)
+    num_frames: int = 9
+    latent_dim: int = 32
+    num_flows: int = 3
+    width: int = 32
+    conv_impl: ConvImpl = "fast"
+
+    def __post_init__(self):
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames must be ≥ 2 (x_0 and at least one transformed frame), got {self.num_frames}")
+
+
+def gaussian_sample(mu: Array, logvar: Array, key: PRNGKeyArray) -> Array:
+    """z = mu + σ ε, ε ~ N(0, I) (the reparameterisation)."""
+    return mu + jnp.exp(0.5 * logvar) * jr.normal(key, mu.shape, mu.dtype)
+
+
+def frame_elbo(
+    encoder: ConvEncoder, decoder: ConvDecoder, x: Float[Array, "c h w"], key: PRNGKeyArray
+) -> tuple[Scalar, Scalar, Float[Array, " d"]]:
+    """(log p(x|z), KL[q(z|x) ‖ N(0, I)], z) of one frame with one reparameterised z."""
+    mu, logvar = encoder(x)
+    z = gaussian_sample(mu, logvar, key)
+    return obj.bernoulli_log_likelihood(decoder(z), x), obj.kl_to_standard_normal(mu, logvar), z
+
+
+class FrameVAE(eqx.Module):
+    """Encoder, decoder and N(0, I) prior; subclasses add their objective (`loss` of one sequence).
+
+    `batch_loss` vmaps `loss` over a batch; methods whose objective needs the whole batch (FactorVAE's
+    permutation) override it. Every frame is a separate observation: log p(x_t) is estimated with
+    the encoder on x_t as proposal and N(0, I) as prior, the same for every frame and every k.
+    """
+
+    encoder: ConvEncoder
+    decoder: ConvDecoder
+
+    def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        return self.encoder(x)
+
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+        return self.decoder(z)
+
+    def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
+        del k, t
+        return obj.gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z))
+
+    def importance_proposal(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+        """One z_t ~ q(z|x_t) per frame, with its log-density."""
+        del k
+
+        def one(x, key):
+            mu, logvar = self.encode(x)
+            z = gaussian_sample(mu, logvar, key)
+            return z, obj.gaussian_log_prob(z, mu, logvar)
+
+        return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
+
+    def loss(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        raise NotImplementedError
+
+    def batch_loss(
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        """Mean per-sequence loss over a batch, one key per sequence."""
+        keys = jr.split(key, frames.shape[0])
+        losses, terms = jax.vmap(lambda x, k, kk: self.loss(x, k, key=kk))(frames, ks, keys)
+        return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
+
+
+def conv_pair(config: BaselineConfig, latent_dim: int, *, key: PRNGKeyArray) -> tuple[ConvEncoder, ConvDecoder]:
+    """The SPEC §7 encoder/decoder pair at the config's width, for a latent of size `latent_dim`."""
+    enc_key, dec_key = jr.split(key)
+    c = config
+    return (
+        ConvEncoder(c.image_shape, latent_dim, c.width, impl=c.conv_impl, key=enc_key),
+        ConvDecoder(c.image_shape, latent_dim, c.width, impl=c.conv_impl, key=dec_key),
+    )

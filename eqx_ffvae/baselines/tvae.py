@@ -1,0 +1,143 @@
+"""Topographic VAE (Keller & Welling 2021): a Student-t latent s = (z + μ) / sqrt(W u²) whose
+denominator pools u² over neighbours within a capsule and over neighbouring frames, each rolled
+back by its frame offset, so the transformation it learns is a cyclic roll within capsules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
+
+from .. import objectives as obj
+from ..metrics import frame_times
+from ..nn import ConvEncoder
+from .base import BaselineConfig, FrameVAE, conv_pair, gaussian_sample
+
+
+@dataclasses.dataclass(frozen=True)
+class TVAEConfig(BaselineConfig):
+    """`capsule_size` (default: the smallest divisor of latent_dim that is ≥ num_frames, so a
+    sequence's roll never wraps round a capsule); W sums u² over `spatial_window` cyclic neighbours
+    within a capsule and over frames t−`time_window`…t+`time_window`. One roll serves every k."""
+
+    capsule_size: int | None = None
+    spatial_window: int = 3
+    time_window: int = 1
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        size = self.capsules
+        if self.latent_dim % size:
+            raise ValueError(f"capsule_size {size} does not divide latent_dim {self.latent_dim}; choose a divisor")
+        if self.spatial_window % 2 == 0 or self.spatial_window > size:
+            raise ValueError(f"spatial_window must be odd and ≤ capsule_size {size}, got {self.spatial_window}")
+
+    @property
+    def capsules(self) -> int:
+        """The capsule size in use."""
+        if self.capsule_size is not None:
+            return self.capsule_size
+        return next(c for c in range(self.num_frames, self.latent_dim + 1) if self.latent_dim % c == 0)
+
+
+def capsule_roll(v: Float[Array, " d"], shift: Int[ArrayLike, ""], capsule_size: int) -> Float[Array, " d"]:
+    """Roll every capsule (consecutive block of `capsule_size` units) cyclically by `shift`."""
+    return jnp.roll(v.reshape(-1, capsule_size), shift, axis=1).reshape(-1)
+
+
+class TVAE(FrameVAE):
+    u_encoder: ConvEncoder
+    shift: Float[Array, " d"]
+    config: TVAEConfig = eqx.field(static=True)
+
+    def __init__(self, config: TVAEConfig, *, key: PRNGKeyArray):
+        pair_key, u_key = jr.split(key)
+        c = config
+        self.encoder, self.decoder = conv_pair(c, c.latent_dim, key=pair_key)
+        self.u_encoder = ConvEncoder(c.image_shape, c.latent_dim, c.width, impl=c.conv_impl, key=u_key)
+        self.shift = jnp.zeros(c.latent_dim, jnp.float32)
+        self.config = config
+
+    def _pool(self, u2: Float[Array, " d"]) -> Float[Array, " d"]:
+        """W u²: the sum over each unit's `spatial_window` cyclic neighbours in its capsule."""
+        half = self.config.spatial_window // 2
+        offsets = jnp.arange(-half, half + 1)
+        return jnp.sum(jax.vmap(lambda o: capsule_roll(u2, o, self.config.capsules))(offsets), axis=0)
+
+    def _student(self, z: Array, pooled: Array) -> Array:
+        return (z + self.shift) / jnp.sqrt(pooled + self.config.eps)
+
+    def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        """(s at the posterior means with E[u²] = μ_u² + σ_u², log-variance of z)."""
+        mu_z, logvar_z = self.encoder(x)
+        mu_u, logvar_u = self.u_encoder(x)
+        return self._student(mu_z, self._pool(mu_u**2 + jnp.exp(logvar_u))), logvar_z
+
+    def transport(
+        self,
+        k: Int[ArrayLike, ""],
+        s0: Float[Array, " d"],
+        ts: Float[Array, " n"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "n d"]:
+        """Frame t of any transformation is s0 rolled by t within every capsule."""
+        del k, key
+        ts = frame_times(self.config.num_frames) if ts is None else ts
+        return jax.vmap(lambda t: capsule_roll(s0, jnp.round(t).astype(jnp.int32), self.config.capsules))(ts)
+
+    def importance_proposal(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "n e"], Float[Array, " n"]]:
+        """One (z_t, u_t) ~ q(z|x_t) q(u|x_t) per frame, concatenated, with its log-density."""
+        del k
+
+        def one(x, key):
+            z_key, u_key = jr.split(key)
+            (mu_z, lv_z), (mu_u, lv_u) = self.encoder(x), self.u_encoder(x)
+            z, u = gaussian_sample(mu_z, lv_z, z_key), gaussian_sample(mu_u, lv_u, u_key)
+            logq = obj.gaussian_log_prob(z, mu_z, lv_z) + obj.gaussian_log_prob(u, mu_u, lv_u)
+            return jnp.concatenate([z, u]), logq
+
+        return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
+
+    def decode_proposal(self, zu: Float[Array, " e"]) -> Float[Array, "c h w"]:
+        """p(x | s(z, u)) for a single frame (u² pooled within capsules only)."""
+        z, u = jnp.split(zu, 2)
+        return self.decode(self._student(z, self._pool(u**2)))
+
+    def loss(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        """−Σ_t log p(x_t | s_t) + Σ_t KL[q(z_t)‖N] + KL[q(u_t)‖N]; s_t pools u² of frames t+δ
+        (|δ| ≤ time_window, inside the sequence) rolled by −δ."""
+        del k
+        c = self.config
+        n = x_seq.shape[0]
+        z_key, u_key = jr.split(key)
+        mu_z, lv_z = jax.vmap(self.encoder)(x_seq)
+        mu_u, lv_u = jax.vmap(self.u_encoder)(x_seq)
+        z, u = gaussian_sample(mu_z, lv_z, z_key), gaussian_sample(mu_u, lv_u, u_key)
+        u2 = u**2
+        deltas = jnp.arange(-c.time_window, c.time_window + 1)
+
+        def pooled_at(t):
+            def term(delta):
+                src = t + delta
+                valid = (src >= 0) & (src < n)
+                return jnp.where(valid, capsule_roll(u2[jnp.clip(src, 0, n - 1)], -delta, c.capsules), 0.0)
+
+            return self._pool(jnp.sum(jax.vmap(term)(deltas), axis=0))
+
+        s = jax.vmap(lambda t, z_t: self._student(z_t, pooled_at(t)))(jnp.arange(n), z)
+        recon = jnp.sum(jax.vmap(lambda s_t, x: obj.bernoulli_log_likelihood(self.decode(s_t), x))(s, x_seq))
+        kl = jnp.sum(jax.vmap(obj.kl_to_standard_normal)(mu_z, lv_z)) + jnp.sum(
+            jax.vmap(obj.kl_to_standard_normal)(mu_u, lv_u)
+        )
+        loss = -recon + kl
+        return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl": kl}

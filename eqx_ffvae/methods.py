@@ -1,0 +1,71 @@
+"""Every method of the comparison table by name: its config, model class and supervision."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import equinox as eqx
+from jaxtyping import PRNGKeyArray
+
+from .baselines import (
+    TVAE,
+    VAE,
+    FactorVAE,
+    FactorVAEConfig,
+    PoFlow,
+    PoFlowConfig,
+    SlowVAE,
+    SlowVAEConfig,
+    TVAEConfig,
+    VAEConfig,
+)
+from .model import FFVAEConfig, FlowFactorizedVAE
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """`defaults` are the method's own settings (β = 4 for β-VAE); `supervision` says what it sees of
+    k: "none", "weak" (that a sequence holds one transformation) or "full" (k itself)."""
+
+    label: str
+    supervision: Literal["none", "weak", "full"]
+    config_cls: type
+    model_cls: type
+    defaults: dict = dataclasses.field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {
+    "vae": Method("VAE", "none", VAEConfig, VAE),
+    "beta-vae": Method("β-VAE", "none", VAEConfig, VAE, {"beta": 4.0}),
+    "factorvae": Method("FactorVAE", "none", FactorVAEConfig, FactorVAE),
+    "slowvae": Method("SlowVAE", "weak", SlowVAEConfig, SlowVAE),
+    "tvae": Method("TVAE", "weak", TVAEConfig, TVAE),
+    "poflow": Method("PoFlow", "full", PoFlowConfig, PoFlow),
+    "ffvae": Method("FFVAE", "full", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": False}),
+    "ffvae-weak": Method("FFVAE (weak)", "weak", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": True}),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def make_config(name: str, **fields: Any):
+    """The config of method `name`: its defaults, then whichever of `fields` it has (others ignored,
+    so one set of shared settings configures every method)."""
+    method = get_method(name)
+    known = {f.name for f in dataclasses.fields(method.config_cls)}
+    chosen = {k: v for k, v in fields.items() if k in known}
+    if "image_shape" in chosen:
+        chosen["image_shape"] = tuple(chosen["image_shape"])
+    return method.config_cls(**{**chosen, **method.defaults})
+
+
+def make_model(name: str, config, *, key: PRNGKeyArray) -> eqx.Module:
+    method = get_method(name)
+    if not isinstance(config, method.config_cls):
+        raise TypeError(f"model {name!r} needs a {method.config_cls.__name__}, got {type(config).__name__}")
+    return method.model_cls(config, key=key)

@@ -1,0 +1,196 @@
+"""`compare`: every method trained on the same sequences with the same budget, scored by the same
+metric code, summarised as the paper's table (mean ± std over seeds) in compare.json and compare.md."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from evaluate import run_eval
+from loop import RunError, RunSpec, train
+
+from eqx_ffvae import methods
+from eqx_ffvae.checkpoint import Checkpointer
+
+
+def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
+    """The run's eval.json if it was written after training this exact spec to the end."""
+    path = run_dir / "eval.json"
+    if not path.exists() or not (run_dir / "config.json").exists():
+        return None
+    result = json.loads(path.read_text())
+    same = json.loads((run_dir / "config.json").read_text()) == json.loads(
+        json.dumps(spec.to_json())
+    )
+    return result if same and result.get("trained_steps") == spec.steps else None
+
+
+def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
+    result = _finished(run_dir, spec)
+    if result is not None:
+        return result, True
+    model = train(spec, run_dir)
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    last = ckpt.latest_step()
+    ckpt.close()
+    if last != spec.steps:
+        raise RunError(
+            f"{run_dir} stopped at step {last} of {spec.steps}; rerun compare to resume it"
+        )
+    result = run_eval(spec, model, run_dir, figures=False, quiet=True)
+    result["trained_steps"] = spec.steps
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result, False
+
+
+def _stats(values: list[float]) -> dict:
+    arr = np.asarray(values, np.float64)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in arr]}
+
+
+def summarise(results: dict[str, list[dict]], transforms: list[str]) -> dict:
+    """Per method: supervision, E_k per transformation and log-likelihood as mean/std/values over seeds."""
+    rows = {}
+    for name, runs in results.items():
+        method = methods.get_method(name)
+        rows[name] = {
+            "label": method.label,
+            "supervision": method.supervision,
+            "transformation": runs[0]["transformation"],
+            "equivariance_error": {
+                t: _stats([r["transformations"][t]["equivariance_error"] for r in runs])
+                for t in transforms
+            },
+            "log_likelihood": _stats([r["log_likelihood"] for r in runs]),
+            "seeds": len(runs),
+        }
+    return rows
+
+
+def _best(rows: dict, get: Callable[[dict], float], lowest: bool) -> str:
+    pick = min if lowest else max
+    return pick(rows, key=lambda name: get(rows[name]))
+
+
+def to_markdown(rows: dict, transforms: list[str], header: str) -> str:
+    """The paper's layout: methods × (supervision, E_k ↓ per transformation, log p(x) ↑), best in bold."""
+    cols = [
+        (f"E {t} ↓", lambda r, t=t: r["equivariance_error"][t], True)
+        for t in transforms
+    ]
+    cols.append(("log p(x) ↑", lambda r: r["log_likelihood"], False))
+    best = [_best(rows, lambda r, g=g: g(r)["mean"], low) for _, g, low in cols]
+    lines = [
+        header,
+        "",
+        "| Method | Supervision | " + " | ".join(c[0] for c in cols) + " |",
+    ]
+    lines.append("|---|---|" + "---:|" * len(cols))
+    for name, r in rows.items():
+        cells = []
+        for (_, get, _), winner in zip(cols, best):
+            s = get(r)
+            text = f"{s['mean']:.1f} ± {s['std']:.1f}"
+            cells.append(f"**{text}**" if name == winner else text)
+        label = r["label"] + (" †" if r["transformation"] == "linear shift" else "")
+        lines.append(f"| {label} | {r['supervision']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        (
+            "E: equivariance error Σ_t ‖dec(z_t) − x_t‖₁ per held-out sequence (SPEC §5), lower is better; "
+            "log p(x): importance-sampled nats per image, higher is better; mean ± std over seeds, best in bold."
+        ),
+        "† no learned transformation: z_t = μ(x_0) + Δ_{k,t}, the best linear shift fitted on training sequences.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _share_compilation_cache(path: Path) -> None:
+    """Seeds of one method compile the same step: cache it (unless the user set a cache already)."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+
+
+def run_compare(args, resolve: Callable) -> dict:
+    """Train/evaluate (or reuse) every (method, seed) run under `args.out`, then write the table."""
+    from run import Train
+
+    if args.seeds < 1:
+        raise RunError(f"--seeds must be ≥ 1, got {args.seeds}")
+    if not args.models:
+        raise RunError("--models is empty; name at least one method")
+    out = args.out or Path("runs") / f"compare-{args.preset}"
+    _share_compilation_cache(out / ".jax-cache")
+    plan = [(m, s) for m in dict.fromkeys(args.models) for s in range(args.seeds)]
+    results: dict[str, list[dict]] = {}
+    timings: dict[str, list[float]] = {}
+    spec = None
+    for i, (name, seed) in enumerate(plan):
+        fields = dict(
+            preset=args.preset,
+            model=name,
+            seed=seed,
+            steps=args.steps,
+            data_dir=args.data_dir,
+            workers=args.workers,
+            eval_sequences=args.eval_sequences,
+            ll_samples=args.ll_samples,
+        )
+        spec = resolve(Train(**fields))
+        run_dir = out / name / f"seed{seed}"
+        tic = time.perf_counter()
+        result, reused = _one_run(spec, run_dir)
+        secs = time.perf_counter() - tic
+        results.setdefault(name, []).append(result)
+        if not reused:
+            timings.setdefault(name, []).append(secs)
+        errs = ", ".join(
+            f"{t} {e['equivariance_error']:.1f}"
+            for t, e in result["transformations"].items()
+        )
+        how = "reused" if reused else f"{secs:.0f} s"
+        print(
+            f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})",
+            flush=True,
+        )
+    transforms = list(results[plan[0][0]][0]["transformations"])
+    rows = summarise(results, transforms)
+    for name, secs in timings.items():
+        rows[name]["seconds_per_run"] = _stats(secs)
+    setup = {
+        "preset": args.preset,
+        "dataset": spec.dataset,
+        "steps": spec.steps,
+        "batch_size": spec.batch_size,
+        "learning_rate": spec.learning_rate,
+        "latent_dim": spec.model["latent_dim"],
+        "width": spec.model["width"],
+        "seeds": args.seeds,
+        "eval_sequences": spec.eval["eval_sequences"],
+        "ll_samples": spec.eval["ll_samples"],
+    }
+    header = (
+        f"Comparison on {spec.dataset} (preset {args.preset}): {spec.steps} steps × batch {spec.batch_size}, "
+        f"d = {setup['latent_dim']}, width {setup['width']}, {args.seeds} seed(s), "
+        f"{setup['eval_sequences']} held-out sequences, {setup['ll_samples']} importance samples."
+    )
+    summary = {
+        "setup": setup,
+        "methods": rows,
+        "runs": {
+            n: [str(out / n / f"seed{s}") for s in range(args.seeds)] for n in results
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(summary, indent=2))
+    table = to_markdown(rows, transforms, header)
+    (out / "compare.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    return summary
