@@ -132,17 +132,18 @@ def run_compare(args, resolve: Callable) -> dict:
     timings: dict[str, list[float]] = {}
     spec = None
     for i, (name, seed) in enumerate(plan):
-        fields = dict(
-            preset=args.preset,
-            model=name,
-            seed=seed,
-            steps=args.steps,
-            data_dir=args.data_dir,
-            workers=args.workers,
-            eval_sequences=args.eval_sequences,
-            ll_samples=args.ll_samples,
+        spec = resolve(
+            Train(
+                preset=args.preset,
+                model=name,
+                seed=seed,
+                steps=args.steps,
+                data_dir=args.data_dir,
+                workers=args.workers,
+                eval_sequences=args.eval_sequences,
+                ll_samples=args.ll_samples,
+            )
         )
-        spec = resolve(Train(**fields))
         run_dir = out / name / f"seed{seed}"
         tic = time.perf_counter()
         result, reused = _one_run(spec, run_dir)
