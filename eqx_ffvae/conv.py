@@ -25,7 +25,7 @@ ConvImpl = Literal["fast", "lax"]
 _DIMS = ("NHWC", "OIHW", "NHWC")
 
 
-def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: float) -> Array:
+def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: float | int) -> Array:
     bound = 1.0 / math.sqrt(fan_in)
     return jr.uniform(key, shape, jnp.float32, -bound, bound)
 

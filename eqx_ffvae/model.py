@@ -26,8 +26,8 @@ class FFVAEConfig:
 
     `flow_kl_weight` scales the T flow-KL terms (1 = the ELBO of SPEC §4); `hj_initial_weight` is
     the optional initial-condition term (the reference code uses 1; off by default here because it
-    pushes ∇u(z, 0), the first Euler step, towards zero). `laplacian="hvp"` is the exact trace by d
-    Hessian-vector products, kept for comparison; "exact" is the faster forward-mode trace.
+    pushes ∇u(z, 0), the first Euler step, towards zero). `laplacian="hvp"` (d Hessian-vector products)
+    and `"hessian"` (trace of `jax.hessian`) are exact references; "exact" is the faster forward-mode trace.
     """
 
     image_shape: tuple[int, int, int] = (3, 28, 28)

@@ -13,7 +13,7 @@ from .potentials import AbstractPotential
 ForceLike = Callable[[ScalarLike, Array], Scalar]
 
 
-def bernoulli_log_likelihood(logits: Float[Array, ...], x: Float[Array, ...]) -> Scalar:
+def bernoulli_log_likelihood(logits: Float[Array, "..."], x: Float[Array, "..."]) -> Scalar:
     """Σ_pixels log Bernoulli(x | sigmoid(logits)), for targets x ∈ [0, 1]."""
     return jnp.sum(x * logits - jax.nn.softplus(logits))
 

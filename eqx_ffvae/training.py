@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -19,23 +19,17 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 Batch = dict[str, Array]
+MatmulPrecision = Literal["float32", "tensorfloat32", "bfloat16"]
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 
 
-def make_optimizer(
-    learning_rate: float, *, clip_norm: float | None = 100.0
-) -> optax.GradientTransformation:
+def make_optimizer(learning_rate: float, *, clip_norm: float | None = 100.0) -> optax.GradientTransformation:
     """Adam (the paper's optimiser), with global-norm clipping as a guard against rare spikes."""
     adam = optax.adam(learning_rate)
-    return (
-        adam
-        if clip_norm is None
-        else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
-    )
+    return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
-def batch_loss(
-    model: Any, batch: Batch, key: PRNGKeyArray, *, weak: bool = False
-) -> tuple[Scalar, dict[str, Scalar]]:
+def batch_loss(model: Any, batch: Batch, key: PRNGKeyArray, *, weak: bool = False) -> tuple[Scalar, dict[str, Scalar]]:
     """Mean per-sequence loss over a batch `{"frames": (B, T+1, C, H, W), "k": (B,)}`, one key each.
 
     Models with a `batch_loss` method (the baselines) compute it themselves.
@@ -48,9 +42,7 @@ def batch_loss(
         losses, terms = jax.vmap(lambda x, kk: model.weak_loss(x, key=kk))(frames, keys)
     else:
         ks: Int[Array, " b"] = batch["k"]
-        losses, terms = jax.vmap(lambda x, k, kk: model.loss(x, k, key=kk))(
-            frames, ks, keys
-        )
+        losses, terms = jax.vmap(lambda x, k, kk: model.loss(x, k, key=kk))(frames, ks, keys)
     return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
 
 
@@ -59,11 +51,7 @@ def _has_discriminator(model: Any) -> bool:
 
 
 def _without_discriminator(tree: Any) -> Any:
-    return (
-        eqx.tree_at(lambda m: m.discriminator, tree, None)
-        if _has_discriminator(tree)
-        else tree
-    )
+    return eqx.tree_at(lambda m: m.discriminator, tree, None) if _has_discriminator(tree) else tree
 
 
 def init_opt_state(model: Any, optimizer: optax.GradientTransformation) -> Any:
@@ -72,9 +60,7 @@ def init_opt_state(model: Any, optimizer: optax.GradientTransformation) -> Any:
     params = eqx.filter(model, eqx.is_inexact_array)
     if not _has_discriminator(model):
         return optimizer.init(params)
-    return optimizer.init(
-        _without_discriminator(params)
-    ), model.discriminator_optimizer().init(params.discriminator)
+    return optimizer.init(_without_discriminator(params)), model.discriminator_optimizer().init(params.discriminator)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -88,9 +74,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
     sharding = NamedSharding(mesh, P("batch"))
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -103,6 +87,7 @@ def make_step(
     *,
     weak: bool = False,
     mesh: Mesh | None = None,
+    matmul_precision: MatmulPrecision = "float32",
 ) -> Callable:
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
@@ -112,27 +97,27 @@ def make_step(
     discriminator (FactorVAE) is updated in two alternating phases inside the step: the model by
     `optimizer` with the discriminator fixed, then the discriminator by its own optimiser on latents
     of the updated encoder.
+
+    `matmul_precision` sets `jax.default_matmul_precision` for the step's matmuls and convolutions:
+    "float32" (default, exact), or for GPUs/TPUs "tensorfloat32" or "bfloat16" (faster, fewer
+    mantissa bits; CPUs compute float32 either way).
     """
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {matmul_precision!r}")
 
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
     def _alternating_update(model, opt_state, batch, key):
         main_state, disc_state = opt_state
         model_key, disc_key = jr.split(key)
-        (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(
-            model, batch, model_key
-        )
+        (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, batch, model_key)
         params = _without_discriminator(eqx.filter(model, eqx.is_inexact_array))
-        updates, main_state = optimizer.update(
-            _without_discriminator(grads), main_state, params
-        )
+        updates, main_state = optimizer.update(_without_discriminator(grads), main_state, params)
         model = eqx.apply_updates(model, updates)
         disc_opt = model.discriminator_optimizer()
 
         def disc_loss(disc):
-            return eqx.tree_at(
-                lambda m: m.discriminator, model, disc
-            ).discriminator_loss(batch["frames"], key=disc_key)
+            return eqx.tree_at(lambda m: m.discriminator, model, disc).discriminator_loss(batch["frames"], key=disc_key)
 
         d_loss, d_grads = eqx.filter_value_and_grad(disc_loss)(model.discriminator)
         d_updates, disc_state = disc_opt.update(
@@ -147,20 +132,18 @@ def make_step(
 
     @eqx.filter_jit(donate="all")
     def step(model, opt_state, batch, key):
+        with jax.default_matmul_precision(matmul_precision):
+            return _step(model, opt_state, batch, key)
+
+    def _step(model, opt_state, batch, key):
         if mesh is not None:
             batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
             model, opt_state = replicate((model, opt_state), mesh)
         if _has_discriminator(model):
-            model, opt_state, loss, terms = _alternating_update(
-                model, opt_state, batch, key
-            )
+            model, opt_state, loss, terms = _alternating_update(model, opt_state, batch, key)
         else:
-            (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(
-                model, batch, key, weak=weak
-            )
-            updates, opt_state = optimizer.update(
-                grads, opt_state, eqx.filter(model, eqx.is_inexact_array)
-            )
+            (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, batch, key, weak=weak)
+            updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
             model = eqx.apply_updates(model, updates)
         if mesh is not None:
             model, opt_state = replicate((model, opt_state), mesh)

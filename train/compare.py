@@ -17,14 +17,14 @@ from eqx_ffvae.checkpoint import Checkpointer
 
 
 def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
-    """The run's eval.json if it was written after training this exact spec to the end."""
+    """The run's eval.json if it was written after training this configuration to the end."""
     path = run_dir / "eval.json"
     if not path.exists() or not (run_dir / "config.json").exists():
         return None
     result = json.loads(path.read_text())
-    same = json.loads((run_dir / "config.json").read_text()) == json.loads(
-        json.dumps(spec.to_json())
-    )
+    saved = RunSpec.from_json(json.loads((run_dir / "config.json").read_text())).to_json()
+    now = json.loads(json.dumps(spec.to_json()))
+    same = all(saved[f] == now[f] for f in (*RunSpec.IDENTITY, "steps", "eval"))
     return result if same and result.get("trained_steps") == spec.steps else None
 
 
@@ -37,9 +37,7 @@ def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
     last = ckpt.latest_step()
     ckpt.close()
     if last != spec.steps:
-        raise RunError(
-            f"{run_dir} stopped at step {last} of {spec.steps}; rerun compare to resume it"
-        )
+        raise RunError(f"{run_dir} stopped at step {last} of {spec.steps}; rerun compare to resume it")
     result = run_eval(spec, model, run_dir, figures=False, quiet=True)
     result["trained_steps"] = spec.steps
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
@@ -62,8 +60,7 @@ def summarise(results: dict[str, list[dict]], transforms: list[str]) -> dict:
             "supervision": method.supervision,
             "transformation": runs[0]["transformation"],
             "equivariance_error": {
-                t: _stats([r["transformations"][t]["equivariance_error"] for r in runs])
-                for t in transforms
+                t: _stats([r["transformations"][t]["equivariance_error"] for r in runs]) for t in transforms
             },
             "log_likelihood": _stats([r["log_likelihood"] for r in runs]),
             "seeds": len(runs),
@@ -78,10 +75,7 @@ def _best(rows: dict, get: Callable[[dict], float], lowest: bool) -> str:
 
 def to_markdown(rows: dict, transforms: list[str], header: str) -> str:
     """The paper's layout: methods × (supervision, E_k ↓ per transformation, log p(x) ↑), best in bold."""
-    cols = [
-        (f"E {t} ↓", lambda r, t=t: r["equivariance_error"][t], True)
-        for t in transforms
-    ]
+    cols = [(f"E {t} ↓", lambda r, t=t: r["equivariance_error"][t], True) for t in transforms]
     cols.append(("log p(x) ↑", lambda r: r["log_likelihood"], False))
     best = [_best(rows, lambda r, g=g: g(r)["mean"], low) for _, g, low in cols]
     lines = [
@@ -117,33 +111,22 @@ def _share_compilation_cache(path: Path) -> None:
         jax.config.update("jax_compilation_cache_dir", str(path))
 
 
-def run_compare(args, resolve: Callable) -> dict:
-    """Train/evaluate (or reuse) every (method, seed) run under `args.out`, then write the table."""
-    from run import Train
-
+def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
+    """Train/evaluate (or reuse) every (method, seed) run under `args.out`, then write the table;
+    `spec_for(method, seed)` resolves one run's configuration as `train` would."""
     if args.seeds < 1:
         raise RunError(f"--seeds must be ≥ 1, got {args.seeds}")
     if not args.models:
         raise RunError("--models is empty; name at least one method")
     out = args.out or Path("runs") / f"compare-{args.preset}"
     _share_compilation_cache(out / ".jax-cache")
-    plan = [(m, s) for m in dict.fromkeys(args.models) for s in range(args.seeds)]
+    names = list(dict.fromkeys(args.models))
+    plan = [(m, s) for s in range(args.seeds) for m in names]  # seed-major: a full first table early
     results: dict[str, list[dict]] = {}
     timings: dict[str, list[float]] = {}
     spec = None
     for i, (name, seed) in enumerate(plan):
-        spec = resolve(
-            Train(
-                preset=args.preset,
-                model=name,
-                seed=seed,
-                steps=args.steps,
-                data_dir=args.data_dir,
-                workers=args.workers,
-                eval_sequences=args.eval_sequences,
-                ll_samples=args.ll_samples,
-            )
-        )
+        spec = spec_for(name, seed)
         run_dir = out / name / f"seed{seed}"
         tic = time.perf_counter()
         result, reused = _one_run(spec, run_dir)
@@ -151,17 +134,14 @@ def run_compare(args, resolve: Callable) -> dict:
         results.setdefault(name, []).append(result)
         if not reused:
             timings.setdefault(name, []).append(secs)
-        errs = ", ".join(
-            f"{t} {e['equivariance_error']:.1f}"
-            for t, e in result["transformations"].items()
-        )
+        errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
         how = "reused" if reused else f"{secs:.0f} s"
         print(
             f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})",
             flush=True,
         )
     transforms = list(results[plan[0][0]][0]["transformations"])
-    rows = summarise(results, transforms)
+    rows = summarise({n: results[n] for n in names}, transforms)
     for name, secs in timings.items():
         rows[name]["seconds_per_run"] = _stats(secs)
     setup = {
@@ -184,9 +164,7 @@ def run_compare(args, resolve: Callable) -> dict:
     summary = {
         "setup": setup,
         "methods": rows,
-        "runs": {
-            n: [str(out / n / f"seed{s}") for s in range(args.seeds)] for n in results
-        },
+        "runs": {n: [str(out / n / f"seed{s}") for s in range(args.seeds)] for n in results},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=2))

@@ -54,6 +54,7 @@ class RunSpec:
     eval: dict
     factor_sizes: list[int] | None = None
     method: str = "ffvae"
+    matmul_precision: str = "float32"
 
     # Fields a resumed run must share with the checkpoint it continues.
     IDENTITY = ("method", "dataset", "data_dir", "factor_sizes", "seed", "batch_size", "learning_rate", "model")
@@ -183,7 +184,7 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
         ckpt.close()
         return model
 
-    step_fn = make_step(optimizer, weak=spec.weak, mesh=mesh)
+    step_fn = make_step(optimizer, weak=spec.weak, mesh=mesh, matmul_precision=spec.matmul_precision)
     stop = {"signal": None}
 
     def on_signal(signum, frame):

@@ -27,9 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop import RunError, RunSpec
 from presets import PRESETS
 
-ModelName = Literal[
-    "vae", "beta-vae", "factorvae", "slowvae", "tvae", "poflow", "ffvae", "ffvae-weak"
-]
+ModelName = Literal["vae", "beta-vae", "factorvae", "slowvae", "tvae", "poflow", "ffvae", "ffvae-weak"]
 MODEL_NAMES: tuple[ModelName, ...] = (
     "vae",
     "beta-vae",
@@ -84,6 +82,8 @@ class Train:
     """override the dataset's factor grid (a reduced grid of a factor dataset, e.g. for tests)"""
     num_frames: int | None = None
     """override frames per sequence T+1 (default: the dataset's, SPEC §1)"""
+    matmul_precision: Literal["float32", "tensorfloat32", "bfloat16"] = "float32"
+    """precision of the step's matmuls/convs on GPUs/TPUs (tensorfloat32, bfloat16: faster); CPUs use float32"""
     skip_eval: bool = False
     """train only; run `eval --run DIR` later"""
     coordinator: str | None = None
@@ -131,6 +131,12 @@ class Compare:
     """where the runs and the table go (default: runs/compare-<preset>)"""
     data_dir: Path | None = None
     """dataset folder, as for train"""
+    latent_dim: int | None = None
+    """override the preset's latent dimension (every method)"""
+    width: int | None = None
+    """override the preset's conv width (every method)"""
+    potential_width: int | None = None
+    """override the hidden width of the potentials (FFVAE, PoFlow)"""
     workers: int | None = None
     """data-loading processes per run"""
     eval_sequences: int | None = None
@@ -146,9 +152,7 @@ def resolve(args: Train) -> RunSpec:
     from eqx_ffvae import data, methods
 
     if args.preset not in PRESETS:
-        raise RunError(
-            f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}"
-        )
+        raise RunError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
     steps = p.steps if args.steps is None else args.steps
     if steps < 1:
@@ -156,13 +160,9 @@ def resolve(args: Train) -> RunSpec:
     dataset = p.dataset
     if dataset == "shapes3d" and args.data_dir is None:
         dataset = "procedural-shapes"
-        print(
-            "no --data-dir given for shapes3d: using the procedural shapes renderer (same factors, offline)"
-        )
+        print("no --data-dir given for shapes3d: using the procedural shapes renderer (same factors, offline)")
     if dataset in ("falcor3d", "isaac3d") and args.data_dir is None:
-        raise RunError(
-            f"preset {args.preset} needs --data-dir pointing at the {dataset} PNG folder (see README)"
-        )
+        raise RunError(f"preset {args.preset} needs --data-dir pointing at the {dataset} PNG folder (see README)")
     if args.data_dir is not None and not args.data_dir.exists():
         raise RunError(f"--data-dir {args.data_dir} does not exist")
     info = data.dataset_info(dataset)
@@ -208,15 +208,14 @@ def resolve(args: Train) -> RunSpec:
         },
         factor_sizes=None if args.factor_sizes is None else list(args.factor_sizes),
         method=method,
+        matmul_precision=args.matmul_precision,
     )
 
 
 def _load_spec(run: Path) -> RunSpec:
     path = run / "config.json"
     if not path.exists():
-        raise RunError(
-            f"{run} is not a run directory (no config.json); pass the --out of a training run"
-        )
+        raise RunError(f"{run} is not a run directory (no config.json); pass the --out of a training run")
     return RunSpec.from_json(json.loads(path.read_text()))
 
 
@@ -242,16 +241,12 @@ def _dispatch(name: str, args) -> int:
 
     if name == "train":
         if args.coordinator is not None:
-            jax.distributed.initialize(
-                args.coordinator, args.num_processes, args.process_id
-            )
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         spec = resolve(args)
         from evaluate import run_eval
         from loop import train
 
-        out = (
-            args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        out = args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         if jax.process_index() == 0:
             print(json.dumps(spec.to_json(), indent=2))
             print(f"run directory: {out}")
@@ -261,14 +256,26 @@ def _dispatch(name: str, args) -> int:
             print(f"trained in {time.perf_counter() - start:.0f} s")
             if not args.skip_eval:
                 run_eval(spec, _local(model), out)
-                print(
-                    f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start:.0f} s"
-                )
+                print(f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start:.0f} s")
         return 0
     if name == "compare":
         from compare import run_compare
 
-        run_compare(args, resolve)
+        def spec_for(model: str, seed: int) -> RunSpec:
+            shared = (
+                "preset",
+                "steps",
+                "data_dir",
+                "latent_dim",
+                "width",
+                "potential_width",
+                "workers",
+                "eval_sequences",
+                "ll_samples",
+            )
+            return resolve(Train(model=model, seed=seed, **{f: getattr(args, f) for f in shared}))
+
+        run_compare(args, spec_for)
         return 0
     from evaluate import run_eval, run_sample
     from loop import restore_model
@@ -290,9 +297,7 @@ def _local(model):
 
     if jax.process_count() == 1:
         return model
-    return jax.tree.map(
-        lambda x: x.addressable_data(0) if eqx.is_array(x) else x, model
-    )
+    return jax.tree.map(lambda x: x.addressable_data(0) if eqx.is_array(x) else x, model)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ class PoFlow(FrameVAE):
         )(jr.split(pot_key, c.num_flows))
         inv_softplus = float(jnp.log(jnp.expm1(c.wave_speed_init)))
         self.raw_speed = jnp.full((c.num_flows,), inv_softplus, jnp.float32)
-        self.classifier = eqx.nn.MLP(c.latent_dim, c.num_flows, c.classifier_width, 2, activation=jax.nn.gelu, key=cls_key)
+        self.classifier = eqx.nn.MLP(
+            c.latent_dim, c.num_flows, c.classifier_width, 2, activation=jax.nn.gelu, key=cls_key
+        )
         self.config = config
 
     def potential(self, k: Int[ArrayLike, ""]) -> MLPPotential:

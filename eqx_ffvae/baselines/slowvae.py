@@ -59,6 +59,8 @@ class SlowVAE(FrameVAE):
         z = gaussian_sample(mu, logvar, key)
         recon = jnp.sum(jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x))(z, x_seq))
         kl = jnp.sum(jax.vmap(obj.kl_to_standard_normal)(mu, logvar))
-        slow = jnp.sum(jax.vmap(lambda m, lv, prev: kl_gaussian_laplace(m, lv, prev, c.rate))(mu[1:], logvar[1:], z[:-1]))
+        slow = jnp.sum(
+            jax.vmap(lambda m, lv, prev: kl_gaussian_laplace(m, lv, prev, c.rate))(mu[1:], logvar[1:], z[:-1])
+        )
         loss = -recon + c.beta * kl + c.gamma * slow
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl": kl, "kl_slow": slow}

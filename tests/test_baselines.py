@@ -1,0 +1,262 @@
+"""The comparison methods (SPEC §6): each defining piece on fresh random inputs, and two training
+steps of every method at every preset's data shape."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+import eqx_ffvae as ff
+from eqx_ffvae import baselines as bl, metrics
+from eqx_ffvae.training import init_opt_state, make_optimizer, make_step
+
+SHAPE = (3, 28, 28)
+
+
+def _tiny(cls, **extra):
+    return cls(image_shape=SHAPE, num_frames=4, latent_dim=4, num_flows=3, width=4, **extra)
+
+
+# ---- β-VAE --------------------------------------------------------------------------------------
+
+
+def test_beta_multiplies_exactly_the_kl_term(getkey):
+    init_key = getkey()
+    vae = bl.VAE(_tiny(bl.VAEConfig), key=init_key)
+    beta = bl.VAE(_tiny(bl.VAEConfig, beta=4.0), key=init_key)
+    x, key = jr.uniform(getkey(), (4, *SHAPE)), getkey()
+    loss1, t1 = eqx.filter_jit(lambda m: m.loss(x, 0, key=key))(vae)
+    loss4, t4 = eqx.filter_jit(lambda m: m.loss(x, 0, key=key))(beta)
+    assert t1["kl"] > 0 and t1["recon"] == t4["recon"] and t1["kl"] == t4["kl"]
+    np.testing.assert_allclose(loss1, -t1["recon"] + t1["kl"], rtol=1e-6)
+    np.testing.assert_allclose(loss4, -t1["recon"] + 4.0 * t1["kl"], rtol=1e-6)
+
+
+# ---- FactorVAE ----------------------------------------------------------------------------------
+
+
+def _correlated(key, n, d, noise):
+    shared_key, noise_key = jr.split(key)
+    return jr.normal(shared_key, (n, 1)) + noise * jr.normal(noise_key, (n, d))
+
+
+def test_permutation_keeps_marginals_and_breaks_dependence(getkey):
+    z = _correlated(getkey(), 4000, 3, 0.1)
+    perm = bl.permute_dims(z, key=getkey())
+    np.testing.assert_array_equal(np.sort(z, axis=0), np.sort(perm, axis=0))
+    assert np.corrcoef(z.T)[0, 1] > 0.95
+    off_diag = np.corrcoef(perm.T)[~np.eye(3, dtype=bool)]
+    assert np.all(np.abs(off_diag) < 0.06), off_diag
+    assert not np.array_equal(perm[:, 0], z[:, 0]) and not np.array_equal(perm[:, 0], perm[:, 1])
+
+
+@pytest.fixture(scope="module")
+def fit_discriminator():
+    """Train a fresh discriminator on samples from `sampler`; return its TC estimate on new ones."""
+    d, batch, optim = 4, 256, optax.adam(2e-3)
+
+    @eqx.filter_jit
+    def step(disc, state, z, key):
+        loss, grads = eqx.filter_value_and_grad(bl.discriminator_loss)(disc, z, key=key)
+        updates, state = optim.update(grads, state, disc)
+        return eqx.apply_updates(disc, updates), state, loss
+
+    def fit(sampler, key):
+        init_key, key = jr.split(key)
+        disc = bl.Discriminator(d, 64, 2, key=init_key)
+        state = optim.init(eqx.filter(disc, eqx.is_array))
+        for i in range(400):
+            disc, state, _ = step(
+                disc,
+                state,
+                sampler(jr.fold_in(key, 2 * i), batch),
+                jr.fold_in(key, 2 * i + 1),
+            )
+        return float(eqx.filter_jit(bl.total_correlation)(disc, sampler(jr.fold_in(key, 10**6), 4096)))
+
+    return fit, d
+
+
+def test_tc_estimate_near_zero_for_independent_latents(fit_discriminator, getkey):
+    fit, d = fit_discriminator
+    tc = fit(lambda key, n: jr.normal(key, (n, d)), getkey())
+    assert abs(tc) < 0.1, tc
+
+
+def test_tc_estimate_positive_for_correlated_latents(fit_discriminator, getkey):
+    fit, d = fit_discriminator
+    tc = fit(lambda key, n: _correlated(key, n, d, 0.2), getkey())
+    # the true TC of this Gaussian is −½ log det(corr) ≈ 4.6 nats; the estimator needs only be clearly > 0
+    assert tc > 1.0, tc
+
+
+# ---- SlowVAE ------------------------------------------------------------------------------------
+
+
+def test_laplace_kl_matches_monte_carlo(getkey, x64):
+    d, rate, n = 5, 6.0, 400_000
+    mu, loc = jr.normal(getkey(), (d,)), jr.normal(getkey(), (d,)) * 0.3
+    logvar = jr.uniform(getkey(), (d,), minval=-4.0, maxval=0.5)
+    z = mu[None] + jnp.exp(0.5 * logvar)[None] * jr.normal(getkey(), (n, d))
+    log_q = jax.vmap(lambda z: ff.objectives.gaussian_log_prob(z, mu, logvar))(z)
+    log_p = jnp.sum(jnp.log(rate / 2) - rate * jnp.abs(z - loc[None]), axis=1)
+    samples = log_q - log_p
+    mc, se = float(samples.mean()), float(samples.std() / math.sqrt(n))
+    closed = float(bl.kl_gaussian_laplace(mu, logvar, loc, rate))
+    assert abs(closed - mc) < 4 * se, (closed, mc, se)
+    assert closed > 0
+
+
+# ---- TVAE ---------------------------------------------------------------------------------------
+
+
+class _Flatten(eqx.Module):
+    """An 'encoder' whose mean is the image itself (times `scale`), with a fixed log-variance."""
+
+    scale: float
+    logvar: float
+
+    def __call__(self, x):
+        flat = x.reshape(-1)
+        return self.scale * flat, jnp.full_like(flat, self.logvar)
+
+
+class _Logit(eqx.Module):
+    shape: tuple = eqx.field(static=True)
+
+    def __call__(self, s):
+        return jax.scipy.special.logit(s).reshape(self.shape)
+
+
+def test_tvae_error_is_zero_when_the_data_rolls_the_latent(getkey):
+    """A TVAE whose encoder reads the latent off the image and whose decoder writes it back (u has
+    mean 0 and variance 1/window, so W E[u²] = 1 and s = z): for data that roll within capsules, E_k
+    is 0 for every k; for data that do not, it is not."""
+    config = bl.TVAEConfig(image_shape=(1, 28, 28), num_frames=5, latent_dim=784, num_flows=2, width=2, capsule_size=28)
+    model = bl.TVAE(config, key=getkey())
+    window = config.spatial_window
+    model = eqx.tree_at(
+        lambda m: (m.encoder, m.u_encoder, m.decoder),
+        model,
+        (_Flatten(1.0, 0.0), _Flatten(0.0, math.log(1.0 / window)), _Logit((1, 28, 28))),
+    )
+    x0 = jr.uniform(getkey(), (784,), minval=0.1, maxval=0.9)
+    rolled = jax.vmap(lambda t: bl.capsule_roll(x0, t, 28))(jnp.arange(5)).reshape(5, 1, 28, 28)
+    e = eqx.filter_jit(metrics.equivariance_error)
+    for k in range(2):  # a sum over 4 × 784 pixels: 1e-2 is float32 round-off (~3e-6 per pixel)
+        assert float(e(model, rolled, k)) < 1e-2
+    assert float(e(model, rolled[:, :, :, ::-1], 0)) > 1.0
+    np.testing.assert_allclose(model.encode(rolled[0])[0], x0, rtol=1e-5, atol=1e-5)
+
+
+def test_capsule_roll_rolls_each_capsule():
+    v = jnp.arange(6.0)
+    np.testing.assert_array_equal(bl.capsule_roll(v, 1, 3), [2, 0, 1, 5, 3, 4])
+    np.testing.assert_array_equal(bl.capsule_roll(v, 3, 3), v)
+
+
+# ---- PoFlow -------------------------------------------------------------------------------------
+
+
+class _TravellingWave(ff.AbstractPotential):
+    a: jax.Array
+    c: float
+
+    def __call__(self, t, z):
+        return jnp.sin(jnp.dot(self.a, z) - self.c * jnp.linalg.norm(self.a) * t)
+
+
+def test_wave_residual_vanishes_on_a_travelling_wave(getkey, x64):
+    a = jr.normal(getkey(), (5,), jnp.float64)
+    wave = _TravellingWave(a, 1.7)
+    for _ in range(3):
+        t, z = (
+            jr.uniform(getkey(), (), jnp.float64) * 3,
+            jr.normal(getkey(), (5,), jnp.float64),
+        )
+        assert abs(float(bl.wave_residual(wave, 1.7, t, z))) < 1e-10
+        scale = float(jnp.dot(a, a))
+        assert abs(float(bl.wave_residual(wave, 1.2, t, z))) > 1e-3 * scale or abs(float(wave(t, z))) < 1e-3
+
+
+def test_classifier_loss_falls_on_separable_flows(getkey):
+    """Latent steps of three flows along different directions (plus noise): the classifier learns
+    to name the flow, so its loss falls from ≈ log 3 to near 0."""
+    d, k_flows = 6, 3
+    config = bl.PoFlowConfig(image_shape=SHAPE, num_frames=4, latent_dim=d, num_flows=k_flows, width=4)
+    model = bl.PoFlow(config, key=getkey())
+    directions = jr.normal(getkey(), (k_flows, d))
+    optim = optax.adam(1e-2)
+    classifier = model.classifier  # the model's own classifier, freshly initialised
+    state = optim.init(eqx.filter(classifier, eqx.is_array))
+
+    def batch_loss(cls, key):
+        ks = jnp.arange(30) % k_flows
+        steps = directions[ks][:, None] + 0.3 * jr.normal(key, (30, 4, d))
+        return jnp.mean(jax.vmap(lambda s, k: bl.classifier_loss(cls, s, k))(steps, ks))
+
+    @eqx.filter_jit
+    def step(cls, state, key):
+        loss, grads = eqx.filter_value_and_grad(batch_loss)(cls, key)
+        updates, state = optim.update(grads, state, cls)
+        return eqx.apply_updates(cls, updates), state, loss
+
+    first = float(eqx.filter_jit(batch_loss)(classifier, getkey()))
+    for i in range(150):
+        classifier, state, _ = step(classifier, state, getkey())
+    last = float(eqx.filter_jit(batch_loss)(classifier, getkey()))
+    assert abs(first - math.log(3)) < 0.5 and last < 0.1 * first, (first, last)
+
+
+# ---- every method, every preset's data shape ----------------------------------------------------
+
+PRESET_SHAPES = {  # (image_shape, frames, K) of mnist, shapes3d, falcor3d, isaac3d (SPEC §1)
+    "mnist": ((3, 28, 28), 9, 3),
+    "shapes3d": ((3, 64, 64), 8, 5),
+    "falcor3d": ((3, 128, 128), 5, 7),
+    "isaac3d": ((3, 128, 128), 4, 8),
+}
+
+
+BASELINES = [name for name in ff.methods.METHODS if not name.startswith("ffvae")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
+    """(The FFVAE and its weak variant take two steps at every preset in test_train.py.)"""
+    for dataset, (shape, frames, num_flows) in PRESET_SHAPES.items():
+        config = ff.methods.make_config(
+            name,
+            image_shape=shape,
+            num_frames=frames,
+            latent_dim=12,
+            num_flows=num_flows,
+            width=2,
+            potential_width=8,
+            classifier_width=8,
+            disc_width=8,
+        )
+        model = ff.methods.make_model(name, config, key=getkey())
+        optimizer = make_optimizer(1e-3)
+        opt_state = init_opt_state(model, optimizer)
+        step = make_step(optimizer, weak=getattr(config, "weakly_supervised", False))
+        batch = {
+            "frames": jr.uniform(getkey(), (2, frames, *shape)),
+            "k": jnp.array([0, num_flows - 1]),
+        }
+        before = eqx.filter(model, eqx.is_inexact_array)
+        before = jax.tree.map(np.asarray, before)
+        losses = []
+        for i in range(2):
+            model, opt_state, loss, terms = step(model, opt_state, dict(batch), jr.key(i))
+            losses.append(float(loss))
+        assert all(map(math.isfinite, losses)), (dataset, losses)
+        after = eqx.filter(model, eqx.is_inexact_array)
+        changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
+        assert all(jax.tree.leaves(changed)), (dataset, "a parameter did not move")

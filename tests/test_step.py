@@ -1,0 +1,58 @@
+"""The fast training step computes the same function as a plain one, and its precision option."""
+
+import dataclasses
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import eqx_ffvae as ff
+from eqx_ffvae.training import batch_loss, make_optimizer, make_step
+
+FAST = ff.FFVAEConfig(
+    image_shape=(3, 28, 28), num_frames=4, latent_dim=8, num_flows=3, width=8, potential_width=16, hj_weight=1.0
+)
+PLAIN = dataclasses.replace(FAST, conv_impl="lax", laplacian="hessian")
+
+
+def test_fast_step_equals_plain_step(getkey):
+    """Fast convs (matmuls, sub-pixel transposed conv) + forward-mode Laplacian vs `lax.conv` + the
+    trace of `jax.hessian`: same parameters, same batch and key → same loss and gradients."""
+    init_key = getkey()
+    fast, plain = ff.FlowFactorizedVAE(FAST, key=init_key), ff.FlowFactorizedVAE(PLAIN, key=init_key)
+    batch = {"frames": jr.uniform(getkey(), (3, 4, 3, 28, 28)), "k": jnp.array([0, 1, 2])}
+    key = getkey()
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(batch_loss, has_aux=True))
+    (loss_f, terms_f), grads_f = value_and_grad(fast, batch, key)
+    (loss_p, terms_p), grads_p = value_and_grad(plain, batch, key)
+    np.testing.assert_allclose(loss_f, loss_p, rtol=1e-4)
+    for name in terms_p:
+        np.testing.assert_allclose(terms_f[name], terms_p[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    leaves_f = jax.tree.leaves(eqx.filter(grads_f, eqx.is_inexact_array))
+    paths_p, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(grads_p, eqx.is_inexact_array))
+    assert len(leaves_f) == len(paths_p) > 20
+    for g_f, (path, g_p) in zip(leaves_f, paths_p):
+        assert float(jnp.linalg.norm(g_p)) > 0, jax.tree_util.keystr(path)
+        rel = float(jnp.linalg.norm(g_f - g_p) / jnp.linalg.norm(g_p))
+        assert rel < 1e-4, (jax.tree_util.keystr(path), rel)
+
+
+@pytest.mark.parametrize(
+    ("precision", "hlo"), [("float32", "HIGHEST"), ("tensorfloat32", "HIGH"), ("bfloat16", "DEFAULT")]
+)
+def test_matmul_precision_reaches_every_dot(precision, hlo):
+    model = ff.FlowFactorizedVAE(dataclasses.replace(FAST, width=4, latent_dim=4, potential_width=8), key=jr.key(0))
+    optimizer = make_optimizer(1e-3)
+    state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    batch = {"frames": jnp.zeros((2, 4, 3, 28, 28)), "k": jnp.array([0, 1])}
+    text = make_step(optimizer, matmul_precision=precision).lower(model, state, batch, jr.key(0)).as_text()
+    assert set(re.findall(r"precision (\w+)>", text)) == {hlo}
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises((ValueError, TypeError), match="fp8"):  # TypeError: the test suite's jaxtyping check
+        make_step(make_optimizer(1e-3), matmul_precision="fp8")
