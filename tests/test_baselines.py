@@ -260,3 +260,19 @@ def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
         after = eqx.filter(model, eqx.is_inexact_array)
         changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
         assert all(jax.tree.leaves(changed)), (dataset, "a parameter did not move")
+
+
+def test_poflow_proposal_is_its_flow_with_density(getkey):
+    """PoFlow proposes like the FFVAE: z_0 from q(z_0|x_0) carried by Euler steps along ∇u^k, each
+    step lowering log q by Δu^k at the step's start."""
+    config = bl.PoFlowConfig(image_shape=SHAPE, num_frames=4, latent_dim=5, num_flows=2, width=4, potential_width=16)
+    model = bl.PoFlow(config, key=getkey())
+    x = jr.uniform(getkey(), (4, *SHAPE))
+    zs, logqs = eqx.filter_jit(lambda m, x, key: m.importance_proposal(x, 1, key=key))(model, x, getkey())
+    pot = model.potential(1)
+    for t in range(3):
+        grad, lap = pot.grad_and_laplacian(float(t), zs[t])
+        np.testing.assert_allclose(zs[t + 1], zs[t] + grad, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logqs[t + 1], logqs[t] - lap, rtol=1e-5, atol=1e-5)
+    mu, _ = model.encode(x[0])
+    assert float(jnp.linalg.norm(zs[0] - mu)) > 0
