@@ -224,7 +224,12 @@ def test_help_explains_flags():
     res = _run(["--help"])
     assert res.returncode == 0
     for flag in ("--preset", "--model", "--data-dir", "--steps", "--batch-size", "--seed", "--out",
-                 "--checkpoint-every", "--fresh"):
+                 "--checkpoint-every", "--fresh", "--matmul-precision"):
+        assert flag in res.stdout
+    assert "factorvae" in res.stdout and "ffvae-weak" in res.stdout
+    res = _run(["compare", "--help"])
+    assert res.returncode == 0
+    for flag in ("--preset", "--seeds", "--models", "--steps", "--out"):
         assert flag in res.stdout
 
 

@@ -32,6 +32,7 @@ def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
     result = _finished(run_dir, spec)
     if result is not None:
         return result, True
+    tic = time.perf_counter()
     model = train(spec, run_dir)
     ckpt = Checkpointer(run_dir / "checkpoints")
     last = ckpt.latest_step()
@@ -40,6 +41,7 @@ def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
         raise RunError(f"{run_dir} stopped at step {last} of {spec.steps}; rerun compare to resume it")
     result = run_eval(spec, model, run_dir, figures=False, quiet=True)
     result["trained_steps"] = spec.steps
+    result["seconds"] = time.perf_counter() - tic  # this invocation's training (or resumed part) + eval
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result, False
 
@@ -123,7 +125,6 @@ def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
     names = list(dict.fromkeys(args.models))
     plan = [(m, s) for s in range(args.seeds) for m in names]  # seed-major: a full first table early
     results: dict[str, list[dict]] = {}
-    timings: dict[str, list[float]] = {}
     spec = None
     for i, (name, seed) in enumerate(plan):
         spec = spec_for(name, seed)
@@ -132,8 +133,6 @@ def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
         result, reused = _one_run(spec, run_dir)
         secs = time.perf_counter() - tic
         results.setdefault(name, []).append(result)
-        if not reused:
-            timings.setdefault(name, []).append(secs)
         errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
         how = "reused" if reused else f"{secs:.0f} s"
         print(
@@ -142,8 +141,10 @@ def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
         )
     transforms = list(results[plan[0][0]][0]["transformations"])
     rows = summarise({n: results[n] for n in names}, transforms)
-    for name, secs in timings.items():
-        rows[name]["seconds_per_run"] = _stats(secs)
+    for name in names:
+        secs = [r["seconds"] for r in results[name] if "seconds" in r]
+        if secs:
+            rows[name]["seconds_per_run"] = _stats(secs)
     setup = {
         "preset": args.preset,
         "dataset": spec.dataset,
