@@ -16,6 +16,7 @@ from .potentials import AbstractPotential, hvp_grad_and_laplacian
 
 LaplacianMethod = Literal["exact", "hvp", "hessian", "hutchinson"]
 _METHODS = ("exact", "hvp", "hessian", "hutchinson")
+Divergence = Literal["exact", "hvp", "hessian", "hutchinson", "none"]
 _DIVERGENCES = (*_METHODS, "none")
 
 
@@ -33,7 +34,7 @@ def _grad_and_laplacian(
     pot: AbstractPotential,
     t: ScalarLike,
     z: Float[Array, " d"],
-    method: LaplacianMethod,
+    method: Divergence,
     probes: Array | None,
 ) -> tuple[Float[Array, " d"], Scalar]:
     if method == "exact":
