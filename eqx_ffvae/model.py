@@ -152,7 +152,7 @@ class FlowFactorizedVAE(eqx.Module):
 
     def _carry_sample(self, mu: Array, logvar: Array, k: Int[ArrayLike, ""], key: PRNGKeyArray):
         sample_key, probe_key = jr.split(key)
-        z0 = mu + jnp.exp(0.5 * logvar) * jr.normal(sample_key, mu.shape, mu.dtype)
+        z0 = obj.gaussian_sample(mu, logvar, sample_key)
         logq0 = obj.gaussian_log_prob(z0, mu, logvar)
         return self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar, ScalarLike
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
 from .potentials import AbstractPotential
 
@@ -21,6 +21,11 @@ def bernoulli_log_likelihood(logits: Float[Array, "..."], x: Float[Array, "..."]
 def gaussian_log_prob(z: Float[Array, " d"], mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
     """log N(z; mu, diag exp(logvar))."""
     return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mu) ** 2 * jnp.exp(-logvar))
+
+
+def gaussian_sample(mu: Float[Array, "*d"], logvar: Float[Array, "*d"], key: PRNGKeyArray) -> Float[Array, "*d"]:
+    """z = mu + σ ε, ε ~ N(0, I): the reparameterised draw every model uses."""
+    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
 
 
 def kl_to_standard_normal(mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:

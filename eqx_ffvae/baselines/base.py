@@ -12,6 +12,7 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
 from .. import objectives as obj
+from ..objectives import gaussian_sample
 from ..conv import ConvImpl
 from ..nn import ConvDecoder, ConvEncoder
 
@@ -30,11 +31,6 @@ class BaselineConfig:
     def __post_init__(self):
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be ≥ 2 (x_0 and at least one transformed frame), got {self.num_frames}")
-
-
-def gaussian_sample(mu: Array, logvar: Array, key: PRNGKeyArray) -> Array:
-    """z = mu + σ ε, ε ~ N(0, I) (the reparameterisation)."""
-    return mu + jnp.exp(0.5 * logvar) * jr.normal(key, mu.shape, mu.dtype)
 
 
 def frame_elbo(
