@@ -3,10 +3,12 @@
     python benchmarks/step.py [--json PATH] [--configs a b c] [--laplacians exact hutchinson]
 
 Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
-(b) d=64, B=128; (c) d=64, B=32. Each row runs in its own process, so `peak_rss_mb` is that
-configuration's own peak. FLOPs come from XLA's cost analysis of the compiled step, which counts
-the body of Diffrax's while loop once; the other T−1 flow steps are added from the cost analysis of
-one flow step (vector field and its gradient), so GFLOP/s counts all T steps.
+(b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py). Each row runs in its own process, so `peak_rss_mb` is that
+configuration's own peak. `compile_s` is lowering plus XLA compilation of the step, nothing run.
+FLOPs come from XLA's cost analysis of the compiled step, which counts a loop body once: the other
+T−1 steps of Diffrax's flow loop and the other T frames of the decoder's loop over frames are added
+from the cost analysis of one flow step and of one frame's decode (each with its gradient), so
+GFLOP/s counts all of them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = {"a": dict(d=324, batch=128), "b": dict(d=64, batch=128), "c": dict(d=64, batch=32)}
+CONFIGS = {
+    "a": dict(d=324, batch=128),
+    "b": dict(d=64, batch=128),
+    "c": dict(d=64, batch=32),
+    "quick": dict(d=32, batch=32, width=32, potential_width=128),  # train/run.py's default preset
+}
+DEFAULT_CONFIGS = ["a", "b", "c"]
 T, K = 8, 3
 
 
@@ -55,10 +63,11 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
     import eqx_ffvae as ff
     from eqx_ffvae.training import make_optimizer, make_step
 
-    d, batch = CONFIGS[config]["d"], CONFIGS[config]["batch"]
+    spec = CONFIGS[config]
+    d, batch = spec["d"], spec["batch"]
     cfg = ff.FFVAEConfig(
-        image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=d, potential_width=d,
-        laplacian=laplacian,
+        image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=spec.get("width", d),
+        potential_width=spec.get("potential_width", d), laplacian=laplacian,
     )
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
     optimizer = make_optimizer(1e-4)
@@ -68,9 +77,9 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
 
     start = time.perf_counter()
     compiled = step.lower(model, opt_state, data, jr.key(2)).compile()
-    model, opt_state, loss, _ = step(model, opt_state, data, jr.key(2))
-    jax.block_until_ready(loss)
     compile_s = time.perf_counter() - start
+    model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
+    jax.block_until_ready(loss)
 
     pot = model.flows.potential(0)
     zs = jr.normal(jr.key(3), (batch, d))
@@ -83,13 +92,18 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
 
         return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
 
-    body = eqx.filter_jit(eqx.filter_value_and_grad(one_flow_step)).lower(pot, zs, jr.key(4)).compile()
-    flops = _flops(compiled) + (T - 1) * _flops(body)
+    def one_frame_decode(model, zs):
+        frames = data["frames"][:, :1]
+        return jnp.sum(jax.vmap(lambda z, x: model.frame_log_likelihoods(z[None], x))(zs, frames))
+
+    flow_body = eqx.filter_jit(eqx.filter_value_and_grad(one_flow_step)).lower(pot, zs, jr.key(4)).compile()
+    decode_body = eqx.filter_jit(eqx.filter_value_and_grad(one_frame_decode)).lower(model, zs).compile()
+    flops = _flops(compiled) + (T - 1) * _flops(flow_body) + T * _flops(decode_body)
 
     times = []
     for i in range(steps):
         start = time.perf_counter()
-        model, opt_state, loss, _ = step(model, opt_state, data, jr.key(10 + i))
+        model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(10 + i))
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
@@ -108,7 +122,7 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--laplacians", nargs="+", default=["exact", "hutchinson"], choices=["exact", "hutchinson"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compile (median reported)")
     parser.add_argument("--json", default=None)

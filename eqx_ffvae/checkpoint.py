@@ -8,6 +8,7 @@ built from the same config, so the result is bit-identical to what was saved.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,21 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         leaves = _leaves(template)
         like = {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(like), record=ocp.args.JsonRestore()),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(like), record=ocp.args.JsonRestore()),
+            )
+        except ValueError as err:
+            shapes = re.search(r"Requested shape: (.*) is not compatible with the stored shape: ([^.]*)", str(err))
+            if shapes is None:
+                raise
+            raise ValueError(
+                f"checkpoint {self.directory / str(step)} does not fit this model: an array of shape "
+                f"{shapes.group(2)} is stored where the model has {shapes.group(1)}. It was written for "
+                "another configuration, or by an eqx_ffvae older than the (k, k, in, out) conv weight layout; "
+                "rerun with the configuration that wrote it, or start over with --fresh"
+            ) from None
         arrays = restored["state"]
         params, static = eqx.partition(template, eqx.is_array)
         treedef = jax.tree.structure(params)

@@ -1,16 +1,20 @@
 """2-D convolutions on channels-last images `(H, W, C)`, each in the form XLA:CPU runs fastest.
 
-Measured here (`benchmarks/step.py`): XLA's transposed convolutions and their gradients run far
-below its matmul rate, and building patch matrices (im2col) is memory-bound and slower still. So:
-a kernel that covers the whole input (or a transposed conv of a 1×1 input) is a dense matmul,
-1×1 kernels are a matmul over pixels, other convs are XLA's forward convolution, and the
-stride-2, k=4, p=1 transposed conv is computed sub-pixel: each of its four output phases is a
-stride-1 2×2 forward convolution (no multiplications by inserted zeros), interleaved by a reshape. `impl="lax"` computes the
-same functions with `lax.conv_general_dilated` and its exact transpose; the tests compare the two.
+Measured here (`benchmarks/step.py`): XLA's convolutions, transposed ones and the gradient
+convolutions above all, run far below its matmul rate. So every layer the models use is written
+as GEMMs with no multiplication by a padded or inserted zero: a kernel that covers the whole input
+(or a transposed conv of a 1×1 input) is one dense matmul, a 1×1 kernel is a matmul over pixels, a
+strided conv is one GEMM over its patch matrix (the encoder sees one frame per sequence, so the
+patches are small), and the stride-2, k=4, p=1 transposed conv (the decoder's, run on every frame)
+is sub-pixel: one GEMM per output phase, whose four taps are added with one-pixel shifts. Weights are
+stored in the layout those GEMMs read (`(k, k, in, out)` for a conv, `(in, k, k, out)` for a
+transposed conv), so no step copies them. `impl="lax"` computes the same functions with
+`lax.conv_general_dilated` and its exact transpose; the tests compare the two.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -18,11 +22,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 ConvImpl = Literal["fast", "lax"]
-_DIMS = ("NHWC", "OIHW", "NHWC")
+_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: float | int) -> Array:
@@ -37,9 +40,9 @@ def _lax_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
 
 
 class Conv2d(eqx.Module):
-    """`y = W ⋆ x + b` (cross-correlation, zero padding) on `(H, W, C_in)`; weight `(out, in, k, k)`."""
+    """`y = W ⋆ x + b` (cross-correlation, zero padding) on `(H, W, C_in)`; weight `(k, k, in, out)`."""
 
-    weight: Float[Array, "o i k k"]
+    weight: Float[Array, "k k i o"]
     bias: Float[Array, " o"]
     stride: int = eqx.field(static=True)
     padding: int = eqx.field(static=True)
@@ -58,36 +61,94 @@ class Conv2d(eqx.Module):
     ):
         wkey, bkey = jr.split(key)
         fan_in = in_channels * kernel * kernel
-        self.weight = _uniform(wkey, (out_channels, in_channels, kernel, kernel), fan_in)
+        self.weight = _uniform(wkey, (kernel, kernel, in_channels, out_channels), fan_in)
         self.bias = _uniform(bkey, (out_channels,), fan_in)
         self.stride, self.padding, self.impl = stride, padding, impl
 
     def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "ho wo o"]:
-        k = self.weight.shape[-1]
+        k = self.weight.shape[0]
         h, w, _ = x.shape
-        if self.impl == "fast" and k == 1 and self.stride == 1 and self.padding == 0:
-            y = x @ self.weight[:, :, 0, 0].T
-        elif self.impl == "fast" and k == h == w and self.padding == 0:
-            y = jnp.einsum("hwi,oihw->o", x, self.weight)[None, None]
+        fast = self.impl == "fast"
+        if fast and k == 1 and self.stride == 1 and self.padding == 0:
+            y = x @ self.weight[0, 0]
+        elif fast and k == h == w and self.padding == 0:
+            y = (x.reshape(-1) @ self.weight.reshape(-1, self.weight.shape[-1]))[None, None]
+        elif fast and self.stride > 1:
+            y = _strided_conv(x, self.weight, self.stride, self.padding)
         else:
             y = _lax_conv(x, self.weight, self.stride, self.padding)
         return y + self.bias[None, None]
 
 
-# Sub-pixel form of the stride-2, k=4, p=1 transposed conv: output row 2a + r is a stride-1 2-tap
-# correlation of the input rows (a - 1, a) for r = 0 or (a, a + 1) for r = 1, with kernel rows
-# _PHASE_TAPS[r] and zero padding _PHASE_PAD[r]; likewise for columns.
-_PHASE_TAPS = (np.array([3, 1]), np.array([2, 0]))
-_PHASE_PAD = ((1, 0), (0, 1))
+# Sub-pixel form of the stride-2, k=4, p=1 transposed conv: output phase r (rows 2a + r) sums input
+# rows a + shift times kernel rows tap, for (tap, shift) in zip(_PHASE_TAPS[r], _PHASE_SHIFTS[r]).
+_PHASE_TAPS = ((3, 1), (2, 0))
+_PHASE_SHIFTS = ((-1, 0), (0, 1))
+
+
+def _shift(v: Array, s: int, axis: int) -> Array:
+    """v[a + s] along `axis`, zero where a + s falls outside (s ∈ {-1, 0, 1})."""
+    if s == 0:
+        return v
+    n = v.shape[axis]
+    kept = jax.lax.slice_in_dim(v, max(s, 0), n + min(s, 0), axis=axis)
+    pad = [(0, 0)] * v.ndim
+    pad[axis] = (0, 1) if s > 0 else (1, 0)
+    return jnp.pad(kept, pad)
+
+
+def _shifted_sum(u: Array, rows: tuple, cols: tuple) -> Array:
+    """Σ over (tap, shift) pairs of rows × cols of u[· + row shift, · + col shift, row tap, col tap].
+
+    u has shape (h, w, taps, taps, o); XLA fuses the shifted adds into one pass.
+    """
+    return sum(_shift(_shift(u[:, :, ty, tx], sy, 0), sx, 1) for ty, sy in rows for tx, sx in cols)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _strided_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
+    """A strided conv as one GEMM over its patch matrix `(h_out·w_out, k·k·i)` (strided slices only).
+
+    Rematerialised: the backward pass rebuilds the patch matrix (k²/s² times the input) from x.
+    """
+    k, _, i, o = weight.shape
+    h, w, _ = x.shape
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    xp = jnp.pad(x, ((padding, padding), (padding, padding), (0, 0)))
+    patches = jnp.stack(
+        [
+            xp[ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride]
+            for ky in range(k)
+            for kx in range(k)
+        ],
+        axis=2,
+    )
+    return patches.reshape(ho, wo, k * k * i) @ weight.reshape(k * k * i, o)
+
+
+
+def _subpixel_transpose(x: Array, weight: Array) -> Array:
+    """Stride-2, k=4, p=1 transposed conv as GEMMs: each output phase's four taps share one GEMM
+    `(h·w, i) × (i, 4·o)` and are added with one-pixel shifts, then the phases are interleaved."""
+    h, w, i = x.shape
+    o = weight.shape[-1]
+
+    def phase(r: int, q: int) -> Array:
+        taps = weight[:, _PHASE_TAPS[r]][:, :, _PHASE_TAPS[q]].reshape(i, 4 * o)
+        u = (x @ taps).reshape(h, w, 2, 2, o)
+        return _shifted_sum(u, tuple(enumerate(_PHASE_SHIFTS[r])), tuple(enumerate(_PHASE_SHIFTS[q])))
+
+    rows = [jnp.stack([phase(r, q) for q in range(2)], axis=2) for r in range(2)]
+    return jnp.stack(rows, axis=1).reshape(2 * h, 2 * w, o)
 
 
 class ConvTranspose2d(eqx.Module):
     """The adjoint of a `Conv2d` (PyTorch's `ConvTranspose2d`, output_padding 0), on `(H, W, C_in)`.
 
-    Weight `(in, out, k, k)`; output size `(H - 1) * stride - 2 * padding + k`.
+    Weight `(in, k, k, out)`; output size `(H - 1) * stride - 2 * padding + k`.
     """
 
-    weight: Float[Array, "i o k k"]
+    weight: Float[Array, "i k k o"]
     bias: Float[Array, " o"]
     stride: int = eqx.field(static=True)
     padding: int = eqx.field(static=True)
@@ -106,39 +167,31 @@ class ConvTranspose2d(eqx.Module):
     ):
         wkey, bkey = jr.split(key)
         fan_in = in_channels * kernel * kernel / (stride * stride)
-        self.weight = _uniform(wkey, (in_channels, out_channels, kernel, kernel), fan_in)
+        self.weight = _uniform(wkey, (in_channels, kernel, kernel, out_channels), fan_in)
         self.bias = _uniform(bkey, (out_channels,), fan_in)
         self.stride, self.padding, self.impl = stride, padding, impl
 
     def out_size(self, size: int) -> int:
-        return (size - 1) * self.stride - 2 * self.padding + self.weight.shape[-1]
+        return (size - 1) * self.stride - 2 * self.padding + self.weight.shape[1]
+
+    def _lax_transpose(self, x: Array) -> Array:
+        like = jax.ShapeDtypeStruct((self.out_size(x.shape[0]), self.out_size(x.shape[1]), self.weight.shape[-1]), x.dtype)
+        kernel = self.weight.transpose(1, 2, 3, 0)
+        (y,) = jax.linear_transpose(lambda y: _lax_conv(y, kernel, self.stride, self.padding), like)(x)
+        return y
 
     def __call__(self, x: Float[Array, "h w i"]) -> Float[Array, "ho wo o"]:
-        i, o, k, _ = self.weight.shape
+        i, k, _, o = self.weight.shape
         h, w, _ = x.shape
+        plain = self.stride == 1 and self.padding == 0
         if self.impl == "lax":
-            like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), o), x.dtype)
-            (y,) = jax.linear_transpose(lambda y: _lax_conv(y, self.weight, self.stride, self.padding), like)(x)
-        elif h == w == 1 and self.stride == 1 and self.padding == 0:
-            y = jnp.einsum("i,iokl->klo", x[0, 0], self.weight)
-        elif k == 1 and self.stride == 1 and self.padding == 0:
-            y = x @ self.weight[:, :, 0, 0]
+            y = self._lax_transpose(x)
+        elif h == w == 1 and plain:
+            y = (x[0, 0] @ self.weight.reshape(i, -1)).reshape(k, k, o)
+        elif k == 1 and plain:
+            y = x @ self.weight[:, 0, 0]
         elif (k, self.stride, self.padding) == (4, 2, 1):
-            phases = [
-                [
-                    jax.lax.conv_general_dilated(
-                        x[None],
-                        self.weight[:, :, _PHASE_TAPS[r]][:, :, :, _PHASE_TAPS[q]].transpose(1, 0, 2, 3),
-                        (1, 1),
-                        [_PHASE_PAD[r], _PHASE_PAD[q]],
-                        dimension_numbers=_DIMS,
-                    )[0]
-                    for q in range(2)
-                ]
-                for r in range(2)
-            ]
-            y = jnp.stack([jnp.stack(row, axis=2) for row in phases], axis=1).reshape(2 * h, 2 * w, o)
+            y = _subpixel_transpose(x, self.weight)
         else:
-            like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), o), x.dtype)
-            (y,) = jax.linear_transpose(lambda y: _lax_conv(y, self.weight, self.stride, self.padding), like)(x)
+            y = self._lax_transpose(x)
         return y + self.bias[None, None]

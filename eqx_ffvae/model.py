@@ -15,7 +15,7 @@ from . import objectives as obj
 from .conv import ConvImpl
 from .flows import LaplacianMethod, flow
 from .metrics import frame_times
-from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
+from .nn import DECODER_SAVED, ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import AbstractPotential, PotentialBank
 from .prior import DiffusionPrior
 
@@ -96,6 +96,17 @@ class FlowFactorizedVAE(eqx.Module):
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
         return self.decoder(z)
 
+    def frame_log_likelihoods(self, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Float[Array, " n"]:
+        """log p(x_t | z_t) of each frame, decoded one frame at a time.
+
+        A loop over frames (batched over sequences by the caller's vmap) bounds the decoder's
+        working memory to one frame of the batch; only its spatial pre-activations are kept for the
+        backward pass, everything else is recomputed from them (no extra convolutions).
+        """
+        policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
+        frame_ll = jax.checkpoint(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x), policy=policy)
+        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, x_seq))
+
     def _solve(
         self, pot: AbstractPotential, z0: Array, logq0: ScalarLike, ts: Array, key: PRNGKeyArray | None
     ) -> tuple[Array, Array]:
@@ -164,7 +175,7 @@ class FlowFactorizedVAE(eqx.Module):
         ts = self.frame_times
         mu, logvar = self.encode(x_seq[0])
         zs, logqs = self._carry_sample(mu, logvar, k, key)
-        recon = jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x))(zs, x_seq)
+        recon = self.frame_log_likelihoods(zs, x_seq)
         kl0 = obj.kl_to_standard_normal(mu, logvar)
         log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
         kl_flow = jnp.sum(logqs[1:] - log_prior)

@@ -13,9 +13,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
+
+DECODER_SAVED = "decoder_preactivation"
+"""Name of the decoder's spatial pre-activations: the only values a rematerialised decode keeps."""
 
 SUPPORTED_SIZES = (28, 64, 128)
 
@@ -137,7 +141,7 @@ class ConvDecoder(eqx.Module):
         for layer in self.heads:
             x = jax.nn.silu(layer(x))
         for layer in self.deconvs[:-1]:
-            x = jax.nn.silu(layer(x))
+            x = jax.nn.silu(checkpoint_name(layer(x), DECODER_SAVED))
         return jnp.transpose(self.deconvs[-1](x), (2, 0, 1))
 
 

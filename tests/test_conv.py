@@ -15,11 +15,12 @@ from eqx_ffvae.nn import ConvDecoder, ConvEncoder
 @pytest.mark.parametrize(
     "kernel,stride,padding,size", [(4, 2, 1, 14), (4, 2, 1, 7), (3, 1, 1, 9), (7, 1, 0, 7), (7, 1, 0, 1), (1, 1, 0, 5)]
 )
-def test_fast_matches_lax(getkey, layer, kernel, stride, padding, size):
+@pytest.mark.parametrize("channels", [(3, 5), (48, 3)], ids=["few-in", "few-out"])
+def test_fast_matches_lax(getkey, layer, kernel, stride, padding, size, channels):
     key = getkey()
-    fast = layer(3, 5, kernel, stride, padding, impl="fast", key=key)
-    ref = layer(3, 5, kernel, stride, padding, impl="lax", key=key)
-    x = jr.normal(getkey(), (size, size, 3))
+    fast = layer(*channels, kernel, stride, padding, impl="fast", key=key)
+    ref = layer(*channels, kernel, stride, padding, impl="lax", key=key)
+    x = jr.normal(getkey(), (size, size, channels[0]))
     np.testing.assert_allclose(fast(x), ref(x), rtol=1e-4, atol=1e-5)
     loss = lambda m, x: jnp.sum(jnp.sin(m(x)))  # noqa: E731
     g_fast, gx_fast = eqx.filter_grad(loss)(fast, x), jax.grad(loss, argnums=1)(fast, x)
@@ -32,7 +33,7 @@ def test_transpose_is_adjoint_of_conv(getkey):
     key = getkey()
     conv = Conv2d(5, 3, 4, 2, 1, key=key)
     deconv = ConvTranspose2d(3, 5, 4, 2, 1, key=key)
-    deconv = eqx.tree_at(lambda d: d.weight, deconv, conv.weight)
+    deconv = eqx.tree_at(lambda d: d.weight, deconv, conv.weight.transpose(3, 0, 1, 2))
     x, y = jr.normal(getkey(), (28, 28, 5)), jr.normal(getkey(), (14, 14, 3))
     lhs = jnp.vdot(conv(x) - conv.bias[None, None], y)
     rhs = jnp.vdot(x, deconv(y) - deconv.bias[None, None])

@@ -68,6 +68,19 @@ def _checkpoint_leaves(run_dir):
     return step, [np.asarray(x) for x in jax.tree.leaves(eqx.filter((model, opt_state), eqx.is_array))], record
 
 
+def test_checkpoint_of_another_shape_is_refused_by_name(tmp_path):
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from eqx_ffvae.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(3, {"w": jnp.ones((2, 5))}, jr.key(0), {})
+    with pytest.raises(ValueError, match=r"ck/3 does not fit this model: .*\(2, 5\).*\(5, 2\).*--fresh"):
+        ckpt.restore({"w": jnp.ones((5, 2))})
+    ckpt.close()
+
+
 @pytest.mark.slow
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
     args = ["--steps", "5", "--skip-eval", *TINY]
