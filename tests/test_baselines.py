@@ -215,11 +215,10 @@ def test_classifier_loss_falls_on_separable_flows(getkey):
 
 # ---- every method, every preset's data shape ----------------------------------------------------
 
-PRESET_SHAPES = {  # (image_shape, frames, K) of mnist, shapes3d, falcor3d, isaac3d (SPEC §1)
+PRESET_SHAPES = {  # (image_shape, frames, K) of each image size the presets use (SPEC §1)
     "mnist": ((3, 28, 28), 9, 3),
     "shapes3d": ((3, 64, 64), 8, 5),
-    "falcor3d": ((3, 128, 128), 5, 7),
-    "isaac3d": ((3, 128, 128), 4, 8),
+    "isaac3d": ((3, 128, 128), 4, 8),  # falcor3d differs only in T and K (5, 7): the same layers
 }
 
 
