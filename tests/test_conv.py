@@ -15,12 +15,11 @@ from eqx_ffvae.nn import ConvDecoder, ConvEncoder
 @pytest.mark.parametrize(
     "kernel,stride,padding,size", [(4, 2, 1, 14), (4, 2, 1, 7), (3, 1, 1, 9), (7, 1, 0, 7), (7, 1, 0, 1), (1, 1, 0, 5)]
 )
-@pytest.mark.parametrize("channels", [(3, 5), (48, 3)], ids=["few-in", "few-out"])
-def test_fast_matches_lax(getkey, layer, kernel, stride, padding, size, channels):
+def test_fast_matches_lax(getkey, layer, kernel, stride, padding, size):
     key = getkey()
-    fast = layer(*channels, kernel, stride, padding, impl="fast", key=key)
-    ref = layer(*channels, kernel, stride, padding, impl="lax", key=key)
-    x = jr.normal(getkey(), (size, size, channels[0]))
+    fast = layer(3, 5, kernel, stride, padding, impl="fast", key=key)
+    ref = layer(3, 5, kernel, stride, padding, impl="lax", key=key)
+    x = jr.normal(getkey(), (size, size, 3))
     np.testing.assert_allclose(fast(x), ref(x), rtol=1e-4, atol=1e-5)
     loss = lambda m, x: jnp.sum(jnp.sin(m(x)))  # noqa: E731
     g_fast, gx_fast = eqx.filter_grad(loss)(fast, x), jax.grad(loss, argnums=1)(fast, x)
