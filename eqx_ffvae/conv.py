@@ -126,7 +126,6 @@ def _strided_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
     return patches.reshape(ho, wo, k * k * i) @ weight.reshape(k * k * i, o)
 
 
-
 def _subpixel_transpose(x: Array, weight: Array) -> Array:
     """Stride-2, k=4, p=1 transposed conv as GEMMs: each output phase's four taps share one GEMM
     `(h·w, i) × (i, 4·o)` and are added with one-pixel shifts, then the phases are interleaved."""
@@ -175,7 +174,8 @@ class ConvTranspose2d(eqx.Module):
         return (size - 1) * self.stride - 2 * self.padding + self.weight.shape[1]
 
     def _lax_transpose(self, x: Array) -> Array:
-        like = jax.ShapeDtypeStruct((self.out_size(x.shape[0]), self.out_size(x.shape[1]), self.weight.shape[-1]), x.dtype)
+        h, w, _ = x.shape
+        like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), self.weight.shape[-1]), x.dtype)
         kernel = self.weight.transpose(1, 2, 3, 0)
         (y,) = jax.linear_transpose(lambda y: _lax_conv(y, kernel, self.stride, self.padding), like)(x)
         return y

@@ -15,7 +15,7 @@ from . import objectives as obj
 from .conv import ConvImpl
 from .flows import LaplacianMethod, flow
 from .metrics import frame_times
-from .nn import DECODER_SAVED, ConvDecoder, ConvEncoder, SequenceEncoder
+from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import AbstractPotential, PotentialBank
 from .prior import DiffusionPrior
 
@@ -97,15 +97,8 @@ class FlowFactorizedVAE(eqx.Module):
         return self.decoder(z)
 
     def frame_log_likelihoods(self, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Float[Array, " n"]:
-        """log p(x_t | z_t) of each frame, decoded one frame at a time.
-
-        A loop over frames (batched over sequences by the caller's vmap) bounds the decoder's
-        working memory to one frame of the batch; only its spatial pre-activations are kept for the
-        backward pass, everything else is recomputed from them (no extra convolutions).
-        """
-        policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
-        frame_ll = jax.checkpoint(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x), policy=policy)
-        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, x_seq))
+        """log p(x_t | z_t) of each frame (the decoder's memory-bounded loop over frames)."""
+        return self.decoder.log_likelihoods(zs, x_seq)
 
     def _solve(
         self, pot: AbstractPotential, z0: Array, logq0: ScalarLike, ts: Array, key: PRNGKeyArray | None

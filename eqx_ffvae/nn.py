@@ -19,7 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
 
 DECODER_SAVED = "decoder_preactivation"
-"""Name of the decoder's spatial pre-activations: the only values a rematerialised decode keeps."""
+"""Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
 
 SUPPORTED_SIZES = (28, 64, 128)
 
@@ -143,6 +143,19 @@ class ConvDecoder(eqx.Module):
         for layer in self.deconvs[:-1]:
             x = jax.nn.silu(checkpoint_name(layer(x), DECODER_SAVED))
         return jnp.transpose(self.deconvs[-1](x), (2, 0, 1))
+
+    def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
+        """Σ_pixels log Bernoulli(x_t | sigmoid(decoder(z_t))) of each frame, decoded one frame at a time.
+
+        A loop over frames (batched over sequences by the caller's vmap) bounds the decoder's working
+        memory to one frame of the batch; only its spatial pre-activations are kept for the backward
+        pass, everything else is recomputed from them (no convolution is recomputed).
+        """
+        from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
+
+        policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
+        frame_ll = jax.checkpoint(lambda z, x: bernoulli_log_likelihood(self(z), x), policy=policy)
+        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, xs))
 
 
 class SequenceEncoder(eqx.Module):

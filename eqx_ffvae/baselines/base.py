@@ -12,7 +12,6 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
 from .. import objectives as obj
-from ..objectives import gaussian_sample
 from ..conv import ConvImpl
 from ..nn import ConvDecoder, ConvEncoder
 
@@ -38,7 +37,7 @@ def frame_elbo(
 ) -> tuple[Scalar, Scalar, Float[Array, " d"]]:
     """(log p(x|z), KL[q(z|x) ‖ N(0, I)], z) of one frame with one reparameterised z."""
     mu, logvar = encoder(x)
-    z = gaussian_sample(mu, logvar, key)
+    z = obj.gaussian_sample(mu, logvar, key)
     return obj.bernoulli_log_likelihood(decoder(z), x), obj.kl_to_standard_normal(mu, logvar), z
 
 
@@ -71,7 +70,7 @@ class FrameVAE(eqx.Module):
 
         def one(x, key):
             mu, logvar = self.encode(x)
-            z = gaussian_sample(mu, logvar, key)
+            z = obj.gaussian_sample(mu, logvar, key)
             return z, obj.gaussian_log_prob(z, mu, logvar)
 
         return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))

@@ -12,7 +12,8 @@ import jax.random as jr
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from .base import BaselineConfig, FrameVAE, conv_pair, frame_elbo, gaussian_sample
+from .. import objectives as obj
+from .base import BaselineConfig, FrameVAE, conv_pair, frame_elbo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ class FactorVAE(FrameVAE):
         """The discriminator's objective on this batch's latents (the encoder is held fixed)."""
         sample_key, perm_key = jr.split(key)
         mu, logvar = jax.vmap(self.encoder)(frames.reshape(-1, *frames.shape[2:]))
-        z = gaussian_sample(mu, logvar, sample_key)
+        z = obj.gaussian_sample(mu, logvar, sample_key)
         return discriminator_loss(self.discriminator, jax.lax.stop_gradient(z), key=perm_key)
 
     def discriminator_optimizer(self) -> optax.GradientTransformation:

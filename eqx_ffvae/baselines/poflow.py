@@ -21,7 +21,7 @@ from ..potentials import (
     WeightedPotential,
     select_stacked,
 )
-from .base import BaselineConfig, FrameVAE, conv_pair, gaussian_sample
+from .base import BaselineConfig, FrameVAE, conv_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,7 @@ class PoFlow(FrameVAE):
         −4.4e8 nats per image on the quick preset), so that estimate says nothing about the model.
         """
         mu, logvar = self.encode(x_seq[0])
-        z0 = gaussian_sample(mu, logvar, key)
+        z0 = obj.gaussian_sample(mu, logvar, key)
         ts = frame_times(x_seq.shape[0])
         return flow(self.potential(k), z0, obj.gaussian_log_prob(z0, mu, logvar), ts, divergence="exact")
 
@@ -126,8 +126,8 @@ class PoFlow(FrameVAE):
         c = self.config
         ts = frame_times(c.num_frames)
         mu, logvar = self.encode(x_seq[0])
-        zs = self.transport(k, gaussian_sample(mu, logvar, key))
-        recon = jnp.sum(jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x))(zs, x_seq))
+        zs = self.transport(k, obj.gaussian_sample(mu, logvar, key))
+        recon = jnp.sum(self.decoder.log_likelihoods(zs, x_seq))
         kl = obj.kl_to_standard_normal(mu, logvar)
         pot, speed = self.potential(k), self.wave_speed(k)
         colloc = jax.lax.stop_gradient(zs[:-1])

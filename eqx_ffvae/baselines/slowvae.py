@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from .. import objectives as obj
-from .base import BaselineConfig, FrameVAE, conv_pair, gaussian_sample
+from .base import BaselineConfig, FrameVAE, conv_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,8 @@ class SlowVAE(FrameVAE):
         del k
         c = self.config
         mu, logvar = jax.vmap(self.encode)(x_seq)
-        z = gaussian_sample(mu, logvar, key)
-        recon = jnp.sum(jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(self.decode(z), x))(z, x_seq))
+        z = obj.gaussian_sample(mu, logvar, key)
+        recon = jnp.sum(self.decoder.log_likelihoods(z, x_seq))
         kl = jnp.sum(jax.vmap(obj.kl_to_standard_normal)(mu, logvar))
         slow = jnp.sum(
             jax.vmap(lambda m, lv, prev: kl_gaussian_laplace(m, lv, prev, c.rate))(mu[1:], logvar[1:], z[:-1])

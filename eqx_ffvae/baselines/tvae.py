@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 from .. import objectives as obj
 from ..metrics import frame_times
 from ..nn import ConvEncoder
-from .base import BaselineConfig, FrameVAE, conv_pair, gaussian_sample
+from .base import BaselineConfig, FrameVAE, conv_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,7 @@ class TVAE(FrameVAE):
         def one(x, key):
             z_key, u_key = jr.split(key)
             (mu_z, lv_z), (mu_u, lv_u) = self.encoder(x), self.u_encoder(x)
-            z, u = gaussian_sample(mu_z, lv_z, z_key), gaussian_sample(mu_u, lv_u, u_key)
+            z, u = obj.gaussian_sample(mu_z, lv_z, z_key), obj.gaussian_sample(mu_u, lv_u, u_key)
             logq = obj.gaussian_log_prob(z, mu_z, lv_z) + obj.gaussian_log_prob(u, mu_u, lv_u)
             return jnp.concatenate([z, u]), logq
 
@@ -122,7 +122,7 @@ class TVAE(FrameVAE):
         z_key, u_key = jr.split(key)
         mu_z, lv_z = jax.vmap(self.encoder)(x_seq)
         mu_u, lv_u = jax.vmap(self.u_encoder)(x_seq)
-        z, u = gaussian_sample(mu_z, lv_z, z_key), gaussian_sample(mu_u, lv_u, u_key)
+        z, u = obj.gaussian_sample(mu_z, lv_z, z_key), obj.gaussian_sample(mu_u, lv_u, u_key)
         u2 = u**2
         deltas = jnp.arange(-c.time_window, c.time_window + 1)
 
@@ -135,7 +135,7 @@ class TVAE(FrameVAE):
             return self._pool(jnp.sum(jax.vmap(term)(deltas), axis=0))
 
         s = jax.vmap(lambda t, z_t: self._student(z_t, pooled_at(t)))(jnp.arange(n), z)
-        recon = jnp.sum(jax.vmap(lambda s_t, x: obj.bernoulli_log_likelihood(self.decode(s_t), x))(s, x_seq))
+        recon = jnp.sum(self.decoder.log_likelihoods(s, x_seq))
         kl = jnp.sum(jax.vmap(obj.kl_to_standard_normal)(mu_z, lv_z)) + jnp.sum(
             jax.vmap(obj.kl_to_standard_normal)(mu_u, lv_u)
         )
