@@ -5,10 +5,11 @@
 Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
 (b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py). Each row runs in its own process, so `peak_rss_mb` is that
 configuration's own peak. `compile_s` is lowering plus XLA compilation of the step, nothing run.
-FLOPs come from XLA's cost analysis of the compiled step, which counts a loop body once: the other
-T−1 steps of Diffrax's flow loop and the other T frames of the decoder's loop over frames are added
-from the cost analysis of one flow step and of one frame's decode (each with its gradient), so
-GFLOP/s counts all of them.
+FLOPs come from XLA's cost analysis of the compiled step, which counts a loop body once: one flow
+step and one decoder slice, each of `slice_size` sequences. The rest of the T flow steps and T + 1
+frames of the whole batch are added from the cost analysis of one flow step and of one frame's
+decode of the batch (each with its gradient), so GFLOP/s counts all of them. The step is compiled
+as `train/loop.py` compiles it (`compile_step`, which then returns XLA's scratch memory to the OS).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
     import jax.random as jr
 
     import eqx_ffvae as ff
-    from eqx_ffvae.training import make_optimizer, make_step
+    from eqx_ffvae.model import _slice_rows
+    from eqx_ffvae.training import compile_step, make_optimizer, make_step, release_free_memory
 
     spec = CONFIGS[config]
     d, batch = spec["d"], spec["batch"]
@@ -75,9 +77,7 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
     step = make_step(optimizer)
     data = {"frames": jr.uniform(jr.key(1), (batch, T + 1, 3, 28, 28)), "k": jnp.arange(batch, dtype=jnp.int32) % K}
 
-    start = time.perf_counter()
-    compiled = step.lower(model, opt_state, data, jr.key(2)).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))  # as train/loop.py: frees XLA's scratch
     model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
     jax.block_until_ready(loss)
 
@@ -93,12 +93,16 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
         return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
 
     def one_frame_decode(model, zs):
-        frames = data["frames"][:, :1]
-        return jnp.sum(jax.vmap(lambda z, x: model.frame_log_likelihoods(z[None], x))(zs, frames))
+        return model.decoder.summed_log_likelihood(zs[None], data["frames"][None, :, 0])
 
+    # The compiled step's cost counts each loop body once: one flow step and one decoder slice, each of
+    # `rows` sequences. Add the rest: T flow steps and T + 1 frames of the whole batch in all.
+    rows = _slice_rows(batch, cfg.slice_size)
     flow_body = eqx.filter_jit(eqx.filter_value_and_grad(one_flow_step)).lower(pot, zs, jr.key(4)).compile()
     decode_body = eqx.filter_jit(eqx.filter_value_and_grad(one_frame_decode)).lower(model, zs).compile()
-    flops = _flops(compiled) + (T - 1) * _flops(flow_body) + T * _flops(decode_body)
+    flops = _flops(compiled) + (T - rows / batch) * _flops(flow_body) + (T + 1 - rows / batch) * _flops(decode_body)
+    del flow_body, decode_body
+    release_free_memory()
 
     times = []
     for i in range(steps):

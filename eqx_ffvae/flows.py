@@ -6,11 +6,12 @@ import math
 from typing import Literal
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
+from jaxtyping import Array, Float, Key, PRNGKeyArray, PyTree, Scalar, ScalarLike
 
 from .potentials import AbstractPotential, hvp_grad_and_laplacian
 
@@ -83,24 +84,31 @@ def _fixed_grid_steps(ts: Array, dt0: float) -> int | None:
 
 def flow(
     pot: AbstractPotential,
-    z0: Float[Array, " d"],
-    logq0: ScalarLike,
+    z0: Float[Array, "*b d"],
+    logq0: ScalarLike | Float[Array, " b"],
     ts: Float[Array, " n"],
     *,
     solver: diffrax.AbstractSolver | None = None,
     dt0: float | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     divergence: str = "exact",
-    key: PRNGKeyArray | None = None,
+    key: PRNGKeyArray | Key[Array, " b"] | None = None,
     num_probes: int = 1,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
-) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    batch_axes: PyTree | None = None,
+) -> tuple[Float[Array, "*b n d"], Float[Array, "*b n"]]:
     """Carry (z, log q) from ts[0] through every time in ts along ∇u.
 
     Returns the states `zs` (len(ts), d) and log-densities `logqs` (len(ts),) at `ts`.
     Default: Euler with dt0 = 1, i.e. exactly the paper's `z_t = z_{t-1} + ∇u(z_{t-1})` per frame.
     `divergence="none"` moves z only (log q stays at logq0), for models that need no density.
+
+    `batch_axes` solves a batch as one ODE: z0 is (b, d), logq0 (b,), `key` one key per row, and
+    the leaves of `pot` are split over rows as `batch_axes` says (an `eqx.filter_vmap` in_axes
+    prefix of `pot`: 0 for one potential per row, e.g. `PotentialBank.row_potentials`); outputs
+    gain a leading b. On a fixed grid it computes what vmapping `flow` over the rows does, but the
+    reverse pass carries one gradient of the weights through the solve, not one per row.
     """
     if divergence not in _DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; use one of {_DIVERGENCES}")
@@ -115,10 +123,17 @@ def flow(
     if divergence == "hutchinson":
         if key is None:
             raise ValueError("flow(divergence='hutchinson') needs key=... to draw its probes")
-        probes = hutchinson_probes(key, num_probes, z0.shape[0], z0.dtype)
+        draw = lambda k: hutchinson_probes(k, num_probes, z0.shape[-1], z0.dtype)  # noqa: E731
+        probes = draw(key) if batch_axes is None else jax.vmap(draw)(key)
+
+    def one_row(p, t, z, probes):
+        return _grad_and_laplacian(p, t, z, divergence, probes)
+
+    if batch_axes is not None:
+        one_row = eqx.filter_vmap(one_row, in_axes=(batch_axes, None, 0, None if probes is None else 0))
 
     def vector_field(t, y, probes):
-        grad, lap = _grad_and_laplacian(pot, t, y[0], divergence, probes)
+        grad, lap = one_row(pot, t, y[0], probes)
         return grad, -lap
 
     logq0 = jnp.asarray(logq0, z0.dtype)
@@ -136,4 +151,6 @@ def flow(
         max_steps=max_steps,
     )
     zs, logqs = sol.ys
+    if batch_axes is not None:
+        zs, logqs = jnp.swapaxes(zs, 0, 1), jnp.swapaxes(logqs, 0, 1)
     return zs, logqs

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar, ScalarLike
 
 from . import objectives as obj
 from .conv import ConvImpl
@@ -28,6 +28,8 @@ class FFVAEConfig:
     the optional initial-condition term (the reference code uses 1; off by default here because it
     pushes ∇u(z, 0), the first Euler step, towards zero). `laplacian="hvp"` (d Hessian-vector products)
     and `"hessian"` (trace of `jax.hessian`) are exact references; "exact" is the faster forward-mode trace.
+    `slice_size`: `batch_loss` solves the flows and decodes the frames this many sequences at a time
+    (the largest divisor of the batch size up to it); peak memory grows with it, results do not change.
     """
 
     image_shape: tuple[int, int, int] = (3, 28, 28)
@@ -49,10 +51,13 @@ class FFVAEConfig:
     weak_estimator: Literal["exact", "gumbel"] = "exact"
     gumbel_temperature: float = 1.0
     conv_impl: ConvImpl = "fast"
+    slice_size: int = 32
 
     def __post_init__(self):
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be ≥ 2 (x_0 and at least one transformed frame), got {self.num_frames}")
+        if self.slice_size < 1:
+            raise ValueError(f"slice_size must be ≥ 1 sequence, got {self.slice_size}")
         if self.steps_per_frame < 1:
             raise ValueError(f"steps_per_frame must be ≥ 1, got {self.steps_per_frame}")
         if self.weak_estimator not in ("exact", "gumbel"):
@@ -101,11 +106,25 @@ class FlowFactorizedVAE(eqx.Module):
         return self.decoder.log_likelihoods(zs, x_seq)
 
     def _solve(
-        self, pot: AbstractPotential, z0: Array, logq0: ScalarLike, ts: Array, key: PRNGKeyArray | None
+        self,
+        pot: AbstractPotential,
+        z0: Array,
+        logq0: ScalarLike | Float[Array, " b"],
+        ts: Array,
+        key: PRNGKeyArray | Key[Array, " b"] | None,
+        batch_axes: int | AbstractPotential | None = None,
     ) -> tuple[Array, Array]:
         c = self.config
         return flow(
-            pot, z0, logq0, ts, dt0=1.0 / c.steps_per_frame, divergence=c.laplacian, key=key, num_probes=c.num_probes
+            pot,
+            z0,
+            logq0,
+            ts,
+            dt0=1.0 / c.steps_per_frame,
+            divergence=c.laplacian,
+            key=key,
+            num_probes=c.num_probes,
+            batch_axes=batch_axes,
         )
 
     def transport_density(
@@ -151,43 +170,77 @@ class FlowFactorizedVAE(eqx.Module):
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """One draw z_0 ~ q(z_0|x_0) carried by flow k to every frame, with its log-density."""
-        mu, logvar = self.encode(x_seq[0])
-        return self._carry_sample(mu, logvar, k, key)
-
-    def _carry_sample(self, mu: Array, logvar: Array, k: Int[ArrayLike, ""], key: PRNGKeyArray):
-        sample_key, probe_key = jr.split(key)
-        z0 = obj.gaussian_sample(mu, logvar, sample_key)
-        logq0 = obj.gaussian_log_prob(z0, mu, logvar)
+        _, _, z0, logq0, probe_key = self._sample_z0(x_seq[0], key)
         return self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
+
+    def _sample_z0(self, x0: Float[Array, "c h w"], key: PRNGKeyArray):
+        """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""
+        sample_key, probe_key = jr.split(key)
+        mu, logvar = self.encode(x0)
+        z0 = obj.gaussian_sample(mu, logvar, sample_key)
+        return mu, logvar, z0, obj.gaussian_log_prob(z0, mu, logvar), probe_key
+
+    def _latent_terms(
+        self, mu: Array, logvar: Array, zs: Array, logqs: Array, k: Int[ArrayLike, ""]
+    ) -> dict[str, Scalar]:
+        """Every loss term of one sequence but the reconstruction, from its latent path.
+
+        The HJ terms use the one-hot combination of all K potentials and forces: at the T collocation
+        points that is a few matmuls over all K weights rather than a per-sequence copy of flow k's.
+        """
+        ts = self.frame_times
+        log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
+        onehot = jax.nn.one_hot(k, self.config.num_flows, dtype=zs.dtype)
+        pot, force = self.flows.combined(onehot), self.flows.combined_force(onehot)
+        colloc = jax.lax.stop_gradient(zs)
+        return {
+            "kl0": obj.kl_to_standard_normal(mu, logvar),
+            "kl_flow": jnp.sum(logqs[1:] - log_prior),
+            "hj": obj.hj_loss(pot, force, ts[:-1], colloc[:-1]),
+            "hj_initial": obj.hj_initial_loss(pot, force, colloc[0]),
+        }
+
+    def _with_reconstruction(self, recon: Scalar, terms: dict[str, Scalar]) -> tuple[Scalar, dict[str, Scalar]]:
+        """−ELBO (SPEC §4) + λ_HJ · HJ residual from the summed log-likelihood and the other terms."""
+        c = self.config
+        kl0, kl_flow = terms["kl0"], terms["kl_flow"]
+        loss = -(recon - kl0 - c.flow_kl_weight * kl_flow) + c.hj_weight * terms["hj"]
+        loss = loss + c.hj_initial_weight * terms["hj_initial"]
+        return loss, {"loss": loss, "elbo": recon - kl0 - kl_flow, "recon": recon, **terms}
 
     def loss(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Scalar, dict[str, Scalar]]:
         """Supervised loss of one sequence: −ELBO (SPEC §4) + λ_HJ · HJ residual; and its terms."""
-        c = self.config
-        ts = self.frame_times
-        mu, logvar = self.encode(x_seq[0])
-        zs, logqs = self._carry_sample(mu, logvar, k, key)
-        recon = self.frame_log_likelihoods(zs, x_seq)
-        kl0 = obj.kl_to_standard_normal(mu, logvar)
-        log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
-        kl_flow = jnp.sum(logqs[1:] - log_prior)
-        elbo = jnp.sum(recon) - kl0 - kl_flow
-        pot, force = self.flows.potential(k), self.flows.force(k)
-        colloc = jax.lax.stop_gradient(zs)
-        hj = obj.hj_loss(pot, force, ts[:-1], colloc[:-1])
-        hj0 = obj.hj_initial_loss(pot, force, colloc[0])
-        loss = -(jnp.sum(recon) - kl0 - c.flow_kl_weight * kl_flow) + c.hj_weight * hj + c.hj_initial_weight * hj0
-        terms = {
-            "loss": loss,
-            "elbo": elbo,
-            "recon": jnp.sum(recon),
-            "kl0": kl0,
-            "kl_flow": kl_flow,
-            "hj": hj,
-            "hj_initial": hj0,
-        }
-        return loss, terms
+        mu, logvar, z0, logq0, probe_key = self._sample_z0(x_seq[0], key)
+        zs, logqs = self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
+        terms = self._latent_terms(mu, logvar, zs, logqs, k)
+        return self._with_reconstruction(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
+
+    def batch_loss(
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        """The mean of `loss` over a batch (key split into one per sequence), for training.
+
+        Laid out for memory, in slices of `config.slice_size` sequences: each slice's flows are one
+        ODE (`flow(batch_axes=...)`), so the potentials' gradient is summed over sequences at each
+        step, and the decoder loops over slices of frames with its gradient taken inside that loop
+        (`ConvDecoder.summed_log_likelihood`), so the backward pass keeps no decoder activations.
+        """
+        b, n = frames.shape[:2]
+        keys = jr.split(key, b)
+        mu, logvar, z0, logq0, probe_keys = jax.vmap(self._sample_z0)(frames[:, 0], keys)
+        rows = _slice_rows(b, self.config.slice_size)
+
+        def solve(ks, z0, logq0, keys):
+            return self._solve(self.flows.row_potentials(ks), z0, logq0, self.frame_times, keys, batch_axes=0)
+
+        sliced = jax.tree.map(lambda a: a.reshape(b // rows, rows, *a.shape[1:]), (ks, z0, logq0, probe_keys))
+        zs, logqs = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), jax.lax.map(lambda a: solve(*a), sliced))
+        terms = jax.vmap(self._latent_terms)(mu, logvar, zs, logqs, ks)
+        by_frame = lambda a: jnp.swapaxes(a, 0, 1).reshape(n * b // rows, rows, *a.shape[2:])  # noqa: E731
+        recon = self.decoder.summed_log_likelihood(by_frame(zs), by_frame(frames))
+        return self._with_reconstruction(recon / b, jax.tree.map(jnp.mean, terms))
 
     def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
         """Logits of q(k | x̄) (weakly supervised models only)."""
@@ -218,3 +271,8 @@ class FlowFactorizedVAE(eqx.Module):
         loss = weighted["loss"] + kl_k
         weighted.update(loss=loss, elbo=weighted["elbo"] - kl_k, kl_k=kl_k)
         return loss, weighted
+
+
+def _slice_rows(batch: int, slice_size: int) -> int:
+    """The largest divisor of `batch` that is at most `slice_size`: sequences per slice."""
+    return max(r for r in range(1, min(batch, slice_size) + 1) if batch % r == 0)

@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
+from .gradloop import sum_over_slices
 
 DECODER_SAVED = "decoder_preactivation"
 """Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
@@ -156,6 +157,20 @@ class ConvDecoder(eqx.Module):
         policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
         frame_ll = jax.checkpoint(lambda z, x: bernoulli_log_likelihood(self(z), x), policy=policy)
         return jax.lax.map(lambda zx: frame_ll(*zx), (zs, xs))
+
+    def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"]) -> Scalar:
+        """Σ over all m·b frames of log p(x | z), decoded b frames (one slice) at a time.
+
+        For training: its gradient is taken slice by slice inside the loop (`gradloop.sum_over_slices`),
+        so the backward pass keeps no decoder activation at all, and nothing is recomputed.
+        """
+        return sum_over_slices(_slice_log_likelihood, self, zs, xs)
+
+
+def _slice_log_likelihood(decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b c h w"]) -> Scalar:
+    from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
+
+    return jnp.sum(jax.vmap(lambda z, x: bernoulli_log_likelihood(decoder(z), x))(zs, xs))
 
 
 class SequenceEncoder(eqx.Module):

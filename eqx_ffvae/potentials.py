@@ -141,9 +141,19 @@ class Force(eqx.Module):
 
 
 def select_stacked(stacked: eqx.Module, k: Int[ArrayLike, ""]) -> eqx.Module:
-    """Member k of a module built with `eqx.filter_vmap` (every array leaf has a leading K axis)."""
+    """Member k of a module built with `eqx.filter_vmap` (every array leaf has a leading K axis).
+
+    Selected by a one-hot weighted sum rather than indexing: under `vmap` over k (each sequence its
+    own flow) indexing is a gather whose gradient is a slow serial scatter on CPU, while the sum and
+    its transpose are fused elementwise reductions. Exact: the other members are multiplied by zero.
+    """
     params, static = eqx.partition(stacked, eqx.is_array)
-    return eqx.combine(jax.tree.map(lambda p: p[k], params), static)
+
+    def select(p: Array) -> Array:
+        onehot = jax.nn.one_hot(k, p.shape[0], dtype=p.dtype)
+        return jnp.sum(onehot.reshape(-1, *(1,) * (p.ndim - 1)) * p, axis=0)
+
+    return eqx.combine(jax.tree.map(select, params), static)
 
 
 class WeightedPotential(AbstractPotential):
@@ -153,7 +163,7 @@ class WeightedPotential(AbstractPotential):
     dz/dt = Σ_k w_k ∇u^k. Gradient and Laplacian are linear in u, so they combine the same way.
     """
 
-    stacked: MLPPotential
+    stacked: eqx.Module
     weights: Float[Array, " k"]
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
@@ -197,6 +207,19 @@ class PotentialBank(eqx.Module):
     def force(self, k: Int[ArrayLike, ""]) -> Force:
         return select_stacked(self.forces, k)
 
+    def row_potentials(self, ks: Int[Array, " b"]) -> MLPPotential:
+        """Potential ks[i] for each row i, stacked on a leading axis: `flow(..., batch_axes=0)` takes it.
+
+        Selected once per call and rematerialised in the backward pass rather than saved, so these
+        per-row copies of the weights exist only while one slice of the batch is being solved.
+        """
+        select = eqx.filter_checkpoint(lambda ks: jax.vmap(lambda k: select_stacked(self.potentials, k))(ks))
+        return select(ks)
+
     def combined(self, weights: Float[Array, " k"]) -> WeightedPotential:
         """The potential Σ_k w_k u^k (composition of flows)."""
         return WeightedPotential(self.potentials, weights)
+
+    def combined_force(self, weights: Float[Array, " k"]) -> WeightedPotential:
+        """The force Σ_k w_k f^k (with one-hot weights: force k, evaluated with all K weights)."""
+        return WeightedPotential(self.forces, weights)

@@ -4,6 +4,9 @@ data-parallel over a ("batch",) mesh: batch sharded, model replicated.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
@@ -32,14 +35,15 @@ def make_optimizer(learning_rate: float, *, clip_norm: float | None = 100.0) -> 
 def batch_loss(model: Any, batch: Batch, key: PRNGKeyArray, *, weak: bool = False) -> tuple[Scalar, dict[str, Scalar]]:
     """Mean per-sequence loss over a batch `{"frames": (B, T+1, C, H, W), "k": (B,)}`, one key each.
 
-    Models with a `batch_loss` method (the baselines) compute it themselves.
+    `weak`: the weakly supervised loss (k ignored). Otherwise models with a `batch_loss` method (the
+    FFVAE, the baselines) compute it themselves, and any other model's `loss` is vmapped.
     """
     frames: Float[Array, "b n c h w"] = batch["frames"]
-    if hasattr(model, "batch_loss"):
-        return model.batch_loss(frames, batch["k"], key=key)
     keys = jr.split(key, frames.shape[0])
     if weak:
         losses, terms = jax.vmap(lambda x, kk: model.weak_loss(x, key=kk))(frames, keys)
+    elif hasattr(model, "batch_loss"):
+        return model.batch_loss(frames, batch["k"], key=key)
     else:
         ks: Int[Array, " b"] = batch["k"]
         losses, terms = jax.vmap(lambda x, k, kk: model.loss(x, k, key=kk))(frames, ks, keys)
@@ -150,3 +154,28 @@ def make_step(
         return model, opt_state, loss, terms
 
     return step
+
+
+def release_free_memory() -> bool:
+    """Give the C allocator's free pages back to the OS (glibc's `malloc_trim`); False where unavailable.
+
+    Compiling a large step frees hundreds of MB of XLA scratch that glibc keeps mapped; the step's
+    own buffers are then allocated anew on top, so without this the process's peak RSS counts both.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(trim(0))
+
+
+def compile_step(step: Callable, *args: Any) -> tuple[Any, float]:
+    """Compile `step` for these arguments without running it, then release the compiler's scratch
+    memory. Returns the compiled step (later calls of `step` with like arguments reuse it too) and
+    the seconds lowering and compilation took."""
+    start = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    release_free_memory()
+    return compiled, seconds

@@ -22,6 +22,7 @@ import eqx_ffvae as ff
 from eqx_ffvae import data
 from eqx_ffvae.checkpoint import Checkpointer
 from eqx_ffvae.training import (
+    compile_step,
     init_opt_state,
     make_mesh,
     make_optimizer,
@@ -216,7 +217,10 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
             host = {"frames": batch["frames"], "k": batch["k"]}
             if step == inject:
                 host["frames"] = np.full_like(host["frames"], np.nan)
-            model, opt_state, loss, terms = step_fn(model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
+            args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
+            if step == start:
+                bar.write(f"compiled the training step in {compile_step(step_fn, *args)[1]:.1f} s")
+            model, opt_state, loss, terms = step_fn(*args)
             terms = {name: float(v) for name, v in jax.device_get(terms).items()}
             rate = spec.batch_size / (time.perf_counter() - tic)
             bad = [name for name, v in terms.items() if not math.isfinite(v)]
