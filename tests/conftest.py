@@ -1,9 +1,14 @@
+import atexit
 import os
+import shutil
 import tempfile
 
-# One persistent compilation cache for the session and the training runs it starts as
-# subprocesses: runs of one configuration (resume, README commands) compile once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "eqx_ffvae-test-jax-cache"))
+# One persistent compilation cache for the session, its xdist workers and the training runs it
+# starts as subprocesses (they inherit the variable): runs of one configuration (resume, README
+# commands) compile once. A fresh directory per session, so no run starts with a warm cache.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="eqx_ffvae-test-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 # JAX does not cache a program with host callbacks, and Equinox lowers Diffrax's runtime checks (e.g.
 # "saveat.ts must be increasing", which our fixed grids always satisfy) to one; as NaNs instead they
 # leave every training step cacheable. Tests still fail on NaNs: every run checks its losses.
