@@ -145,17 +145,21 @@ class ConvDecoder(eqx.Module):
             x = jax.nn.silu(checkpoint_name(layer(x), DECODER_SAVED))
         return jnp.transpose(self.deconvs[-1](x), (2, 0, 1))
 
+    def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
+        """Σ_pixels log Bernoulli(x | sigmoid(decoder(z))) of one frame."""
+        from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
+
+        return bernoulli_log_likelihood(self(z), x)
+
     def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
-        """Σ_pixels log Bernoulli(x_t | sigmoid(decoder(z_t))) of each frame, decoded one frame at a time.
+        """`frame_log_likelihood` of each frame, decoded one frame at a time.
 
         A loop over frames (batched over sequences by the caller's vmap) bounds the decoder's working
         memory to one frame of the batch; only its spatial pre-activations are kept for the backward
         pass, everything else is recomputed from them (no convolution is recomputed).
         """
-        from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
-
         policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
-        frame_ll = jax.checkpoint(lambda z, x: bernoulli_log_likelihood(self(z), x), policy=policy)
+        frame_ll = jax.checkpoint(lambda z, x: self.frame_log_likelihood(z, x), policy=policy)
         return jax.lax.map(lambda zx: frame_ll(*zx), (zs, xs))
 
     def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"]) -> Scalar:
@@ -168,9 +172,7 @@ class ConvDecoder(eqx.Module):
 
 
 def _slice_log_likelihood(decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b c h w"]) -> Scalar:
-    from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
-
-    return jnp.sum(jax.vmap(lambda z, x: bernoulli_log_likelihood(decoder(z), x))(zs, xs))
+    return jnp.sum(jax.vmap(decoder.frame_log_likelihood)(zs, xs))
 
 
 class SequenceEncoder(eqx.Module):
