@@ -3,12 +3,16 @@
     python benchmarks/step.py [--json PATH] [--configs a b c] [--laplacians exact hutchinson]
 
 Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
-(b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py). Each row runs in its own process, so `peak_rss_mb` is that
-configuration's own peak. `compile_s` is lowering plus XLA compilation of the step, nothing run.
-FLOPs come from XLA's cost analysis of the compiled step, which counts a loop body once: one flow
-step and one decoder slice, each of `slice_size` sequences. The rest of the T flow steps and T + 1
-frames of the whole batch are added from the cost analysis of one flow step and of one frame's
-decode of the batch (each with its gradient), so GFLOP/s counts all of them. The step is compiled
+(b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py).
+Each row runs in its own process, so `peak_rss_mb` is that configuration's own peak. `compile_s`
+is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA's cost analysis of the compiled step, which counts a loop body once: one flow
+step of `slice_size` sequences and one decoder chunk (its dense part on those sequences' frames, its
+spatial part on one slice of them). The rest of the T flow steps and T + 1 frames of the whole batch
+are added from the cost analysis of one flow step and of one frame's decode of the batch (each with
+its gradient), so GFLOP/s counts all of them. Recomputation (the flow's checkpointed backward
+re-evaluates each step) is not counted. `matmul_gflops_per_s` is jax's fp32 2048×2048 matmul rate
+measured in the same process just before and just after the timed steps (the mean of the two
+medians), so the fraction compares the step with the machine as it ran then. The step is compiled
 as `train/loop.py` compiles it (`compile_step`, which then returns XLA's scratch memory to the OS).
 """
 
@@ -62,7 +66,7 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
     import jax.random as jr
 
     import eqx_ffvae as ff
-    from eqx_ffvae.model import _slice_rows
+    from eqx_ffvae.gradloop import slice_rows
     from eqx_ffvae.training import compile_step, make_optimizer, make_step, release_free_memory
 
     spec = CONFIGS[config]
@@ -92,24 +96,32 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
 
         return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
 
-    def one_frame_decode(model, zs):
-        return model.decoder.summed_log_likelihood(zs[None], data["frames"][None, :, 0])
+    def one_frame_decode(model, zs):  # one chunk of one slice: each loop runs once
+        return model.decoder.summed_log_likelihood(zs[None], data["frames"][None, :, 0], frames_per_slice=batch)
 
-    # The compiled step's cost counts each loop body once: one flow step and one decoder slice, each of
-    # `rows` sequences. Add the rest: T flow steps and T + 1 frames of the whole batch in all.
-    rows = _slice_rows(batch, cfg.slice_size)
-    flow_body = eqx.filter_jit(eqx.filter_value_and_grad(one_flow_step)).lower(pot, zs, jr.key(4)).compile()
-    decode_body = eqx.filter_jit(eqx.filter_value_and_grad(one_frame_decode)).lower(model, zs).compile()
-    flops = _flops(compiled) + (T - rows / batch) * _flops(flow_body) + (T + 1 - rows / batch) * _flops(decode_body)
-    del flow_body, decode_body
+    def one_frame_features(model, zs):
+        return jnp.sum(jax.vmap(model.decoder.features)(zs))
+
+    # The compiled step's cost counts each loop body once: one flow step of `rows` sequences, and one
+    # decoder chunk (`features` of rows·(T+1) frames) with one slice in it (the spatial layers of `rows`
+    # frames). Add the rest: T flow steps, and T + 1 frames of the whole batch through both parts.
+    rows = slice_rows(batch, cfg.slice_size)
+    cost = lambda f, *args: _flops(eqx.filter_jit(eqx.filter_value_and_grad(f)).lower(*args).compile())
+    flow_b = cost(one_flow_step, pot, zs, jr.key(4))
+    features_b = cost(one_frame_features, model, zs)
+    pixels_b = cost(one_frame_decode, model, zs) - features_b
+    n = T + 1
+    flops = _flops(compiled) + (T - rows / batch) * flow_b
+    flops += n * (1 - rows / batch) * features_b + (n - rows / batch) * pixels_b
     release_free_memory()
 
-    times = []
+    times, matmul = [], [matmul_gflops()]
     for i in range(steps):
         start = time.perf_counter()
         model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(10 + i))
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - start)
+    matmul.append(matmul_gflops())
     median = statistics.median(times)
     return {
         "config": config,
@@ -120,6 +132,7 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
         "compile_s": compile_s,
         "flops": flops,
         "gflops_per_s": flops / median / 1e9,
+        "matmul_gflops_per_s": statistics.mean(matmul),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -141,7 +154,6 @@ def main() -> None:
 
     import jax
 
-    mm = matmul_gflops()
     rows = []
     for config in args.configs:
         for lap in args.laplacians:
@@ -152,8 +164,7 @@ def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(f"config {config}/{lap} failed:\n{out.stderr[-3000:]}")
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            row["matmul_gflops_per_s"] = mm
-            row["fraction_of_matmul"] = row["gflops_per_s"] / mm
+            row["fraction_of_matmul"] = row["gflops_per_s"] / row["matmul_gflops_per_s"]
             rows.append(row)
             print(f"{config}/{lap}: {row['median_s']:.3f} s/step", file=sys.stderr)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")

@@ -6,7 +6,9 @@ as GEMMs with no multiplication by a padded or inserted zero: a kernel that cove
 (or a transposed conv of a 1×1 input) is one dense matmul, a 1×1 kernel is a matmul over pixels, a
 strided conv is one GEMM over its patch matrix (the encoder sees one frame per sequence, so the
 patches are small), and the stride-2, k=4, p=1 transposed conv (the decoder's, run on every frame)
-is sub-pixel: one GEMM per output phase, whose four taps are added with one-pixel shifts. Weights are
+is sub-pixel: one GEMM for all taps, each output phase's four taps added with one-pixel shifts. The
+k=4, stride-2, p=1 patch extraction and that shifted sum are each other's adjoints and each other's
+custom VJPs (so reverse mode works through them; forward mode does not: use `impl="lax"`). Weights are
 stored in the layout those GEMMs read (`(k, k, in, out)` for a conv, `(in, k, k, out)` for a
 transposed conv), so no step copies them. `impl="lax"` computes the same functions with
 `lax.conv_general_dilated` and its exact transpose; the tests compare the two.
@@ -73,6 +75,8 @@ class Conv2d(eqx.Module):
             y = x @ self.weight[0, 0]
         elif fast and k == h == w and self.padding == 0:
             y = (x.reshape(-1) @ self.weight.reshape(-1, self.weight.shape[-1]))[None, None]
+        elif fast and (k, self.stride, self.padding) == (4, 2, 1) and h % 2 == 0 == w % 2:
+            y = _k4s2_conv(x, self.weight)
         elif fast and self.stride > 1:
             y = _strided_conv(x, self.weight, self.stride, self.padding)
         else:
@@ -100,7 +104,7 @@ def _shift(v: Array, s: int, axis: int) -> Array:
 def _shifted_sum(u: Array, rows: tuple, cols: tuple) -> Array:
     """Σ over (tap, shift) pairs of rows × cols of u[· + row shift, · + col shift, row tap, col tap].
 
-    u has shape (h, w, taps, taps, o); XLA fuses the shifted adds into one pass.
+    u has shape (h, w, k, k, o), indexed by kernel tap; XLA fuses the shifted adds into one pass.
     """
     return sum(_shift(_shift(u[:, :, ty, tx], sy, 0), sx, 1) for ty, sy in rows for tx, sx in cols)
 
@@ -126,19 +130,56 @@ def _strided_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
     return patches.reshape(ho, wo, k * k * i) @ weight.reshape(k * k * i, o)
 
 
-def _subpixel_transpose(x: Array, weight: Array) -> Array:
-    """Stride-2, k=4, p=1 transposed conv as GEMMs: each output phase's four taps share one GEMM
-    `(h·w, i) × (i, 4·o)` and are added with one-pixel shifts, then the phases are interleaved."""
+@jax.checkpoint
+def _k4s2_conv(x: Array, weight: Array) -> Array:
+    """The stride-2, k=4, p=1 conv (the encoder's) as one GEMM over `_im2col`'s patch matrix: the
+    adjoint of the decoder's layer. Rematerialised: the backward pass rebuilds the patches from x."""
     h, w, i = x.shape
-    o = weight.shape[-1]
+    return _im2col(x).reshape(h // 2, w // 2, 16 * i) @ weight.reshape(16 * i, -1)
+
+
+def _subpixel_transpose(x: Array, weight: Array) -> Array:
+    """Stride-2, k=4, p=1 transposed conv as one GEMM `(h·w, i) × (i, 16·o)` for all 16 taps (the
+    weight's own layout), then `_col2im`. One GEMM rather than one per output phase: its backward is
+    one `dx` GEMM too."""
+    h, w, i = x.shape
+    return _col2im((x @ weight.reshape(i, -1)).reshape(h, w, 4, 4, weight.shape[-1]))
+
+
+@jax.custom_vjp
+def _col2im(u: Array) -> Array:
+    """(h, w, 4, 4, o) → (2h, 2w, o): y[2a + ty − 1, 2b + tx − 1] += u[a, b, ty, tx] (inside only).
+
+    Each output phase adds its four taps with one-pixel shifts, then the phases are interleaved.
+    Its VJP is `_im2col` and `_im2col`'s is this: autodiff's own transposes of the tap slices (or
+    of the strided patch slices) are sixteen zero-padded copies summed, as slow as the GEMMs here.
+    """
+    h, w = u.shape[:2]
 
     def phase(r: int, q: int) -> Array:
-        taps = weight[:, _PHASE_TAPS[r]][:, :, _PHASE_TAPS[q]].reshape(i, 4 * o)
-        u = (x @ taps).reshape(h, w, 2, 2, o)
-        return _shifted_sum(u, tuple(enumerate(_PHASE_SHIFTS[r])), tuple(enumerate(_PHASE_SHIFTS[q])))
+        taps = lambda p: tuple(zip(_PHASE_TAPS[p], _PHASE_SHIFTS[p]))  # noqa: E731
+        return _shifted_sum(u, taps(r), taps(q))
 
     rows = [jnp.stack([phase(r, q) for q in range(2)], axis=2) for r in range(2)]
-    return jnp.stack(rows, axis=1).reshape(2 * h, 2 * w, o)
+    return jnp.stack(rows, axis=1).reshape(2 * h, 2 * w, u.shape[-1])
+
+
+@jax.custom_vjp
+def _im2col(g: Array) -> Array:
+    """(2h, 2w, c) → (h, w, 4, 4, c): the k=4, stride-2, p=1 patches, u[a, b, ty, tx] =
+    g[2a + ty − 1, 2b + tx − 1] (zero outside); the adjoint of `_col2im`.
+
+    With ty = 2β + j, that is row 2(a + β) + j of g padded by one: two shifted windows per axis.
+    """
+    hh, ww, o = g.shape
+    h, w = hh // 2, ww // 2
+    gp = jnp.pad(g, ((1, 1), (1, 1), (0, 0))).reshape(h + 1, 2, w + 1, 2, o)
+    windows = jnp.stack([jnp.stack([gp[by : by + h, :, bx : bx + w] for bx in (0, 1)]) for by in (0, 1)])
+    return windows.transpose(2, 4, 0, 3, 1, 5, 6).reshape(h, w, 4, 4, o)  # (βy, βx, a, j, b, l) → (a, b, ty, tx)
+
+
+_col2im.defvjp(lambda u: (_col2im(u), None), lambda _, g: (_im2col(g),))
+_im2col.defvjp(lambda g: (_im2col(g), None), lambda _, u: (_col2im(u),))
 
 
 class ConvTranspose2d(eqx.Module):

@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree, Scalar
 
-SliceFn = Callable[[eqx.Module, PyTree[Array], PyTree[Array]], Scalar]
+SliceFn = Callable[[PyTree, PyTree[Array], PyTree[Array]], Scalar]
 
 
-def sum_over_slices(f: SliceFn, module: eqx.Module, zs: PyTree[Array], xs: PyTree[Array]) -> Scalar:
-    """Σ_i f(module, zs[i], xs[i]) over the leading axis, differentiable in `module` and `zs`.
+def sum_over_slices(f: SliceFn, module: PyTree, zs: PyTree[Array], xs: PyTree[Array]) -> Scalar:
+    """Σ_i f(module, zs[i], xs[i]) over the leading axis, differentiable in `module` (any PyTree of
+    modules or arrays) and `zs`.
 
     Without differentiation it is a plain loop. Under `jax.grad` the loop computes each slice's
     value and gradient together and keeps only their running sums; `xs` gets no gradient.
@@ -58,3 +59,8 @@ def _sum_over_slices_bwd(residuals, g_total, perturbed, module_and_zs, xs, f):
     del module_and_zs, xs, f
     scaled = jax.tree.map(lambda a: g_total * a, residuals)
     return jax.tree.map(lambda p, g: g if p else None, perturbed, scaled)
+
+
+def slice_rows(batch: int, slice_size: int) -> int:
+    """The largest divisor of `batch` that is at most `slice_size`: rows per slice."""
+    return max(r for r in range(1, min(batch, slice_size) + 1) if batch % r == 0)

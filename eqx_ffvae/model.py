@@ -14,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar, S
 from . import objectives as obj
 from .conv import ConvImpl
 from .flows import LaplacianMethod, flow
+from .gradloop import slice_rows
 from .metrics import frame_times
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import AbstractPotential, PotentialBank
@@ -28,8 +29,9 @@ class FFVAEConfig:
     the optional initial-condition term (the reference code uses 1; off by default here because it
     pushes ∇u(z, 0), the first Euler step, towards zero). `laplacian="hvp"` (d Hessian-vector products)
     and `"hessian"` (trace of `jax.hessian`) are exact references; "exact" is the faster forward-mode trace.
-    `slice_size`: `batch_loss` solves the flows and decodes the frames this many sequences at a time
-    (the largest divisor of the batch size up to it); peak memory grows with it, results do not change.
+    `slice_size`: `batch_loss` solves the flows this many sequences at a time (the largest divisor of
+    the batch size up to it), and decodes their frames in slices of as many frames; peak memory grows
+    with it, results do not change.
     """
 
     image_shape: tuple[int, int, int] = (3, 28, 28)
@@ -224,13 +226,14 @@ class FlowFactorizedVAE(eqx.Module):
 
         Laid out for memory, in slices of `config.slice_size` sequences: each slice's flows are one
         ODE (`flow(batch_axes=...)`), so the potentials' gradient is summed over sequences at each
-        step, and the decoder loops over slices of frames with its gradient taken inside that loop
+        step, and the decoder loops over each slice's frames (its dense first layers on all of them,
+        its spatial layers `rows` frames at a time) with its gradient taken inside those loops
         (`ConvDecoder.summed_log_likelihood`), so the backward pass keeps no decoder activations.
         """
         b, n = frames.shape[:2]
         keys = jr.split(key, b)
         mu, logvar, z0, logq0, probe_keys = jax.vmap(self._sample_z0)(frames[:, 0], keys)
-        rows = _slice_rows(b, self.config.slice_size)
+        rows = slice_rows(b, self.config.slice_size)
 
         def solve(ks, z0, logq0, keys):
             return self._solve(self.flows.row_potentials(ks), z0, logq0, self.frame_times, keys, batch_axes=0)
@@ -238,8 +241,8 @@ class FlowFactorizedVAE(eqx.Module):
         sliced = jax.tree.map(lambda a: a.reshape(b // rows, rows, *a.shape[1:]), (ks, z0, logq0, probe_keys))
         zs, logqs = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), jax.lax.map(lambda a: solve(*a), sliced))
         terms = jax.vmap(self._latent_terms)(mu, logvar, zs, logqs, ks)
-        by_frame = lambda a: jnp.swapaxes(a, 0, 1).reshape(n * b // rows, rows, *a.shape[2:])  # noqa: E731
-        recon = self.decoder.summed_log_likelihood(by_frame(zs), by_frame(frames))
+        by_slice = lambda a: a.reshape(b // rows, rows * n, *a.shape[2:])  # noqa: E731
+        recon = self.decoder.summed_log_likelihood(by_slice(zs), by_slice(frames), frames_per_slice=rows)
         return self._with_reconstruction(recon / b, jax.tree.map(jnp.mean, terms))
 
     def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
@@ -272,7 +275,3 @@ class FlowFactorizedVAE(eqx.Module):
         weighted.update(loss=loss, elbo=weighted["elbo"] - kl_k, kl_k=kl_k)
         return loss, weighted
 
-
-def _slice_rows(batch: int, slice_size: int) -> int:
-    """The largest divisor of `batch` that is at most `slice_size`: sequences per slice."""
-    return max(r for r in range(1, min(batch, slice_size) + 1) if batch % r == 0)

@@ -7,6 +7,7 @@ and always returns exactly the input's spatial size.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -17,7 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
-from .gradloop import sum_over_slices
+from .gradloop import slice_rows, sum_over_slices
 
 DECODER_SAVED = "decoder_preactivation"
 """Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
@@ -138,18 +139,19 @@ class ConvDecoder(eqx.Module):
         self.image_shape = image_shape
 
     def __call__(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+        return _pixel_logits(self.deconvs[1:], self.features(z))
+
+    def features(self, z: Float[Array, " d"]) -> Float[Array, "h w c"]:
+        """The dense first part, z → the smallest feature map: the 1×1 heads and the first transposed
+        conv, whose input is 1×1 (each one matmul; the first transposed conv holds most weights)."""
         x = z[None, None]
         for layer in self.heads:
             x = jax.nn.silu(layer(x))
-        for layer in self.deconvs[:-1]:
-            x = jax.nn.silu(checkpoint_name(layer(x), DECODER_SAVED))
-        return jnp.transpose(self.deconvs[-1](x), (2, 0, 1))
+        return jax.nn.silu(checkpoint_name(self.deconvs[0](x), DECODER_SAVED))
 
     def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
         """Σ_pixels log Bernoulli(x | sigmoid(decoder(z))) of one frame."""
-        from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
-
-        return bernoulli_log_likelihood(self(z), x)
+        return _feature_log_likelihood(self.deconvs[1:], self.features(z), x)
 
     def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """`frame_log_likelihood` of each frame, decoded one frame at a time.
@@ -162,17 +164,45 @@ class ConvDecoder(eqx.Module):
         frame_ll = jax.checkpoint(lambda z, x: self.frame_log_likelihood(z, x), policy=policy)
         return jax.lax.map(lambda zx: frame_ll(*zx), (zs, xs))
 
-    def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"]) -> Scalar:
-        """Σ over all m·b frames of log p(x | z), decoded b frames (one slice) at a time.
+    def summed_log_likelihood(
+        self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"], frames_per_slice: int
+    ) -> Scalar:
+        """Σ over all m·b frames of log p(x | z), for training, with gradients taken inside the loops.
 
-        For training: its gradient is taken slice by slice inside the loop (`gradloop.sum_over_slices`),
-        so the backward pass keeps no decoder activation at all, and nothing is recomputed.
+        `features` runs on b frames at a time (its weight gradient is one GEMM over b rows), the
+        spatial layers on `frames_per_slice` of those at a time (the largest divisor of b up to it).
+        Each loop takes its gradient slice by slice (`gradloop.sum_over_slices`), so the backward
+        pass keeps no decoder activation at all, and nothing is recomputed.
         """
-        return sum_over_slices(_slice_log_likelihood, self, zs, xs)
+        chunk_log_likelihood = functools.partial(_chunk_log_likelihood, frames_per_slice=frames_per_slice)
+        return sum_over_slices(chunk_log_likelihood, self, zs, xs)
 
 
-def _slice_log_likelihood(decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b c h w"]) -> Scalar:
-    return jnp.sum(jax.vmap(decoder.frame_log_likelihood)(zs, xs))
+def _pixel_logits(deconvs: tuple[ConvTranspose2d, ...], x: Float[Array, "h w c"]) -> Float[Array, "c2 h2 w2"]:
+    """The spatial part of the decoder: the smallest feature map → Bernoulli logits `(C, H, W)`."""
+    for layer in deconvs[:-1]:
+        x = jax.nn.silu(checkpoint_name(layer(x), DECODER_SAVED))
+    return jnp.transpose(deconvs[-1](x), (2, 0, 1))
+
+
+def _feature_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], feature: Array, x: Float[Array, "c h w"]) -> Scalar:
+    from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
+
+    return bernoulli_log_likelihood(_pixel_logits(deconvs, feature), x)
+
+
+def _chunk_log_likelihood(
+    decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b c h w"], frames_per_slice: int
+) -> Scalar:
+    b = zs.shape[0]
+    rows = slice_rows(b, frames_per_slice)
+    split = lambda a: a.reshape(b // rows, rows, *a.shape[1:])
+    features = jax.vmap(decoder.features)(zs)
+    return sum_over_slices(_slice_log_likelihood, decoder.deconvs[1:], split(features), split(xs))
+
+
+def _slice_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], features: Array, xs: Float[Array, "b c h w"]) -> Scalar:
+    return jnp.sum(jax.vmap(functools.partial(_feature_log_likelihood, deconvs))(features, xs))
 
 
 class SequenceEncoder(eqx.Module):
