@@ -169,13 +169,18 @@ def _im2col(g: Array) -> Array:
     """(2h, 2w, c) → (h, w, 4, 4, c): the k=4, stride-2, p=1 patches, u[a, b, ty, tx] =
     g[2a + ty − 1, 2b + tx − 1] (zero outside); the adjoint of `_col2im`.
 
-    With ty = 2β + j, that is row 2(a + β) + j of g padded by one: two shifted windows per axis.
+    With ty = 2β + j, that is row 2(a + β) + j of g padded by one. The 16 taps are stacked in the
+    output's own layout, so it is written once, with no transpose after.
     """
     hh, ww, o = g.shape
     h, w = hh // 2, ww // 2
     gp = jnp.pad(g, ((1, 1), (1, 1), (0, 0))).reshape(h + 1, 2, w + 1, 2, o)
-    windows = jnp.stack([jnp.stack([gp[by : by + h, :, bx : bx + w] for bx in (0, 1)]) for by in (0, 1)])
-    return windows.transpose(2, 4, 0, 3, 1, 5, 6).reshape(h, w, 4, 4, o)  # (βy, βx, a, j, b, l) → (a, b, ty, tx)
+
+    def tap(ty: int, tx: int) -> Array:
+        (by, j), (bx, l) = divmod(ty, 2), divmod(tx, 2)
+        return gp[by : by + h, j, bx : bx + w, l]
+
+    return jnp.stack([jnp.stack([tap(ty, tx) for tx in range(4)], axis=2) for ty in range(4)], axis=2)
 
 
 _col2im.defvjp(lambda u: (_col2im(u), None), lambda _, g: (_im2col(g),))
