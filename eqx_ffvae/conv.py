@@ -2,7 +2,7 @@
 
 Measured here (`benchmarks/step.py`): XLA's convolutions, transposed ones and the gradient
 convolutions above all, run far below its matmul rate. So every layer the models use is written
-as GEMMs with no multiplication by a padded or inserted zero: a kernel that covers the whole input
+as GEMMs with no multiplication by an inserted zero: a kernel that covers the whole input
 (or a transposed conv of a 1×1 input) is one dense matmul, a 1×1 kernel is a matmul over pixels, a
 strided conv is one GEMM over its patch matrix (the encoder sees one frame per sequence, so the
 patches are small), and the stride-2, k=4, p=1 transposed conv (the decoder's, run on every frame)

@@ -46,3 +46,19 @@ def test_decoder_mirrors_encoder_exactly(getkey, size):
     mu, logvar = eqx.filter_eval_shape(enc, jr.uniform(getkey(), (3, size, size)))
     assert mu.shape == logvar.shape == (5,)
     assert eqx.filter_eval_shape(dec, mu).shape == (3, size, size)
+
+
+def test_patch_custom_vjps_are_autodiffs_own_transposes(getkey):
+    """`_col2im` and `_im2col` are each other's custom VJPs: each must equal JAX's own transpose
+    of the other's forward computation (odd and even sizes, several channels)."""
+    from eqx_ffvae.conv import _col2im, _im2col
+
+    for h, w in [(7, 7), (4, 6)]:
+        u = jr.normal(getkey(), (h, w, 4, 4, 3))
+        g = jr.normal(getkey(), (2 * h, 2 * w, 3))
+        (via_autodiff,) = jax.linear_transpose(_col2im.fun, u)(g)
+        np.testing.assert_allclose(_im2col(g), via_autodiff, rtol=1e-6, atol=1e-6)
+        (via_autodiff,) = jax.linear_transpose(_im2col.fun, g)(u)
+        np.testing.assert_allclose(_col2im(u), via_autodiff, rtol=1e-6, atol=1e-6)
+        _, vjp = jax.vjp(_col2im, u)
+        np.testing.assert_allclose(vjp(g)[0], _im2col(g), rtol=1e-6, atol=1e-6)
