@@ -5,14 +5,15 @@
 Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
 (b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py).
 Each row runs in its own process, so `peak_rss_mb` is that configuration's own peak. `compile_s`
-is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA's cost analysis of the compiled step, which counts a loop body once: one flow
-step of `slice_size` sequences and one decoder chunk (its dense part on those sequences' frames, its
-spatial part on one slice of them). The rest of the T flow steps and T + 1 frames of the whole batch
-are added from the cost analysis of one flow step and of one frame's decode of the batch (each with
-its gradient), so GFLOP/s counts all of them. Recomputation (the flow's checkpointed backward
-re-evaluates each step) is not counted. `matmul_gflops_per_s` is jax's fp32 2048×2048 matmul rate
-measured in the same process just before and just after the timed steps (the mean of the two
-medians), so the fraction compares the step with the machine as it ran then. The step is compiled
+is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA's cost analysis of
+the compiled step, which counts a loop body once: one flow step of `slice_size` sequences and one
+decoder chunk (its dense part on those sequences' frames, its spatial part on one slice of them).
+The rest of the T flow steps and T + 1 frames of the whole batch are added from the cost analysis
+of one flow step and of one frame's decode of the batch (each with its gradient), so GFLOP/s counts
+all of them. Recomputation (the flow's checkpointed backward re-evaluates each step) is not
+counted. `matmul_gflops_per_s` is jax's fp32 2048×2048 matmul rate measured in the same process
+just before and just after the timed steps (the mean of the two medians), so the fraction compares
+the step with the machine as it ran then. The step is compiled
 as `train/loop.py` compiles it (`compile_step`, which then returns XLA's scratch memory to the OS).
 """
 

@@ -38,6 +38,9 @@ from .potentials import (
     PotentialBank as PotentialBank,
 )
 from .potentials import (
+    WeightedForce as WeightedForce,
+)
+from .potentials import (
     WeightedPotential as WeightedPotential,
 )
 from .prior import DiffusionPrior as DiffusionPrior

@@ -85,9 +85,8 @@ class Conv2d(eqx.Module):
 
 
 # Sub-pixel form of the stride-2, k=4, p=1 transposed conv: output phase r (rows 2a + r) sums input
-# rows a + shift times kernel rows tap, for (tap, shift) in zip(_PHASE_TAPS[r], _PHASE_SHIFTS[r]).
-_PHASE_TAPS = ((3, 1), (2, 0))
-_PHASE_SHIFTS = ((-1, 0), (0, 1))
+# rows a + shift times kernel rows tap, for (tap, shift) in _PHASE_TAP_SHIFTS[r].
+_PHASE_TAP_SHIFTS = (((3, -1), (1, 0)), ((2, 0), (0, 1)))
 
 
 def _shift(v: Array, s: int, axis: int) -> Array:
@@ -156,10 +155,7 @@ def _col2im(u: Array) -> Array:
     """
     h, w = u.shape[:2]
 
-    def phase(r: int, q: int) -> Array:
-        taps = lambda p: tuple(zip(_PHASE_TAPS[p], _PHASE_SHIFTS[p]))  # noqa: E731
-        return _shifted_sum(u, taps(r), taps(q))
-
+    phase = lambda r, q: _shifted_sum(u, _PHASE_TAP_SHIFTS[r], _PHASE_TAP_SHIFTS[q])
     rows = [jnp.stack([phase(r, q) for q in range(2)], axis=2) for r in range(2)]
     return jnp.stack(rows, axis=1).reshape(2 * h, 2 * w, u.shape[-1])
 

@@ -151,6 +151,11 @@ def select_stacked(stacked: eqx.Module, k: Int[ArrayLike, ""]) -> eqx.Module:
     return eqx.combine(jax.tree.map(lambda p: p[k], params), static)
 
 
+def _weighted_sum(stacked: eqx.Module, weights: Float[Array, " k"], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
+    """Σ_k w_k m^k(t, z) over the K members of a stacked module, in one vmapped call."""
+    return jnp.dot(weights, eqx.filter_vmap(lambda m: m(t, z))(stacked))
+
+
 class WeightedPotential(AbstractPotential):
     """u(t, z) = Σ_k w_k u^k(t, z): K stacked potentials evaluated in one vmapped call.
 
@@ -158,16 +163,25 @@ class WeightedPotential(AbstractPotential):
     dz/dt = Σ_k w_k ∇u^k. Gradient and Laplacian are linear in u, so they combine the same way.
     """
 
-    stacked: eqx.Module
+    stacked: MLPPotential
     weights: Float[Array, " k"]
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
-        us = eqx.filter_vmap(lambda p: p(t, z))(self.stacked)
-        return jnp.dot(self.weights, us)
+        return _weighted_sum(self.stacked, self.weights, t, z)
 
     def grad_and_laplacian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
         grads, laps = eqx.filter_vmap(lambda p: p.grad_and_laplacian(t, z))(self.stacked)
         return self.weights @ grads, jnp.dot(self.weights, laps)
+
+
+class WeightedForce(eqx.Module):
+    """f(t, z) = Σ_k w_k f^k(t, z): K stacked forces in one vmapped call (one-hot weights: force k)."""
+
+    stacked: Force
+    weights: Float[Array, " k"]
+
+    def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
+        return _weighted_sum(self.stacked, self.weights, t, z)
 
 
 class PotentialBank(eqx.Module):
@@ -215,6 +229,6 @@ class PotentialBank(eqx.Module):
         """The potential Σ_k w_k u^k (composition of flows)."""
         return WeightedPotential(self.potentials, weights)
 
-    def combined_force(self, weights: Float[Array, " k"]) -> WeightedPotential:
+    def combined_force(self, weights: Float[Array, " k"]) -> WeightedForce:
         """The force Σ_k w_k f^k (with one-hot weights: force k, evaluated with all K weights)."""
-        return WeightedPotential(self.forces, weights)
+        return WeightedForce(self.forces, weights)
