@@ -1,20 +1,29 @@
 """Time the whole training step (loss, grads, optax update) at the paper's and smaller configs.
 
     python benchmarks/step.py [--json PATH] [--configs a b c] [--laplacians exact hutchinson]
+                              [--matmul-precision float32] [--slice-size N]
 
 Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
 (b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py).
 Each row runs in its own process, so `peak_rss_mb` is that configuration's own peak. `compile_s`
-is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA's cost analysis of
-the compiled step, which counts a loop body once: one flow step of `slice_size` sequences and one
-decoder chunk (its dense part on those sequences' frames, its spatial part on one slice of them).
+is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA:CPU's cost analysis
+of the compiled step (on a GPU the step is compiled for the CPU once more to count them: XLA:GPU's
+count leaves out its cuBLAS calls), which counts a loop body once: one flow step of `slice_size`
+sequences and one decoder chunk (its dense part on those sequences' frames, its spatial part on one
+slice of them).
 The rest of the T flow steps and T + 1 frames of the whole batch are added from the cost analysis
 of one flow step and of one frame's decode of the batch (each with its gradient), so GFLOP/s counts
 all of them. Recomputation (the flow's checkpointed backward re-evaluates each step) is not
-counted. `matmul_gflops_per_s` is jax's fp32 2048×2048 matmul rate measured in the same process
-just before and just after the timed steps (the mean of the two medians), so the fraction compares
-the step with the machine as it ran then. The step is compiled
-as `train/loop.py` compiles it (`compile_step`, which then returns XLA's scratch memory to the OS).
+counted. `matmul_gflops_per_s` is jax's float32 2048×2048 matmul rate, at the step's matmul
+precision, measured in the same process just before and just after the timed steps (the mean of the
+two medians), so the fraction compares the step with the machine as it ran then. The step is
+compiled as `train/loop.py` compiles it (`compile_step`, which then returns XLA's scratch memory to
+the OS).
+
+On a GPU: `--matmul-precision tensorfloat32|bfloat16` times the step (and the matmul yardstick) at
+that precision; `--slice-size` overrides `FFVAEConfig.slice_size` (the sequences per flow slice and
+decoder chunk: 32 keeps a CPU's working set small, a GPU wants the whole batch); `device_peak_mb` is
+the accelerator's peak memory in use (null on a CPU, where `peak_rss_mb` is the measure).
 """
 
 from __future__ import annotations
@@ -45,22 +54,35 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", 0.0))
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+def _cpu_flops(jitted, *args) -> float:
+    """FLOPs of the jitted function at these arguments' shapes from XLA:CPU's cost analysis, whatever
+    the default backend: XLA:GPU's leaves out its library calls (the cuBLAS GEMMs, nearly all of this
+    step's work; on an H200 it counted ~1% of (a)'s FLOPs)."""
+    import equinox as eqx
+    import jax
+
+    cpu = jax.devices("cpu")[0]
+    on_cpu = jax.tree.map(lambda x: jax.device_put(x, cpu) if eqx.is_array(x) else x, args)  # committed: a CPU compile
+    return _flops(jitted.lower(*on_cpu).compile())
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10, precision: str = "float32") -> float:
     import jax
     import jax.numpy as jnp
 
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    with jax.default_matmul_precision(precision):  # part of jit's cache key: every call inside it
         jax.block_until_ready(f(a))
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(f(a))
+            times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def measure(config: str, laplacian: str, steps: int) -> dict:
+def measure(config: str, laplacian: str, steps: int, precision: str = "float32", slice_size: int | None = None) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -75,11 +97,12 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
     cfg = ff.FFVAEConfig(
         image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=spec.get("width", d),
         potential_width=spec.get("potential_width", d), laplacian=laplacian,
+        **({} if slice_size is None else {"slice_size": slice_size}),
     )
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
     optimizer = make_optimizer(1e-4)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    step = make_step(optimizer)
+    step = make_step(optimizer, matmul_precision=precision)
     data = {"frames": jr.uniform(jr.key(1), (batch, T + 1, 3, 28, 28)), "k": jnp.arange(batch, dtype=jnp.int32) % K}
 
     compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))  # as train/loop.py: frees XLA's scratch
@@ -97,8 +120,8 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
 
         return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
 
-    def one_frame_decode(model, zs):  # one chunk of one slice: each loop runs once
-        return model.decoder.summed_log_likelihood(zs[None], data["frames"][None, :, 0], frames_per_slice=batch)
+    def one_frame_decode(model, zs, xs):  # one chunk of one slice: each loop runs once
+        return model.decoder.summed_log_likelihood(zs[None], xs[None], frames_per_slice=batch)
 
     def one_frame_features(model, zs):
         return jnp.sum(jax.vmap(model.decoder.features)(zs))
@@ -107,34 +130,41 @@ def measure(config: str, laplacian: str, steps: int) -> dict:
     # decoder chunk (`features` of rows·(T+1) frames) with one slice in it (the spatial layers of `rows`
     # frames). Add the rest: T flow steps, and T + 1 frames of the whole batch through both parts.
     rows = slice_rows(batch, cfg.slice_size)
-    cost = lambda f, *args: _flops(eqx.filter_jit(eqx.filter_value_and_grad(f)).lower(*args).compile())
+    cost = lambda f, *args: _cpu_flops(eqx.filter_jit(eqx.filter_value_and_grad(f)), *args)
     flow_b = cost(one_flow_step, pot, zs, jr.key(4))
     features_b = cost(one_frame_features, model, zs)
-    pixels_b = cost(one_frame_decode, model, zs) - features_b
+    pixels_b = cost(one_frame_decode, model, zs, data["frames"][:, 0]) - features_b
     n = T + 1
-    flops = _flops(compiled) + (T - rows / batch) * flow_b
+    on_cpu = jax.devices()[0].platform == "cpu"
+    flops = _flops(compiled) if on_cpu else _cpu_flops(step, model, opt_state, data, jr.key(2))
+    flops += (T - rows / batch) * flow_b
     flops += n * (1 - rows / batch) * features_b + (n - rows / batch) * pixels_b
     release_free_memory()
 
-    times, matmul = [], [matmul_gflops()]
+    times, matmul = [], [matmul_gflops(precision=precision)]
     for i in range(steps):
         start = time.perf_counter()
         model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(10 + i))
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - start)
-    matmul.append(matmul_gflops())
+    matmul.append(matmul_gflops(precision=precision))
+    memory = jax.devices()[0].memory_stats() or {}
     median = statistics.median(times)
     return {
         "config": config,
         "laplacian": laplacian,
         "d": d,
         "batch": batch,
+        "platform": jax.devices()[0].platform,
+        "matmul_precision": precision,
+        "slice_size": cfg.slice_size,
         "median_s": median,
         "compile_s": compile_s,
         "flops": flops,
         "gflops_per_s": flops / median / 1e9,
         "matmul_gflops_per_s": statistics.mean(matmul),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_mb": memory["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in memory else None,
     }
 
 
@@ -143,11 +173,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--laplacians", nargs="+", default=["exact", "hutchinson"], choices=["exact", "hutchinson"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compile (median reported)")
+    parser.add_argument("--matmul-precision", default="float32", choices=["float32", "tensorfloat32", "bfloat16"],
+                        help="precision of the step's matmuls/convs and of the matmul yardstick (GPUs/TPUs)")
+    parser.add_argument("--slice-size", type=int, default=None, help="override FFVAEConfig.slice_size")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args.steps)))
+        print(json.dumps(measure(args.one[0], args.one[1], args.steps, args.matmul_precision, args.slice_size)))
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -159,7 +192,9 @@ def main() -> None:
     for config in args.configs:
         for lap in args.laplacians:
             out = subprocess.run(
-                [sys.executable, __file__, "--one", config, lap, "--steps", str(args.steps)],
+                [sys.executable, __file__, "--one", config, lap, "--steps", str(args.steps),
+                 "--matmul-precision", args.matmul_precision,
+                 *([] if args.slice_size is None else ["--slice-size", str(args.slice_size)])],
                 capture_output=True, text=True, check=False,
             )
             if out.returncode != 0:
@@ -169,8 +204,12 @@ def main() -> None:
             rows.append(row)
             print(f"{config}/{lap}: {row['median_s']:.3f} s/step", file=sys.stderr)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
-    print_table(rows, ["config", "laplacian", "d", "batch", "median_s", "compile_s", "flops", "gflops_per_s",
-                       "matmul_gflops_per_s", "fraction_of_matmul", "peak_rss_mb"])
+    columns = ["config", "laplacian", "d", "batch", "median_s", "compile_s", "flops", "gflops_per_s",
+               "matmul_gflops_per_s", "fraction_of_matmul", "peak_rss_mb"]
+    if any(row["device_peak_mb"] is not None for row in rows):
+        columns += ["device_peak_mb"]
+    print(f"matmul precision {args.matmul_precision}, slice size {rows[0]['slice_size']}")
+    print_table(rows, columns)
     write_json(rows, args.json)
 
 
