@@ -42,7 +42,7 @@ CONFIGS = {
     "a": dict(d=324, batch=128),
     "b": dict(d=64, batch=128),
     "c": dict(d=64, batch=32),
-    "quick": dict(d=32, batch=32, width=32, potential_width=128),  # train/run.py's default preset
+    "quick": dict(d=32, batch=32, width=32, potential_width=128, slice_size=16),  # train/run.py's default preset
 }
 DEFAULT_CONFIGS = ["a", "b", "c"]
 T, K = 8, 3
@@ -97,7 +97,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     cfg = ff.FFVAEConfig(
         image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=spec.get("width", d),
         potential_width=spec.get("potential_width", d), laplacian=laplacian,
-        **({} if slice_size is None else {"slice_size": slice_size}),
+        slice_size=spec.get("slice_size", ff.FFVAEConfig.slice_size) if slice_size is None else slice_size,
     )
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
     optimizer = make_optimizer(1e-4)
@@ -204,11 +204,11 @@ def main() -> None:
             rows.append(row)
             print(f"{config}/{lap}: {row['median_s']:.3f} s/step", file=sys.stderr)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
-    columns = ["config", "laplacian", "d", "batch", "median_s", "compile_s", "flops", "gflops_per_s",
+    columns = ["config", "laplacian", "d", "batch", "slice_size", "median_s", "compile_s", "flops", "gflops_per_s",
                "matmul_gflops_per_s", "fraction_of_matmul", "peak_rss_mb"]
     if any(row["device_peak_mb"] is not None for row in rows):
         columns += ["device_peak_mb"]
-    print(f"matmul precision {args.matmul_precision}, slice size {rows[0]['slice_size']}")
+    print(f"matmul precision {args.matmul_precision}")
     print_table(rows, columns)
     write_json(rows, args.json)
 

@@ -279,6 +279,18 @@ def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run)
     _one_line_error(run_module, capsys, ["eval", "--run", str(tmp_path)], "not a run directory")
 
 
+def test_a_run_resumes_with_another_slice_size_not_another_width(run_module, trained_run):
+    import dataclasses
+
+    from loop import RunError, _check_same_run
+
+    spec = run_module.resolve(run_module.Train(steps=3, latent_dim=4, width=4, potential_width=8, batch_size=8))
+    assert spec.model["slice_size"] == 16  # the quick preset's
+    _check_same_run(dataclasses.replace(spec, model={**spec.model, "slice_size": 2}), trained_run)  # layout only
+    with pytest.raises(RunError, match=r"model fields \['width'\] differ"):
+        _check_same_run(dataclasses.replace(spec, model={**spec.model, "width": 6}), trained_run)
+
+
 @pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, single_device_run):
     with socket.socket() as s:

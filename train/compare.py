@@ -22,9 +22,8 @@ def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
     if not path.exists() or not (run_dir / "config.json").exists():
         return None
     result = json.loads(path.read_text())
-    saved = RunSpec.from_json(json.loads((run_dir / "config.json").read_text())).to_json()
-    now = json.loads(json.dumps(spec.to_json()))
-    same = all(saved[f] == now[f] for f in (*RunSpec.IDENTITY, "steps", "eval"))
+    saved = RunSpec.from_json(json.loads((run_dir / "config.json").read_text()))
+    same = saved.identity() == spec.identity() and (saved.steps, saved.eval) == (spec.steps, spec.eval)
     return result if same and result.get("trained_steps") == spec.steps else None
 
 

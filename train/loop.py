@@ -59,6 +59,9 @@ class RunSpec:
 
     # Fields a resumed run must share with the checkpoint it continues.
     IDENTITY = ("method", "dataset", "data_dir", "factor_sizes", "seed", "batch_size", "learning_rate", "model")
+    # Model fields that only lay the computation out (the same loss, summed in another order): a run
+    # may resume, or be reused by `compare`, with other values.
+    LAYOUT = ("slice_size",)
 
     def model_config(self):
         return ff.methods.make_config(self.method, **self.model)
@@ -69,6 +72,12 @@ class RunSpec:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """The IDENTITY fields as JSON values, the model's without its LAYOUT fields."""
+        blob = json.loads(json.dumps(self.to_json()))
+        blob["model"] = {k: v for k, v in blob["model"].items() if k not in self.LAYOUT}
+        return {f: blob[f] for f in self.IDENTITY}
 
     @classmethod
     def from_json(cls, blob: dict) -> RunSpec:
@@ -100,9 +109,9 @@ def restore_model(spec: RunSpec, run_dir: Path):
 
 
 def _check_same_run(spec: RunSpec, run_dir: Path) -> None:
-    saved = {"method": "ffvae", **json.loads((run_dir / "config.json").read_text())}
-    now = json.loads(json.dumps(spec.to_json()))
-    diffs = [f for f in RunSpec.IDENTITY if saved.get(f) != now[f]]
+    saved = RunSpec.from_json(json.loads((run_dir / "config.json").read_text())).identity()
+    now = spec.identity()
+    diffs = [f for f in RunSpec.IDENTITY if saved[f] != now[f]]
     if diffs:
         detail = "; ".join(f"{f}: {saved.get(f)!r} there vs {now[f]!r} now" for f in diffs if f != "model")
         if "model" in diffs:

@@ -26,6 +26,7 @@ class Preset:
     eval_batch_size: int = 50
     ll_samples: int = 100
     shift_batches: int = 20
+    slice_size: int = 32
     about: str = ""
 
 
@@ -36,6 +37,7 @@ PRESETS = {
         dataset="mnist", latent_dim=32, width=32, potential_width=128, steps=1500, batch_size=32,
         learning_rate=2e-3, checkpoint_every=250, hj_weight=0.1, flow_kl_weight=0.1,
         eval_sequences=300, ll_samples=20, shift_batches=10,
+        slice_size=16,  # at width 32, 12% faster steps than 32 on a 2-core EPYC (1 MB L2 per core)
         about="embedded MNIST, small latent: trains, evaluates and draws in minutes on a laptop CPU",
     ),
     "mnist": Preset(

@@ -72,6 +72,9 @@ class Train:
     """override the preset's Adam learning rate"""
     laplacian: Literal["exact", "hutchinson"] | None = None
     """divergence of the flows: exact trace (forward mode) or Hutchinson's estimator"""
+    slice_size: int | None = None
+    """sequences per flow slice and decoder chunk (memory and cache use, not the maths; default: the
+    preset's; on a GPU pass the batch size)"""
     workers: int | None = None
     """data-loading processes (0 = in the main process)"""
     eval_sequences: int | None = None
@@ -178,6 +181,7 @@ def resolve(args: Train) -> RunSpec:
             width=pick(args.width, p.width),
             potential_width=pick(args.potential_width, p.potential_width),
             laplacian=pick(args.laplacian, p.laplacian),
+            slice_size=pick(args.slice_size, p.slice_size),
             hj_weight=p.hj_weight,
             flow_kl_weight=p.flow_kl_weight,
         )
