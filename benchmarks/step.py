@@ -38,11 +38,16 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from presets import PRESETS
+
+_QUICK = PRESETS["quick"]  # train/run.py's default
 CONFIGS = {
-    "a": dict(d=324, batch=128),
-    "b": dict(d=64, batch=128),
-    "c": dict(d=64, batch=32),
-    "quick": dict(d=32, batch=32, width=32, potential_width=128, slice_size=16),  # train/run.py's default preset
+    "a": {"d": 324, "batch": 128},
+    "b": {"d": 64, "batch": 128},
+    "c": {"d": 64, "batch": 32},
+    "quick": {"d": _QUICK.latent_dim, "batch": _QUICK.batch_size, "width": _QUICK.width,
+              "potential_width": _QUICK.potential_width, "slice_size": _QUICK.slice_size},
 }
 DEFAULT_CONFIGS = ["a", "b", "c"]
 T, K = 8, 3
@@ -97,7 +102,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     cfg = ff.FFVAEConfig(
         image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=spec.get("width", d),
         potential_width=spec.get("potential_width", d), laplacian=laplacian,
-        slice_size=spec.get("slice_size", ff.FFVAEConfig.slice_size) if slice_size is None else slice_size,
+        slice_size=next(s for s in (slice_size, spec.get("slice_size"), ff.FFVAEConfig.slice_size) if s is not None),
     )
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
     optimizer = make_optimizer(1e-4)

@@ -26,7 +26,7 @@ class Preset:
     eval_batch_size: int = 50
     ll_samples: int = 100
     shift_batches: int = 20
-    slice_size: int = 32
+    slice_size: int | None = None  # None: FFVAEConfig's default
     about: str = ""
 
 

@@ -171,6 +171,7 @@ def resolve(args: Train) -> RunSpec:
     info = data.dataset_info(dataset)
     method = args.model or ("ffvae-weak" if p.weak else "ffvae")
     pick = lambda value, default: default if value is None else value
+    slice_size = pick(args.slice_size, p.slice_size)
     try:
         model = methods.make_config(
             method,
@@ -181,7 +182,7 @@ def resolve(args: Train) -> RunSpec:
             width=pick(args.width, p.width),
             potential_width=pick(args.potential_width, p.potential_width),
             laplacian=pick(args.laplacian, p.laplacian),
-            slice_size=pick(args.slice_size, p.slice_size),
+            **({} if slice_size is None else {"slice_size": slice_size}),
             hj_weight=p.hj_weight,
             flow_kl_weight=p.flow_kl_weight,
         )
