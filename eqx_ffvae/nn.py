@@ -139,7 +139,7 @@ class ConvDecoder(eqx.Module):
         self.image_shape = image_shape
 
     def __call__(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
-        return _pixel_logits(self.deconvs[1:], self.features(z))
+        return jnp.transpose(_pixel_logits(self.deconvs[1:], self.features(z)), (2, 0, 1))
 
     def features(self, z: Float[Array, " d"]) -> Float[Array, "h w c"]:
         """The dense first part, z → the smallest feature map: the 1×1 heads and the first transposed
@@ -151,7 +151,7 @@ class ConvDecoder(eqx.Module):
 
     def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
         """Σ_pixels log Bernoulli(x | sigmoid(decoder(z))) of one frame."""
-        return _feature_log_likelihood(self.deconvs[1:], self.features(z), x)
+        return _feature_log_likelihood(self.deconvs[1:], self.features(z), _channels_last(x))
 
     def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """`frame_log_likelihood` of each frame, decoded one frame at a time.
@@ -175,24 +175,30 @@ class ConvDecoder(eqx.Module):
         pass keeps no decoder activation at all, and nothing is recomputed.
         """
         chunk_log_likelihood = functools.partial(_chunk_log_likelihood, frames_per_slice=frames_per_slice)
-        return sum_over_slices(chunk_log_likelihood, self, zs, xs)
+        return sum_over_slices(chunk_log_likelihood, self, zs, _channels_last(xs))
 
 
-def _pixel_logits(deconvs: tuple[ConvTranspose2d, ...], x: Float[Array, "h w c"]) -> Float[Array, "c2 h2 w2"]:
-    """The spatial part of the decoder: the smallest feature map → Bernoulli logits `(C, H, W)`."""
+def _channels_last(x: Float[Array, "*b c h w"]) -> Float[Array, "*b h w c"]:
+    return jnp.moveaxis(x, -3, -1)
+
+
+def _pixel_logits(deconvs: tuple[ConvTranspose2d, ...], x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 c2"]:
+    """The spatial part of the decoder: the smallest feature map → Bernoulli logits, channels last."""
     for layer in deconvs[:-1]:
         x = jax.nn.silu(checkpoint_name(layer(x), DECODER_SAVED))
-    return jnp.transpose(deconvs[-1](x), (2, 0, 1))
+    return deconvs[-1](x)
 
 
-def _feature_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], feature: Array, x: Float[Array, "c h w"]) -> Scalar:
+def _feature_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], feature: Array, x: Float[Array, "h w c"]) -> Scalar:
+    """The likelihood against channels-last targets: transposing the 3-channel logits instead costs as
+    much as the softplus (a strided copy inside the loop, and its transpose in the backward pass)."""
     from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
 
     return bernoulli_log_likelihood(_pixel_logits(deconvs, feature), x)
 
 
 def _chunk_log_likelihood(
-    decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b c h w"], frames_per_slice: int
+    decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b h w c"], frames_per_slice: int
 ) -> Scalar:
     b = zs.shape[0]
     rows = slice_rows(b, frames_per_slice)
@@ -201,7 +207,7 @@ def _chunk_log_likelihood(
     return sum_over_slices(_slice_log_likelihood, decoder.deconvs[1:], split(features), split(xs))
 
 
-def _slice_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], features: Array, xs: Float[Array, "b c h w"]) -> Scalar:
+def _slice_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], features: Array, xs: Float[Array, "b h w c"]) -> Scalar:
     return jnp.sum(jax.vmap(functools.partial(_feature_log_likelihood, deconvs))(features, xs))
 
 

@@ -84,3 +84,22 @@ def test_kl_terms_against_monte_carlo(getkey):
     logits = jnp.array([2.0, 0.0, -1.0])
     q = jax.nn.softmax(logits)
     np.testing.assert_allclose(obj.kl_to_uniform(logits), jnp.sum(q * jnp.log(3 * q)), rtol=1e-6)
+
+
+def test_bernoulli_log_likelihood_and_its_derivatives_match_the_definition(x64, getkey):
+    """The shared-exponential rule against log p = x log σ(l) + (1 − x) log(1 − σ(l)), written out,
+    at logits from −60 to 60: value, ∂/∂(logits, x) and the Hessian in the logits."""
+    logits = jnp.concatenate([jnp.array([-60.0, -1e-3, 0.0, 1e-3, 60.0]), 4 * jr.normal(getkey(), (19,))])
+    x = jr.uniform(getkey(), logits.shape)
+
+    def definition(logits, x):
+        return jnp.sum(x * jax.nn.log_sigmoid(logits) + (1 - x) * jax.nn.log_sigmoid(-logits))
+
+    np.testing.assert_allclose(obj.bernoulli_log_likelihood(logits, x), definition(logits, x), rtol=1e-12)
+    for got, want in zip(
+        jax.grad(obj.bernoulli_log_likelihood, (0, 1))(logits, x), jax.grad(definition, (0, 1))(logits, x)
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        jax.hessian(obj.bernoulli_log_likelihood)(logits, x), jax.hessian(definition)(logits, x), atol=1e-14
+    )
