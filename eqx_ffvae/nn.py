@@ -158,11 +158,14 @@ class ConvDecoder(eqx.Module):
 
         A loop over frames (batched over sequences by the caller's vmap) bounds the decoder's working
         memory to one frame of the batch; only its spatial pre-activations are kept for the backward
-        pass, everything else is recomputed from them (no convolution is recomputed).
+        pass, everything else is recomputed from them (no convolution is recomputed). The targets are
+        moved to channels-last once, before the loop.
         """
         policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
-        frame_ll = jax.checkpoint(lambda z, x: self.frame_log_likelihood(z, x), policy=policy)
-        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, xs))
+        frame_ll = jax.checkpoint(
+            lambda z, x: _feature_log_likelihood(self.deconvs[1:], self.features(z), x), policy=policy
+        )
+        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, _channels_last(xs)))
 
     def summed_log_likelihood(
         self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"], frames_per_slice: int
