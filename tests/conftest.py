@@ -9,6 +9,10 @@ import tempfile
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="eqx_ffvae-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Every program, however quick to compile (JAX's default keeps only those over 1 s): building a model
+# eagerly compiles one small program per weight shape, ~6.5 s for the quick preset's, and each worker
+# and each training subprocess builds the same models again; from the cache that is ~1 s.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # JAX does not cache a program with host callbacks, and Equinox lowers Diffrax's runtime checks (e.g.
 # "saveat.ts must be increasing", which our fixed grids always satisfy) to one; as NaNs instead they
 # leave every training step cacheable. Tests still fail on NaNs: every run checks its losses.
