@@ -22,7 +22,7 @@ the OS).
 
 On a GPU: `--matmul-precision tensorfloat32|bfloat16` times the step (and the matmul yardstick) at
 that precision; `--slice-size` overrides `FFVAEConfig.slice_size` (the sequences per flow slice and
-decoder chunk: 32 keeps a CPU's working set small, a GPU wants the whole batch); `device_peak_mb` is
+decoder chunk: the default 16 keeps a CPU's working set small, a GPU wants the whole batch); `device_peak_mb` is
 the accelerator's peak memory in use (null on a CPU, where `peak_rss_mb` is the measure).
 """
 
