@@ -151,7 +151,10 @@ class ConvDecoder(eqx.Module):
 
     def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
         """Σ_pixels log Bernoulli(x | sigmoid(decoder(z))) of one frame."""
-        return _feature_log_likelihood(self.deconvs[1:], self.features(z), _channels_last(x))
+        return self._channels_last_log_likelihood(z, _channels_last(x))
+
+    def _channels_last_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "h w c"]) -> Scalar:
+        return _feature_log_likelihood(self.deconvs[1:], self.features(z), x)
 
     def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """`frame_log_likelihood` of each frame, decoded one frame at a time.
@@ -162,9 +165,7 @@ class ConvDecoder(eqx.Module):
         moved to channels-last once, before the loop.
         """
         policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
-        frame_ll = jax.checkpoint(
-            lambda z, x: _feature_log_likelihood(self.deconvs[1:], self.features(z), x), policy=policy
-        )
+        frame_ll = jax.checkpoint(lambda z, x: self._channels_last_log_likelihood(z, x), policy=policy)
         return jax.lax.map(lambda zx: frame_ll(*zx), (zs, _channels_last(xs)))
 
     def summed_log_likelihood(
