@@ -183,6 +183,8 @@ def measure_step(rounds: int, calls: int) -> list[dict]:
         potential_width=p.potential_width,
         num_frames=T + 1,
         num_flows=K,
+        hj_weight=p.hj_weight,
+        flow_kl_weight=p.flow_kl_weight,
         slice_size=p.slice_size,
     )
     optimizer = make_optimizer(p.learning_rate)
