@@ -241,7 +241,7 @@ def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
             classifier_width=8,
             disc_width=8,
         )
-        model = ff.methods.make_model(name, config, key=getkey())
+        model = ff.methods.get_method(name).model_cls(config, key=getkey())  # eager: shapes repeat, compiles cached
         optimizer = make_optimizer(1e-3)
         opt_state = init_opt_state(model, optimizer)
         step = make_step(optimizer, weak=getattr(config, "weakly_supervised", False))
@@ -275,3 +275,20 @@ def test_poflow_proposal_is_its_flow_with_density(getkey):
         np.testing.assert_allclose(logqs[t + 1], logqs[t] - lap, rtol=1e-5, atol=1e-5)
     mu, _ = model.encode(x[0])
     assert float(jnp.linalg.norm(zs[0] - mu)) > 0
+
+
+@pytest.mark.parametrize("name", ["ffvae-weak", "poflow"])
+def test_make_model_draws_the_weights_of_eager_construction(name, getkey):
+    """`make_model` builds in one compiled program (at a lighter LLVM optimisation level); the weights
+    must still be those of `model_cls(config, key=key)`, bit for bit, or runs would change with it."""
+    config = ff.methods.make_config(
+        name, image_shape=SHAPE, num_frames=4, latent_dim=4, num_flows=3, width=4, potential_width=8
+    )
+    key = getkey()
+    compiled = ff.methods.make_model(name, config, key=key)
+    eager = ff.methods.get_method(name).model_cls(config, key=key)
+    assert jax.tree.structure(compiled) == jax.tree.structure(eager)
+    arrays = lambda model: jax.tree.leaves(eqx.filter(model, eqx.is_array))
+    for a, b in zip(arrays(compiled), arrays(eager), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -76,7 +76,8 @@ def draw_figures(spec: RunSpec, model, test_batches: list[dict], out: Path, shif
         if not picks.size:
             continue
         x = frames[picks[0]]
-        model_frames = np.asarray(_decode_path(model, transport(model, k, encode(model, jnp.asarray(x[0])))))
+        z_path = transport(model, jnp.int32(k), encode(model, jnp.asarray(x[0])))  # k traced: one compile
+        model_frames = np.asarray(_decode_path(model, z_path))
         viz.save_rows(out / f"flow_{name}.png", [x, model_frames], ["data", "model"], f"flow {k}: {name}")
         viz.save_gif(out / f"flow_{name}.gif", [x, model_frames])
     if info.num_flows >= 2 and hasattr(model, "compose"):
@@ -110,7 +111,7 @@ def run_sample(spec: RunSpec, model, run_dir: Path, *, num: int = 6, seed: int =
     z0s = jr.normal(jr.key(seed), (num, spec.model["latent_dim"]))
     transport = eqx.filter_jit(lambda m, k, z: jax.vmap(lambda z: m.transport(k, z))(z))
     for k, name in enumerate(info.transforms):
-        paths = transport(model, k, z0s)
+        paths = transport(model, jnp.int32(k), z0s)  # k traced: one compile for every flow
         rows = [np.asarray(_decode_path(model, p)) for p in paths]
         viz.save_rows(out / f"samples_{name}.png", rows, [f"z{i}" for i in range(num)], f"samples along {name}")
     print(f"wrote {len(info.transforms)} sample grids to {out}")

@@ -5,6 +5,7 @@ classifier that must tell the K flows apart from the latent steps they make."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import equinox as eqx
 import jax
@@ -65,7 +66,7 @@ class PoFlow(FrameVAE):
         self.potentials = eqx.filter_vmap(
             lambda k: MLPPotential(c.latent_dim, c.potential_width, depth=c.potential_depth, time_dim=c.time_dim, key=k)
         )(jr.split(pot_key, c.num_flows))
-        inv_softplus = float(jnp.log(jnp.expm1(c.wave_speed_init)))
+        inv_softplus = math.log(math.expm1(c.wave_speed_init))
         self.raw_speed = jnp.full((c.num_flows,), inv_softplus, jnp.float32)
         self.classifier = eqx.nn.MLP(
             c.latent_dim, c.num_flows, c.classifier_width, 2, activation=jax.nn.gelu, key=cls_key
