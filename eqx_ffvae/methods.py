@@ -26,10 +26,11 @@ from .model import FFVAEConfig, FlowFactorizedVAE
 @dataclasses.dataclass(frozen=True)
 class Method:
     """`defaults` are the method's own settings (β = 4 for β-VAE); `supervision` says what it sees of
-    k: "none", "weak" (that a sequence holds one transformation) or "full" (k itself)."""
+    k: "none", "weak" (that a sequence holds one transformation), "group" (also that all sequences
+    of a batch share one) or "full" (k itself)."""
 
     label: str
-    supervision: Literal["none", "weak", "full"]
+    supervision: Literal["none", "weak", "group", "full"]
     config_cls: type
     model_cls: type
     defaults: dict = dataclasses.field(default_factory=dict)
@@ -42,8 +43,13 @@ METHODS: dict[str, Method] = {
     "slowvae": Method("SlowVAE", "weak", SlowVAEConfig, SlowVAE),
     "tvae": Method("TVAE", "weak", TVAEConfig, TVAE),
     "poflow": Method("PoFlow", "full", PoFlowConfig, PoFlow),
-    "ffvae": Method("FFVAE", "full", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": False}),
+    "ffvae": Method(
+        "FFVAE", "full", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": False, "group_supervised": False}
+    ),
     "ffvae-weak": Method("FFVAE (weak)", "weak", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": True}),
+    "ffvae-group": Method(
+        "FFVAE (group, authors')", "group", FFVAEConfig, FlowFactorizedVAE, {"group_supervised": True}
+    ),
 }
 
 

@@ -89,3 +89,18 @@ def log_likelihood(
     logp = jax.vmap(jax.vmap(model.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(k, ts, zs)
     log_w = loglik + logp - logqs
     return jax.nn.logsumexp(log_w, axis=0) - jnp.log(num_samples)
+
+
+def marginal_log_likelihood(
+    model: Any, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray, num_samples: int = 100
+) -> Float[Array, " n"]:
+    """log p(x_t) = log Σ_k p(k) p^k(x_t) of every frame, for a model that does not observe k (SPEC §5).
+
+    Each p^k(x_t) is `log_likelihood` along flow k, all with the same key (the same draws for every
+    flow, so relabelling the flows relabels the terms and leaves the sum unchanged); p(k) is uniform.
+    """
+    num_flows = model.config.num_flows
+    per_flow = jax.vmap(lambda k: log_likelihood(model, x_seq, k, key=key, num_samples=num_samples))(
+        jnp.arange(num_flows)
+    )
+    return jax.nn.logsumexp(per_flow, axis=0) - jnp.log(num_flows)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from einops import rearrange
 from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar, ScalarLike
 
 from . import objectives as obj
@@ -51,10 +50,14 @@ class FFVAEConfig:
     flow_kl_weight: float = 1.0
     prior_diffusion_init: float = 1.0
     weakly_supervised: bool = False
-    weak_estimator: Literal["exact", "gumbel"] = "exact"
-    gumbel_temperature: float = 1.0
+    group_supervised: bool = False
     conv_impl: ConvImpl = "fast"
     slice_size: int = 16
+
+    @property
+    def infers_flow(self) -> bool:
+        """Whether k is not observed, so the model carries q(k | x̄) and is scored by what it infers."""
+        return self.weakly_supervised or self.group_supervised
 
     def __post_init__(self):
         if self.num_frames < 2:
@@ -63,8 +66,8 @@ class FFVAEConfig:
             raise ValueError(f"slice_size must be ≥ 1 sequence, got {self.slice_size}")
         if self.steps_per_frame < 1:
             raise ValueError(f"steps_per_frame must be ≥ 1, got {self.steps_per_frame}")
-        if self.weak_estimator not in ("exact", "gumbel"):
-            raise ValueError(f"weak_estimator must be 'exact' or 'gumbel', got {self.weak_estimator!r}")
+        if self.weakly_supervised and self.group_supervised:
+            raise ValueError("weakly_supervised and group_supervised exclude each other: pick one way to infer k")
 
 
 class FlowFactorizedVAE(eqx.Module):
@@ -88,7 +91,7 @@ class FlowFactorizedVAE(eqx.Module):
         self.prior = DiffusionPrior(c.num_flows, c.prior_diffusion_init)
         self.sequence_encoder = (
             SequenceEncoder(c.image_shape, c.num_frames, c.num_flows, c.width, impl=c.conv_impl, key=seq_key)
-            if c.weakly_supervised
+            if c.infers_flow
             else None
         )
         self.config = config
@@ -247,32 +250,149 @@ class FlowFactorizedVAE(eqx.Module):
         return self._with_reconstruction(recon / b, jax.tree.map(jnp.mean, terms))
 
     def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
-        """Logits of q(k | x̄) (weakly supervised models only)."""
+        """Logits of q(k | x̄) (models that infer k only)."""
         if self.sequence_encoder is None:
-            raise ValueError("this model has no q(k|x̄); build it with FFVAEConfig(weakly_supervised=True)")
+            raise ValueError(
+                "this model has no q(k|x̄); build it with FFVAEConfig(weakly_supervised=True) or group_supervised=True"
+            )
         return self.sequence_encoder(x_seq)
 
     def weak_loss(self, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
-        """Weakly supervised loss: Σ_k q(k|x̄) loss_k + KL[q(k|x̄) ‖ U(K)] (exact sum over k).
+        """The weak bound of one sequence under the model's own q: Σ_k q(k|x̄) loss_k + KL[q(k|x̄) ‖ U(K)].
 
-        With `weak_estimator="gumbel"` one k is drawn by straight-through Gumbel-softmax instead, so
-        only one flow is solved (for large K).
+        The exact expectation over k (SPEC §4); −elbo is a lower bound on log p(x̄) for any q. It is the
+        definition that `weak_batch_loss` trains through a balanced assignment instead of through q.
         """
         c = self.config
         logits = self.flow_posterior_logits(x_seq)
         kl_k = obj.kl_to_uniform(logits)
-        if c.weak_estimator == "exact":
-            losses, terms = jax.vmap(lambda k: self.loss(x_seq, k, key=key))(jnp.arange(c.num_flows))
-            q = jax.nn.softmax(logits)
-            weighted = {name: q @ value for name, value in terms.items()}
-        else:
-            gumbel_key, loss_key = jr.split(key)
-            y_soft = jax.nn.softmax((logits + jr.gumbel(gumbel_key, logits.shape)) / c.gumbel_temperature)
-            k = jnp.argmax(y_soft)
-            gate = 1.0 + y_soft[k] - jax.lax.stop_gradient(y_soft[k])
-            _, terms = self.loss(x_seq, k, key=loss_key)
-            weighted = {name: gate * value for name, value in terms.items()}
+        _, terms = jax.vmap(lambda k: self.loss(x_seq, k, key=key))(jnp.arange(c.num_flows))
+        q = jax.nn.softmax(logits)
+        weighted = {name: q @ value for name, value in terms.items()}
         loss = weighted["loss"] + kl_k
         weighted.update(loss=loss, elbo=weighted["elbo"] - kl_k, kl_k=kl_k)
         return loss, weighted
 
+    def assignment_scores(self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray) -> Float[Array, "b k"]:
+        """Each sequence's trained objective under each flow, up to a per-sequence constant (no gradient).
+
+        Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·KL-flow of sequence i carried by flow k, with the z_0 draw
+        that `batch_loss(frames, ks, key=key)` makes (the same key split), so every flow is scored on the
+        same sample. log p(x_0|z_0) and KL[q(z_0|x_0) ‖ N(0, I)] are common to all flows and left out; so
+        is the HJ regulariser,
+        which is not part of the bound and must not steer the assignment (SPEC §4).
+        """
+        c = self.config
+        keys = jr.split(key, frames.shape[0])
+        _, _, z0, logq0, probe_keys = jax.vmap(self._sample_z0)(frames[:, 0], keys)
+        ts = self.frame_times
+        prior = jax.vmap(jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))
+
+        def one_flow(k):
+            zs, logqs = jax.vmap(lambda z, lq, pk: self.transport_density(k, z, lq, ts, key=pk))(z0, logq0, probe_keys)
+            return zs[:, 1:], jnp.sum(logqs[:, 1:] - prior(k, ts[1:], zs[:, 1:]), axis=1)
+
+        zs, kl_flow = jax.vmap(one_flow)(jnp.arange(c.num_flows))  # (K, B, T, d), (K, B)
+        # Frame 0 decodes the same z_0 under every flow: a constant per sequence, left out. One slice
+        # per (flow, frame time): the batch's frames at that time.
+        targets = jnp.broadcast_to(frames[None, :, 1:], (c.num_flows, *frames[:, 1:].shape))
+        recon = self.decoder.sliced_log_likelihoods(
+            rearrange(zs, "k b t d -> (k t) b d"), rearrange(targets, "k b t c h w -> (k t) b c h w")
+        )
+        recon = rearrange(recon, "(k t) b -> k b t", k=c.num_flows)
+        scores = jnp.sum(recon, axis=2) - c.flow_kl_weight * kl_flow
+        return jax.lax.stop_gradient(scores.T)
+
+    def weak_batch_loss(
+        self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        """Weakly supervised training loss of a batch: variational EM with a balanced E-step.
+
+        E-step (no gradient): the B×K matrix of `assignment_scores` → the assignment P that maximises
+        Σ_ik P_ik score_ik + H(P) with every row a distribution over k and every flow given B/K sequences
+        (`objectives.balanced_assignment`, Sinkhorn at temperature 1 nat: P is the posterior of k under the
+        per-flow prior that balances the batch). M-step: the supervised loss of each sequence under a flow
+        k_i ~ P_i, an unbiased estimate of Σ_k P_ik loss_k. For any distribution P_i,
+        Σ_k P_ik ELBO_k − KL[P_i ‖ U] ≤ log p(x̄_i), so the model is trained on a lower bound whatever P is.
+        q(k | x̄) is the amortised E-step: trained to predict P by KL[P ‖ q] (`q_distill`), it takes no
+        gradient from the bound and gives none to it. The balance is what prevents the collapse of the
+        gated sum Σ_k q_k ELBO_k (every flow gets B/K sequences of every batch). Cost: one supervised step
+        plus K forward passes of flow and decoder.
+        """
+        c = self.config
+        loss_key, assign_key = jr.split(key)
+        scores = self.assignment_scores(frames, key=loss_key)
+        log_p = obj.balanced_assignment(scores)
+        ks = jr.categorical(assign_key, log_p)
+        loss, terms = self.batch_loss(frames, ks, key=loss_key)
+        logq = jax.nn.log_softmax(jax.vmap(self.flow_posterior_logits)(frames))
+        p = jnp.exp(log_p)
+        distill = jnp.mean(jnp.sum(p * (log_p - logq), axis=1))
+        kl_p = jnp.mean(jnp.sum(p * (log_p + jnp.log(c.num_flows)), axis=1))
+        q = jnp.exp(logq)
+        usage = jnp.mean(q, axis=0)
+        return loss + distill, {
+            **terms,
+            "loss": loss + distill,
+            "elbo": terms["elbo"] - kl_p,
+            "q_distill": distill,
+            "q_entropy": jnp.mean(-jnp.sum(q * logq, axis=1)),
+            "usage_kl": obj.usage_kl(usage),
+            **{f"usage_{k}": usage[k] for k in range(c.num_flows)},
+        }
+
+    def group_batch_loss(
+        self, frames: Float[Array, "b n c h w"], step: Int[ArrayLike, ""], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        """The authors' group-supervised objective (their `trainer_ot_scratch_weakly.py`), for comparison.
+
+        Every sequence of the batch shares one transformation (the sampler's promise: more than weak
+        supervision). Each sequence's flow weights are a hard straight-through Gumbel-softmax sample
+        y_i of q(k | x̄_i) at temperature max(exp(−3·10⁻⁵·step), 0.05); its latent follows Σ_k y_ik ∇u^k
+        (flow argmax y_i forward, gradients into q through the combination); plus the batch-agreement term
+        −log q̄_B[argmax q̄_B] of the batch-mean y. No KL to p(k). Not a bound on log p(x̄).
+        """
+        c = self.config
+        b = frames.shape[0]
+        gumbel_key, loss_key = jr.split(key)
+        logits = jax.vmap(self.flow_posterior_logits)(frames)
+        temperature = jnp.maximum(jnp.exp(-3e-5 * jnp.asarray(step, jnp.float32)), 0.05)
+        y_soft = jax.nn.softmax((logits + jr.gumbel(gumbel_key, logits.shape)) / temperature)
+        y_hard = jax.nn.one_hot(jnp.argmax(y_soft, axis=1), c.num_flows, dtype=y_soft.dtype)
+        y = y_hard + y_soft - jax.lax.stop_gradient(y_soft)
+        losses, terms = jax.vmap(lambda x, w, kk: self.weighted_loss(x, w, key=kk))(frames, y, jr.split(loss_key, b))
+        y_mean = jnp.mean(y, axis=0)
+        agreement = -jnp.log(y_mean[jnp.argmax(y_mean)] + 1e-20)
+        q = jax.nn.softmax(logits)
+        usage = jnp.mean(q, axis=0)
+        loss = jnp.mean(losses) + agreement
+        return loss, {
+            **jax.tree.map(jnp.mean, terms),
+            "loss": loss,
+            "agreement": agreement,
+            "temperature": temperature,
+            "q_entropy": jnp.mean(-jnp.sum(q * jax.nn.log_softmax(logits), axis=1)),
+            "usage_kl": obj.usage_kl(usage),
+            **{f"usage_{k}": usage[k] for k in range(c.num_flows)},
+        }
+
+    def weighted_loss(
+        self, x_seq: Float[Array, "n c h w"], weights: Float[Array, " k"], *, key: PRNGKeyArray
+    ) -> tuple[Scalar, dict[str, Scalar]]:
+        """`loss` with the flow Σ_k w_k u^k, prior Σ_k w_k log p^k_t and force Σ_k w_k f^k (one-hot w: `loss`
+        of that k, evaluated with all K potentials, so it is differentiable in w)."""
+        mu, logvar, z0, logq0, probe_key = self._sample_z0(x_seq[0], key)
+        ts = self.frame_times
+        zs, logqs = self._solve(self.flows.combined(weights), z0, logq0, ts, probe_key)
+        per_flow = jax.vmap(
+            lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
+        )(jnp.arange(self.config.num_flows))
+        pot, force = self.flows.combined(weights), self.flows.combined_force(weights)
+        colloc = jax.lax.stop_gradient(zs)
+        terms = {
+            "kl0": obj.kl_to_standard_normal(mu, logvar),
+            "kl_flow": jnp.sum(logqs[1:] - weights @ per_flow),
+            "hj": obj.hj_loss(pot, force, ts[:-1], colloc[:-1]),
+            "hj_initial": obj.hj_initial_loss(pot, force, colloc[0]),
+        }
+        return self._with_reconstruction(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)

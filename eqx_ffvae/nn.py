@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from einops import rearrange
 from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
@@ -168,6 +169,18 @@ class ConvDecoder(eqx.Module):
         frame_ll = jax.checkpoint(lambda z, x: self._channels_last_log_likelihood(z, x), policy=policy)
         return jax.lax.map(lambda zx: frame_ll(*zx), (zs, _channels_last(xs)))
 
+    def sliced_log_likelihoods(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"]) -> Float[Array, "m b"]:
+        """`frame_log_likelihood` of m·b frames, without gradients in mind (forward passes that score).
+
+        `features` runs on all frames at once (one GEMM), the spatial layers on one slice of b frames
+        at a time, which bounds their working memory to a slice.
+        """
+        m = zs.shape[0]
+        features = jax.vmap(self.features)(rearrange(zs, "m b d -> (m b) d"))
+        features = rearrange(features, "(m b) h w c -> m b h w c", m=m)
+        one = functools.partial(_feature_log_likelihood, self.deconvs[1:])
+        return jax.lax.map(lambda fx: jax.vmap(one)(*fx), (features, _channels_last(xs)))
+
     def summed_log_likelihood(
         self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"], frames_per_slice: int
     ) -> Scalar:
@@ -216,7 +229,10 @@ def _slice_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], features: Array,
 
 
 class SequenceEncoder(eqx.Module):
-    """q(k | x̄): frames stacked on channels → K logits (weak supervision)."""
+    """q(k | x̄): frames stacked on channels → K logits (weak supervision).
+
+    The logits layer starts at zero, so q starts exactly uniform: no flow is favoured before training.
+    """
 
     net: ConvNet
 
@@ -231,7 +247,10 @@ class SequenceEncoder(eqx.Module):
         key: PRNGKeyArray,
     ):
         c, h, _ = image_shape
-        self.net = ConvNet(num_frames * c, h, width, num_flows, impl=impl, key=key)
+        net = ConvNet(num_frames * c, h, width, num_flows, impl=impl, key=key)
+        last = net.heads[-1]
+        zeroed = eqx.tree_at(lambda m: (m.weight, m.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        self.net = eqx.tree_at(lambda n: n.heads[-1], net, zeroed)
 
     def __call__(self, x_seq: Float[Array, "t c h w"]) -> Float[Array, " k"]:
         t, c, h, w = x_seq.shape

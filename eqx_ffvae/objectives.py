@@ -76,3 +76,42 @@ def hj_initial_loss(pot: AbstractPotential, force: ForceLike, z: Float[Array, " 
     """Initial-condition term ‖∇u(z, 0)‖² + f(z, 0)² (the reference code weights it by 1)."""
     grad = jax.grad(lambda x: pot(0.0, x))(z)
     return jnp.sum(grad**2) + force(0.0, z) ** 2
+
+
+def usage_kl(usage: Float[Array, " k"]) -> Scalar:
+    """KL[ū ‖ Uniform(K)] of a batch's mean assignment ū: ≥ 0, 0 exactly at balanced use, log K at collapse."""
+    k = usage.shape[0]
+    return jnp.sum(jnp.where(usage > 0, usage * (jnp.log(jnp.where(usage > 0, usage, 1.0)) + jnp.log(k)), 0.0))
+
+
+def balanced_assignment(
+    scores: Float[Array, "b k"], *, num_levels: int = 30, iters_per_level: int = 20
+) -> Float[Array, "b k"]:
+    """log P of the balanced soft assignment of b items to k groups (Sinkhorn at temperature 1).
+
+    P maximises Σ_ik P_ik scores_ik + H(P) subject to Σ_k P_ik = 1 (each row a distribution) and
+    Σ_i P_ik = b/k (every group used equally). The solution is P_ik ∝ exp(scores_ik + β_k): the posterior
+    of k under the per-group log-prior β that balances the batch (β = 0 when the plain posterior already
+    is balanced). Scores are in nats, so temperature 1 is the posterior's own.
+
+    Scores that differ by hundreds of nats make plain Sinkhorn crawl (each column update moves β by
+    about one temperature), so β is found by ε-scaling: Sinkhorn column updates at temperatures halving
+    from the scores' range down to 1, each level warm-started from the last. Rows are exact
+    distributions; columns reach b/k to within a small fraction of a sequence.
+    """
+    b, k = scores.shape
+    log_col = jnp.log(b / k)
+    spread = jnp.max(jnp.max(scores, axis=1) - jnp.min(scores, axis=1))
+    levels = jnp.maximum(1.0, spread * 0.5 ** jnp.arange(num_levels, dtype=scores.dtype))
+    levels = jnp.concatenate([levels, jnp.ones((4,), scores.dtype)])
+
+    def column_update(beta, eps):
+        log_p = jax.nn.log_softmax((scores + beta[None]) / eps, axis=1)
+        return beta + eps * (log_col - jax.nn.logsumexp(log_p, axis=0))
+
+    def level(beta, eps):
+        beta = jax.lax.fori_loop(0, iters_per_level, lambda _, bt: column_update(bt, eps), beta)
+        return beta, None
+
+    beta, _ = jax.lax.scan(level, jnp.zeros((k,), scores.dtype), levels)
+    return jax.nn.log_softmax(scores + beta[None], axis=1)

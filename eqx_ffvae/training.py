@@ -35,14 +35,18 @@ def make_optimizer(learning_rate: float, *, clip_norm: float | None = 100.0) -> 
 def batch_loss(model: Any, batch: Batch, key: PRNGKeyArray, *, weak: bool = False) -> tuple[Scalar, dict[str, Scalar]]:
     """Mean per-sequence loss over a batch `{"frames": (B, T+1, C, H, W), "k": (B,)}`, one key each.
 
-    `weak`: the weakly supervised loss (k ignored). Otherwise models with a `batch_loss` method (the
-    FFVAE, the baselines) compute it themselves, and any other model's `loss` is vmapped.
+    `weak`: k is not observed (ignored): an FFVAE that infers k trains its weak objective
+    (`weak_batch_loss`), or the authors' group objective (`group_batch_loss`, which reads the step
+    number from `batch["step"]`). Otherwise models with a `batch_loss` method (the FFVAE, the
+    baselines) compute it themselves, and any other model's `loss` is vmapped.
     """
     frames: Float[Array, "b n c h w"] = batch["frames"]
     keys = jr.split(key, frames.shape[0])
+    if weak and model.config.group_supervised:
+        return model.group_batch_loss(frames, batch["step"][0], key=key)
     if weak:
-        losses, terms = jax.vmap(lambda x, kk: model.weak_loss(x, key=kk))(frames, keys)
-    elif hasattr(model, "batch_loss"):
+        return model.weak_batch_loss(frames, key=key)
+    if hasattr(model, "batch_loss"):
         return model.batch_loss(frames, batch["k"], key=key)
     else:
         ks: Int[Array, " b"] = batch["k"]

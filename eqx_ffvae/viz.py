@@ -72,3 +72,24 @@ def save_loss_curves(path: str | os.PathLike, records: Sequence[dict], terms: Se
             ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path)
+
+
+def save_usage_curves(path: str | os.PathLike, records: Sequence[dict], num_flows: int) -> None:
+    """Per-flow usage (batch-mean q(k | x̄)) and the mean entropy of q over training: a collapse is
+    one usage going to 1 and the others to 0; balanced use sits at 1/K."""
+    steps = np.array([r["step"] for r in records])
+    fig = Figure(figsize=(7.0, 2.8))
+    usage_ax, entropy_ax = fig.subplots(1, 2)
+    for k in range(num_flows):
+        usage_ax.plot(steps, [r.get(f"usage_{k}", np.nan) for r in records], lw=1, label=f"flow {k}")
+    usage_ax.axhline(1.0 / num_flows, color="0.5", lw=0.8, ls="--")
+    usage_ax.set_title("flow usage (batch mean of q)")
+    usage_ax.set_xlabel("step")
+    usage_ax.set_ylim(0, 1)
+    usage_ax.legend(fontsize=7)
+    entropy_ax.plot(steps, [r.get("q_entropy", np.nan) for r in records], lw=1)
+    entropy_ax.axhline(np.log(num_flows), color="0.5", lw=0.8, ls="--")
+    entropy_ax.set_title("mean entropy of q (nats)")
+    entropy_ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path)

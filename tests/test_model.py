@@ -74,28 +74,16 @@ def test_weak_loss_is_weighted_sum_of_per_k_losses(weak_model, sequences, getkey
         grads = eqx.filter_grad(lambda m: m.weak_loss(x, key=key)[0])(m)
         return loss, terms, q, per_k, grads
 
+    # q starts exactly uniform (zero logits layer), which blocks the gradient below it: perturb it
+    head = weak_model.sequence_encoder.net.heads[-1]
+    weak_model = eqx.tree_at(
+        lambda m: m.sequence_encoder.net.heads[-1].weight, weak_model, jr.normal(getkey(), head.weight.shape)
+    )
     loss, terms, q, per_k, grads = pieces(weak_model)
     kl = jnp.sum(q * jnp.log(3 * q))
     np.testing.assert_allclose(loss, q @ per_k + kl, rtol=1e-5)
     np.testing.assert_allclose(terms["kl_k"], kl, rtol=1e-5)
     assert all(jnp.any(g != 0) for g in jax.tree.leaves(grads.sequence_encoder))
-
-
-def test_gumbel_weak_loss_solves_one_flow(weak_model, sequences, getkey):
-    cfg = ff.FFVAEConfig(**{**weak_model.config.__dict__, "weak_estimator": "gumbel"})
-    m = ff.FlowFactorizedVAE(cfg, key=jr.key(2))
-    key, x = getkey(), sequences[0]
-
-    @eqx.filter_jit
-    def pieces(m):
-        loss, terms = m.weak_loss(x, key=key)
-        per_k, _ = jax.vmap(lambda k: m.loss(x, k, key=jr.split(key)[1]))(jnp.arange(3))
-        grads = eqx.filter_grad(lambda m: m.weak_loss(x, key=key)[0])(m)
-        return loss, terms, per_k, grads
-
-    loss, terms, per_k, grads = pieces(m)
-    assert jnp.min(jnp.abs(per_k + terms["kl_k"] - loss)) < 1e-5 * jnp.abs(loss)
-    assert any(jnp.any(g != 0) for g in jax.tree.leaves(grads.sequence_encoder))
 
 
 def test_supervised_model_has_no_flow_posterior(model, sequences):

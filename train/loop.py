@@ -68,7 +68,13 @@ class RunSpec:
 
     @property
     def weak(self) -> bool:
-        return bool(self.model.get("weakly_supervised", False))
+        """k is not observed: the model infers it (weak or group supervision)."""
+        return bool(self.model.get("weakly_supervised", False) or self.model.get("group_supervised", False))
+
+    @property
+    def group(self) -> bool:
+        """Group supervision: the sampler puts one transformation in each batch."""
+        return bool(self.model.get("group_supervised", False))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,7 +158,10 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def train_dataset(spec: RunSpec, *, split: str = "train", seed: int | None = None, num_epochs: int | None = None):
+def train_dataset(
+    spec: RunSpec, *, split: str = "train", seed: int | None = None, num_epochs: int | None = None, grouped=False
+):
+    """The run's sequences; `grouped`: a group-supervised run's training batches (one k per batch)."""
     try:
         return data.sequence_dataset(
             spec.dataset,
@@ -162,6 +171,7 @@ def train_dataset(spec: RunSpec, *, split: str = "train", seed: int | None = Non
             num_epochs=num_epochs,
             num_frames=spec.model["num_frames"],
             factor_sizes=None if spec.factor_sizes is None else tuple(spec.factor_sizes),
+            group_size=spec.batch_size if grouped else None,
         )
     except (FileNotFoundError, ValueError) as err:
         raise RunError(str(err).splitlines()[0]) from None
@@ -171,7 +181,7 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
     """Train (or resume) the run in `run_dir`; returns the final model."""
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
-    dataset = train_dataset(spec)
+    dataset = train_dataset(spec, grouped=spec.group)
     _prepare_run_dir(spec, run_dir, fresh, is_main)
     model, optimizer, opt_state = build(spec)
     mesh = make_mesh()
@@ -224,6 +234,8 @@ def train(spec: RunSpec, run_dir: Path, *, fresh: bool = False) -> eqx.Module:
             tic = time.perf_counter()
             batch = next(iterator)
             host = {"frames": batch["frames"], "k": batch["k"]}
+            if spec.group:
+                host["step"] = np.full(batch["k"].shape, step, np.int32)
             if step == inject:
                 host["frames"] = np.full_like(host["frames"], np.nan)
             args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop import RunError, RunSpec
 from presets import PRESETS
 
-ModelName = Literal["vae", "beta-vae", "factorvae", "slowvae", "tvae", "poflow", "ffvae", "ffvae-weak"]
+ModelName = Literal["vae", "beta-vae", "factorvae", "slowvae", "tvae", "poflow", "ffvae", "ffvae-weak", "ffvae-group"]
 MODEL_NAMES: tuple[ModelName, ...] = (
     "vae",
     "beta-vae",
@@ -37,6 +37,7 @@ MODEL_NAMES: tuple[ModelName, ...] = (
     "poflow",
     "ffvae",
     "ffvae-weak",
+    "ffvae-group",
 )
 
 
@@ -47,7 +48,8 @@ class Train:
     preset: str = "quick"
     """one of: quick (CPU minutes, embedded MNIST), mnist, mnist-weak, shapes3d, falcor3d, isaac3d"""
     model: ModelName | None = None
-    """the method: ffvae (k observed), ffvae-weak (k inferred) or a baseline; default: the preset's FFVAE"""
+    """the method: ffvae (k observed), ffvae-weak (k inferred), ffvae-group (the authors' variant: one k per
+    batch) or a baseline; default: the preset's FFVAE"""
     data_dir: Path | None = None
     """dataset folder (MNIST IDX files, 3dshapes.h5, or the PNG folder); default: embedded/procedural data"""
     steps: int | None = None

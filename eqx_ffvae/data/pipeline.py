@@ -63,14 +63,36 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+class _Transformation:
+    """How a sequence builder picks k: given, uniform per sequence, or uniform per group.
+
+    With `group_size`, elements arrive as `(position, index)` and every run of `group_size`
+    consecutive positions shares one k drawn from `(group_seed, position // group_size)`: a batch of
+    that size (consecutive positions) then holds one transformation.
+    """
+
+    def __init__(self, num_flows: int, k: int | None, group_size: int | None, group_seed: int):
+        self.num_flows, self.k, self.group_size, self.group_seed = num_flows, k, group_size, group_seed
+
+    def pick(self, element, rng: np.random.Generator) -> tuple[int, int]:
+        """(index of the source element, k)."""
+        if self.group_size is not None:
+            position, index = element
+            group = np.random.default_rng((self.group_seed, int(position) // self.group_size))
+            return int(index), int(group.integers(self.num_flows))
+        k = int(rng.integers(self.num_flows)) if self.k is None else self.k
+        return int(element), k
+
+
 class MnistSequence(grain.transforms.RandomMap):
     """Index of a digit → its colourised sequence under transformation k (given, or uniform)."""
 
-    def __init__(self, images: np.ndarray, k: int | None, num_frames: int = MNIST_FRAMES):
-        self.images, self.k, self.num_frames = images, k, num_frames
+    def __init__(self, images: np.ndarray, k: int | None, num_frames: int = MNIST_FRAMES, *, choice=None):
+        self.images, self.num_frames = images, num_frames
+        self.choice = choice or _Transformation(len(MNIST_TRANSFORMS), k, None, 0)
 
-    def random_map(self, index, rng: np.random.Generator):
-        k = int(rng.integers(len(MNIST_TRANSFORMS))) if self.k is None else self.k
+    def random_map(self, element, rng: np.random.Generator):
+        index, k = self.choice.pick(element, rng)
         x0 = colourise(self.images[index].astype(np.float32) / 255.0)
         frames = mnist_frames(x0, k, np.arange(self.num_frames))
         return {"frames": frames, "k": np.int32(k), "index": np.int64(index)}
@@ -83,16 +105,17 @@ class FactorSequence(grain.transforms.RandomMap):
     position that fits (it never wraps into a neighbouring factor).
     """
 
-    def __init__(self, source, flow_factors: tuple[int, ...], num_frames: int, k: int | None):
-        self.source, self.flow_factors, self.num_frames, self.k = source, flow_factors, num_frames, k
+    def __init__(self, source, flow_factors: tuple[int, ...], num_frames: int, k: int | None, *, choice=None):
+        self.source, self.flow_factors, self.num_frames = source, flow_factors, num_frames
+        self.choice = choice or _Transformation(len(flow_factors), k, None, 0)
         sizes = source.factor_sizes
         short = [f for f in flow_factors if sizes[f] < num_frames]
         if short:
             raise ValueError(f"factors {short} of sizes {[sizes[f] for f in short]} are too short for {num_frames} frames")
 
-    def random_map(self, index, rng: np.random.Generator):
+    def random_map(self, element, rng: np.random.Generator):
         sizes = self.source.factor_sizes
-        k = int(rng.integers(len(self.flow_factors))) if self.k is None else self.k
+        index, k = self.choice.pick(element, rng)
         factor = self.flow_factors[k]
         start = int(rng.integers(sizes[factor] - self.num_frames + 1))
         factors = np.tile(np.array(np.unravel_index(int(index), sizes), np.int32), (self.num_frames, 1))
@@ -141,6 +164,7 @@ def sequence_dataset(
     download: bool = False,
     factor_sizes: tuple[int, ...] | None = None,
     num_frames: int | None = None,
+    group_size: int | None = None,
 ) -> grain.MapDataset:
     """A `grain.MapDataset` of sequences of dataset `name` (SPEC §1).
 
@@ -149,6 +173,8 @@ def sequence_dataset(
     share (multi-host). MNIST without data_dir uses the embedded 5,000 digits, split by split_seed;
     with data_dir, the official train/test files (download=True fetches them, checksummed).
     factor_sizes and num_frames override the dataset's table (reduced grids, shorter sequences).
+    group_size: every `group_size` consecutive sequences share one k (uniform per group): batched by
+    `batch_iterator` with that batch size, each batch holds one transformation (group supervision).
     """
     info = dataset_info(name)
     num_frames = info.num_frames if num_frames is None else num_frames
@@ -156,6 +182,9 @@ def sequence_dataset(
         raise ValueError(f"num_frames must be ≥ 2 (≤ {MNIST_FRAMES} for mnist), got {num_frames}")
     if k is not None and not 0 <= k < info.num_flows:
         raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
+    if group_size is not None and (k is not None or group_size < 1):
+        raise ValueError(f"group_size must be ≥ 1 and excludes a fixed k, got group_size={group_size}, k={k}")
+    choice = _Transformation(info.num_flows, k, group_size, seed)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
     if name == "mnist":
@@ -167,15 +196,17 @@ def sequence_dataset(
                 download_mnist(data_dir)
             images, _ = load_mnist_idx(data_dir, split)
             indices = np.arange(len(images))
-        builder = MnistSequence(images, k, num_frames)
+        builder = MnistSequence(images, k, num_frames, choice=choice)
     else:
         source = _open_factor_source(name, data_dir, factor_sizes)
         indices = split_indices(len(source), split, test_fraction=test_fraction, split_seed=split_seed)
-        builder = FactorSequence(source, info.flow_factors, num_frames, k)
+        builder = FactorSequence(source, info.flow_factors, num_frames, k, choice=choice)
     indices = indices[shard_index::shard_count]
     ds = grain.MapDataset.source(indices).shuffle(seed=seed)
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
+    if group_size is not None:
+        ds = ds.map_with_index(lambda position, index: (position, index))
     return ds.random_map(builder, seed=seed)
 
 
