@@ -85,29 +85,31 @@ def usage_kl(usage: Float[Array, " k"]) -> Scalar:
 
 
 def balanced_assignment(
-    scores: Float[Array, "b k"], *, num_levels: int = 30, iters_per_level: int = 20
+    scores: Float[Array, "b k"], min_share: ScalarLike = 1.0, *, num_levels: int = 24, iters_per_level: int = 60
 ) -> Float[Array, "b k"]:
-    """log P of the balanced soft assignment of b items to k groups (Sinkhorn at temperature 1).
+    """log P of the soft assignment of b items to k groups, every group given at least its share.
 
     P maximises Σ_ik P_ik scores_ik + H(P) subject to Σ_k P_ik = 1 (each row a distribution) and
-    Σ_i P_ik = b/k (every group used equally). The solution is P_ik ∝ exp(scores_ik + β_k): the posterior
-    of k under the per-group log-prior β that balances the batch (β = 0 when the plain posterior already
-    is balanced). Scores are in nats, so temperature 1 is the posterior's own.
+    Σ_i P_ik ≥ min_share · b/k for every group (min_share = 1: exactly balanced, Sinkhorn; 0: the
+    plain posterior softmax(scores)). The solution is P_ik ∝ exp(scores_ik + β_k) with β_k ≥ 0 the
+    multiplier of group k's constraint, non-zero only where the posterior would give k less than its
+    minimum: P is the posterior of k under the smallest per-group log-prior boost that meets it.
+    Scores are in nats, so temperature 1 is the posterior's own.
 
     Scores that differ by hundreds of nats make plain Sinkhorn crawl (each column update moves β by
-    about one temperature), so β is found by ε-scaling: Sinkhorn column updates at temperatures halving
-    from the scores' range down to 1, each level warm-started from the last. Rows are exact
-    distributions; columns reach b/k to within a small fraction of a sequence.
+    about one temperature), so β is found by ε-scaling: dual updates at temperatures halving from the
+    scores' range down to 1, each level warm-started from the last. Rows are exact distributions;
+    columns meet their minimum to within a small fraction of an item.
     """
     b, k = scores.shape
-    log_col = jnp.log(b / k)
+    log_min = jnp.log(jnp.asarray(min_share, scores.dtype) * b / k)
     spread = jnp.max(jnp.max(scores, axis=1) - jnp.min(scores, axis=1))
     levels = jnp.maximum(1.0, spread * 0.5 ** jnp.arange(num_levels, dtype=scores.dtype))
     levels = jnp.concatenate([levels, jnp.ones((4,), scores.dtype)])
 
     def column_update(beta, eps):
         log_p = jax.nn.log_softmax((scores + beta[None]) / eps, axis=1)
-        return beta + eps * (log_col - jax.nn.logsumexp(log_p, axis=0))
+        return jnp.maximum(0.0, beta + eps * (log_min - jax.nn.logsumexp(log_p, axis=0)))
 
     def level(beta, eps):
         beta = jax.lax.fori_loop(0, iters_per_level, lambda _, bt: column_update(bt, eps), beta)

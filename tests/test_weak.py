@@ -35,12 +35,26 @@ def test_batches():
     return [{"frames": b["frames"], "k": b["k"]} for b in (next(it), next(it))]
 
 
-def test_balanced_assignment_gives_every_flow_its_share_even_against_huge_scores():
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_balanced_assignment_gives_every_flow_its_share_even_against_huge_scores(share):
     scores = 300.0 * jr.normal(jr.key(0), (30, 3))
     scores = scores.at[:, 0].add(5000.0)  # the plain posterior would send everything to flow 0
-    p = np.exp(objectives.balanced_assignment(scores))
+    p = np.exp(objectives.balanced_assignment(scores, share))
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(p.sum(0), [10.0, 10.0, 10.0], atol=0.05)
+    np.testing.assert_allclose(p.sum(0)[1:], [10.0 * share] * 2, atol=0.05)
+
+
+def test_minimum_share_leaves_a_batchs_natural_imbalance_alone():
+    """Specialised flows, a batch of 14/10/8 sequences: exact balance must move 3⅓ sequences' worth of
+    assignment to wrong flows; a minimum of half the fair share (5.3) moves none."""
+    truth = np.array([0] * 14 + [1] * 10 + [2] * 8)
+    scores = jnp.asarray(-500.0 * (1 - np.eye(3)[truth]) + jr.normal(jr.key(2), (32, 3)))
+    half = np.exp(objectives.balanced_assignment(scores, 0.5))
+    np.testing.assert_array_equal(half.argmax(1), truth)
+    np.testing.assert_allclose(half, np.exp(jax.nn.log_softmax(scores, axis=1)), atol=1e-5)
+    exact = np.exp(objectives.balanced_assignment(scores, 1.0))
+    wrong = exact[np.arange(32), :].sum() - exact[np.arange(32), truth].sum()
+    assert wrong == pytest.approx(14 - 32 / 3, abs=0.05)
 
 
 def test_balanced_assignment_is_the_posterior_when_that_is_balanced():
@@ -185,3 +199,41 @@ def test_grouped_sampler_puts_one_transformation_in_each_batch_and_resumes():
 def test_group_size_excludes_a_fixed_k():
     with pytest.raises(ValueError, match="group_size"):
         data.sequence_dataset("mnist", k=1, group_size=4)
+
+
+def _run_cli():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ffvae_run_weak", Path(__file__).resolve().parents[1] / "train" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ffvae-weak", "ffvae-group"])
+def test_models_that_infer_k_train_evaluate_and_name_their_flows(name, tmp_path):
+    import json
+
+    cli = _run_cli()
+    out = tmp_path / "run"
+    tiny = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "6"]
+    assert cli.main(["--model", name, "--steps", "3", *tiny, "--eval-sequences", "24", "--ll-samples", "2",
+                     "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(
+        abs(sum(r[f"usage_{k}"] for k in range(3)) - 1) < 1e-5 and "q_entropy" in r for r in records
+    )
+    if name == "ffvae-group":  # the authors' temperature schedule, from the step the loop passes in
+        np.testing.assert_allclose([r["temperature"] for r in records], np.exp(-3e-5 * np.arange(3)), rtol=1e-6)
+    result = json.loads((out / "eval.json").read_text())
+    fa = result["flow_assignment"]
+    assert sorted(fa["matching"]) == [0, 1, 2] and np.asarray(fa["confusion"]).sum() == result["num_sequences"]
+    assert (out / "figures" / "flow_usage.png").exists()
+    assert cli.main(["sample", "--run", str(out), "--num", "2"]) == 0
+    assert {p.name for p in (out / "figures").glob("samples_*.png")} == {
+        "samples_scale.png", "samples_rotation.png", "samples_hue.png"
+    }
