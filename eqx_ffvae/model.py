@@ -192,15 +192,21 @@ class FlowFactorizedVAE(eqx.Module):
     def _latent_terms(
         self, mu: Array, logvar: Array, zs: Array, logqs: Array, k: Int[ArrayLike, ""]
     ) -> dict[str, Scalar]:
-        """Every loss term of one sequence but the reconstruction, from its latent path.
+        """Every loss term of one sequence but the reconstruction, from its latent path along flow k.
 
         The HJ terms use the one-hot combination of all K potentials and forces: at the T collocation
         points that is a few matmuls over all K weights rather than a per-sequence copy of flow k's.
         """
-        ts = self.frame_times
-        log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
+        log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, self.frame_times[1:], zs[1:])
         onehot = jax.nn.one_hot(k, self.config.num_flows, dtype=zs.dtype)
-        pot, force = self.flows.combined(onehot), self.flows.combined_force(onehot)
+        return self._weighted_terms(mu, logvar, zs, logqs, onehot, log_prior)
+
+    def _weighted_terms(
+        self, mu: Array, logvar: Array, zs: Array, logqs: Array, weights: Array, log_prior: Array
+    ) -> dict[str, Scalar]:
+        """The terms of `_latent_terms` for the flow Σ_k w_k u^k, given log p_t(z_t) at frames 1…T."""
+        ts = self.frame_times
+        pot, force = self.flows.combined(weights), self.flows.combined_force(weights)
         colloc = jax.lax.stop_gradient(zs)
         return {
             "kl0": obj.kl_to_standard_normal(mu, logvar),
@@ -282,8 +288,7 @@ class FlowFactorizedVAE(eqx.Module):
         Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·KL-flow of sequence i carried by flow k, with the z_0 draw
         that `batch_loss(frames, ks, key=key)` makes (the same key split), so every flow is scored on the
         same sample. log p(x_0|z_0) and KL[q(z_0|x_0) ‖ N(0, I)] are common to all flows and left out; so
-        is the HJ regulariser,
-        which is not part of the bound and must not steer the assignment (SPEC §4).
+        is the HJ regulariser, which is not part of the bound and must not steer the assignment (SPEC §4).
         """
         c = self.config
         keys = jr.split(key, frames.shape[0])
@@ -336,16 +341,12 @@ class FlowFactorizedVAE(eqx.Module):
         p = jnp.exp(log_p)
         distill = jnp.mean(jnp.sum(p * (log_p - logq), axis=1))
         kl_p = jnp.mean(jnp.sum(p * (log_p + jnp.log(c.num_flows)), axis=1))
-        q = jnp.exp(logq)
-        usage = jnp.mean(q, axis=0)
         return loss + distill, {
             **terms,
             "loss": loss + distill,
             "elbo": terms["elbo"] - kl_p,
             "q_distill": distill,
-            "q_entropy": jnp.mean(-jnp.sum(q * logq, axis=1)),
-            "usage_kl": obj.usage_kl(usage),
-            **{f"usage_{k}": usage[k] for k in range(c.num_flows)},
+            **_usage_terms(logq),
         }
 
     def group_batch_loss(
@@ -370,17 +371,13 @@ class FlowFactorizedVAE(eqx.Module):
         losses, terms = jax.vmap(lambda x, w, kk: self.weighted_loss(x, w, key=kk))(frames, y, jr.split(loss_key, b))
         y_mean = jnp.mean(y, axis=0)
         agreement = -jnp.log(y_mean[jnp.argmax(y_mean)] + 1e-20)
-        q = jax.nn.softmax(logits)
-        usage = jnp.mean(q, axis=0)
         loss = jnp.mean(losses) + agreement
         return loss, {
             **jax.tree.map(jnp.mean, terms),
             "loss": loss,
             "agreement": agreement,
             "temperature": temperature,
-            "q_entropy": jnp.mean(-jnp.sum(q * jax.nn.log_softmax(logits), axis=1)),
-            "usage_kl": obj.usage_kl(usage),
-            **{f"usage_{k}": usage[k] for k in range(c.num_flows)},
+            **_usage_terms(jax.nn.log_softmax(logits)),
         }
 
     def weighted_loss(
@@ -394,12 +391,17 @@ class FlowFactorizedVAE(eqx.Module):
         per_flow = jax.vmap(
             lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
         )(jnp.arange(self.config.num_flows))
-        pot, force = self.flows.combined(weights), self.flows.combined_force(weights)
-        colloc = jax.lax.stop_gradient(zs)
-        terms = {
-            "kl0": obj.kl_to_standard_normal(mu, logvar),
-            "kl_flow": jnp.sum(logqs[1:] - weights @ per_flow),
-            "hj": obj.hj_loss(pot, force, ts[:-1], colloc[:-1]),
-            "hj_initial": obj.hj_initial_loss(pot, force, colloc[0]),
-        }
+        terms = self._weighted_terms(mu, logvar, zs, logqs, weights, weights @ per_flow)
         return self._with_reconstruction(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
+
+
+def _usage_terms(logq: Float[Array, "b k"]) -> dict[str, Scalar]:
+    """What a batch's q(k | x̄) says about collapse, for the logs: per-flow usage (batch mean of q),
+    the mean entropy of q and KL[usage ‖ uniform] (0 when balanced, log K at collapse)."""
+    q = jnp.exp(logq)
+    usage = jnp.mean(q, axis=0)
+    return {
+        "q_entropy": jnp.mean(-jnp.sum(q * logq, axis=1)),
+        "usage_kl": obj.usage_kl(usage),
+        **{f"usage_{k}": usage[k] for k in range(logq.shape[1])},
+    }

@@ -80,8 +80,7 @@ def hj_initial_loss(pot: AbstractPotential, force: ForceLike, z: Float[Array, " 
 
 def usage_kl(usage: Float[Array, " k"]) -> Scalar:
     """KL[ū ‖ Uniform(K)] of a batch's mean assignment ū: ≥ 0, 0 exactly at balanced use, log K at collapse."""
-    k = usage.shape[0]
-    return jnp.sum(jnp.where(usage > 0, usage * (jnp.log(jnp.where(usage > 0, usage, 1.0)) + jnp.log(k)), 0.0))
+    return jnp.sum(jax.scipy.special.xlogy(usage, usage)) + jnp.log(usage.shape[0])
 
 
 def balanced_assignment(
