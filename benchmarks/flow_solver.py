@@ -1,18 +1,15 @@
-"""The latent flow's solve with its gradient: Diffrax, as `flows.flow` runs it, against the same Euler
-updates written as a plain `lax.scan`; alone, on one slice of sequences as `FlowFactorizedVAE.batch_loss`
-solves it (one potential per row, T = 8 steps of dt = 1, exact Laplacian), and inside the whole
-training step of the `quick` preset (`level` = "flow" or "step").
+"""The latent flow's solve with its gradient: Diffrax, as the training step runs it, against the same Euler
+updates written as a plain `lax.scan`, on one slice of sequences as `_batched.flow_rows` solves it (one
+potential per row, T = 8 steps of dt = 1, exact Laplacian).
 
-    python benchmarks/flow_solver.py [--configs quick a] [--rounds 5] [--no-step] [--json PATH]
+    python benchmarks/flow_solver.py [--configs quick a] [--rounds 5] [--json PATH]
 
 DESIGN.md measured a Diffrax Euler solve ~20% slower than `lax.scan` at d = 64 and asked whether
 Diffrax's options explain it. Rows:
-  diffrax-ts     `flows.flow`: Euler, SaveAt(ts=0…T), RecursiveCheckpointAdjoint, max_steps = T
+  diffrax-ts     `_batched.flow_rows`: Euler, SaveAt(ts=0…T), RecursiveCheckpointAdjoint, max_steps = T
   diffrax-steps  the same with SaveAt(t0=True, steps=True): no interpolating save loop
   scan           `lax.scan` over the T updates; reverse mode stores every step's residuals
-The step rows use a subclass of the model whose `_solve` calls the variant (`rows` is then the batch).
-`max_rel_diff` compares each variant's value and gradients (at the step level, the loss's gradients
-before the update) with diffrax-ts. Rounds are interleaved, because this VM's speed drifts over
+`max_rel_diff` compares each variant's value and gradients with diffrax-ts. Rounds are interleaved, because this VM's speed drifts over
 minutes; `ms` is the median over rounds of each round's median.
 """
 
@@ -21,10 +18,8 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import diffrax
@@ -35,8 +30,8 @@ import jax.random as jr
 from _util import print_table, write_json
 
 import eqx_ffvae as ff
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from eqx_ffvae import _batched
+from eqx_ffvae.flows import FlowSettings
 
 # (latent d, potential width, rows per slice): slices of 16 sequences, as the library's default.
 CONFIGS = {"quick": (32, 128, 16), "a": (324, 324, 16)}
@@ -54,7 +49,7 @@ def _row_field(pot):
 
 
 def solve_diffrax_ts(pot, z0, logq0, ts):
-    return ff.flows.flow(pot, z0, logq0, ts, batch_axes=0)
+    return _batched.flow_rows(pot, z0, logq0, ts, settings=FlowSettings())
 
 
 def solve_diffrax_steps(pot, z0, logq0, ts):
@@ -139,7 +134,7 @@ def measure(config: str, rounds: int, calls: int) -> list[dict]:
 
     def make(solve):
         def loss(bank, z0):
-            zs, logqs = solve(bank.row_potentials(ks), z0, logq0, ts)
+            zs, logqs = solve(_batched.row_potentials(bank, ks), z0, logq0, ts)
             return jnp.sum(weights * zs) + jnp.sum(logqs)
 
         return eqx.filter_jit(eqx.filter_value_and_grad(loss))
@@ -155,77 +150,14 @@ def measure(config: str, rounds: int, calls: int) -> list[dict]:
     return _rows("flow", config, d, rows, seconds, compile_s, diffs)
 
 
-class _VariantFFVAE(ff.FlowFactorizedVAE):
-    """The model with its flows solved by `VARIANTS[solver]` (the fixed Euler grid of the default config)."""
-
-    solver: str = eqx.field(static=True)
-
-    def __init__(self, config: ff.FFVAEConfig, solver: str, *, key):
-        super().__init__(config, key=key)
-        self.solver = solver
-
-    def _solve(self, pot, z0, logq0, ts, key, batch_axes=None):
-        if batch_axes != 0 or self.config.laplacian != "exact":
-            raise ValueError("the variants cover batch_loss's sliced solve with the exact Laplacian only")
-        return VARIANTS[self.solver](pot, z0, jnp.broadcast_to(jnp.asarray(logq0, z0.dtype), z0.shape[:1]), ts)
-
-
-def measure_step(rounds: int, calls: int) -> list[dict]:
-    """The quick preset's whole training step (`training.make_step`) with each variant."""
-    from presets import PRESETS
-
-    from eqx_ffvae.training import compile_step, make_optimizer, make_step
-
-    p = PRESETS["quick"]
-    cfg = ff.FFVAEConfig(
-        latent_dim=p.latent_dim,
-        width=p.width,
-        potential_width=p.potential_width,
-        num_frames=T + 1,
-        num_flows=K,
-        hj_weight=p.hj_weight,
-        flow_kl_weight=p.flow_kl_weight,
-        slice_size=p.slice_size,
-    )
-    optimizer = make_optimizer(p.learning_rate)
-    batch = {
-        "frames": jr.uniform(jr.key(1), (p.batch_size, T + 1, 3, 28, 28)),
-        "k": jnp.arange(p.batch_size, dtype=jnp.int32) % K,
-    }
-    states, fns, compile_s, grads = {}, {}, {}, {}
-    for name in VARIANTS:
-        model = _VariantFFVAE(cfg, name, key=jr.key(0))
-        loss_and_grad = eqx.filter_jit(
-            eqx.filter_value_and_grad(lambda m: m.batch_loss(batch["frames"], batch["k"], key=jr.key(2))[0])
-        )
-        grads[name] = loss_and_grad(model)
-        states[name] = (model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)))
-        fns[name], compile_s[name] = compile_step(make_step(optimizer), *states[name], batch, jr.key(2))
-
-    def call(name):
-        def one_step():
-            model, opt_state, loss, _ = fns[name](*states[name], batch, jr.key(3))
-            states[name] = (model, opt_state)
-            return loss
-
-        return one_step
-
-    seconds = _interleaved({name: call(name) for name in VARIANTS}, rounds, calls)
-    diffs = {name: _max_rel_diff(grads["diffrax-ts"], g) for name, g in grads.items()}
-    return _rows("step", "quick", cfg.latent_dim, p.batch_size, seconds, compile_s, diffs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["quick"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=20, help="timed calls per variant per round")
-    parser.add_argument("--no-step", action="store_true", help="skip the whole-step rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = [row for config in args.configs for row in measure(config, args.rounds, args.calls)]
-    if not args.no_step:
-        rows += measure_step(args.rounds, max(5, args.calls // 2))
     print(f"jax {jax.__version__}, diffrax {diffrax.__version__} on {jax.devices()[0].device_kind}")
     print_table(rows, list(rows[0]))
     write_json(rows, args.json)

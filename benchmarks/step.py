@@ -17,11 +17,11 @@ all of them. Recomputation (the flow's checkpointed backward re-evaluates each s
 counted. `matmul_gflops_per_s` is jax's float32 2048×2048 matmul rate, at the step's matmul
 precision, measured in the same process just before and just after the timed steps (the mean of the
 two medians), so the fraction compares the step with the machine as it ran then. The step is
-compiled as `train/loop.py` compiles it (`compile_step`, which then returns XLA's scratch memory to
-the OS).
+compiled as the run compiles it (`compile_step`, then the CLI's `release_free_memory`, which returns
+XLA's scratch memory to the OS).
 
 On a GPU: `--matmul-precision tensorfloat32|bfloat16` times the step (and the matmul yardstick) at
-that precision; `--slice-size` overrides `FFVAEConfig.slice_size` (the sequences per flow slice and
+that precision; `--slice-size` overrides the step's `slice_size` (the sequences per flow slice and
 decoder chunk: the default 16 keeps a CPU's working set small, a GPU wants the whole batch); `device_peak_mb` is
 the accelerator's peak memory in use (null on a CPU, where `peak_rss_mb` is the measure).
 """
@@ -36,10 +36,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from presets import PRESETS
+from eqx_ffvae.presets import PRESETS
 
 _QUICK = PRESETS["quick"]  # train/run.py's default
 CONFIGS = {
@@ -94,23 +92,25 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     import jax.random as jr
 
     import eqx_ffvae as ff
-    from eqx_ffvae.gradloop import slice_rows
-    from eqx_ffvae.training import compile_step, make_optimizer, make_step, release_free_memory
+    from eqx_ffvae._batched import slice_rows, summed_log_likelihood
+    from eqx_ffvae.cli import release_free_memory
+    from eqx_ffvae.training import DEFAULT_SLICE_SIZE, compile_step, make_optimizer, make_step
 
     spec = CONFIGS[config]
     d, batch = spec["d"], spec["batch"]
     cfg = ff.FFVAEConfig(
         image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=spec.get("width", d),
         potential_width=spec.get("potential_width", d), laplacian=laplacian,
-        slice_size=next(s for s in (slice_size, spec.get("slice_size"), ff.FFVAEConfig.slice_size) if s is not None),
     )
+    slice_size = next(s for s in (slice_size, spec.get("slice_size"), DEFAULT_SLICE_SIZE) if s is not None)
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
     optimizer = make_optimizer(1e-4)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    step = make_step(optimizer, matmul_precision=precision)
+    step = make_step(optimizer, slice_size=slice_size, matmul_precision=precision)
     data = {"frames": jr.uniform(jr.key(1), (batch, T + 1, 3, 28, 28)), "k": jnp.arange(batch, dtype=jnp.int32) % K}
 
-    compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))  # as train/loop.py: frees XLA's scratch
+    compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))
+    release_free_memory()  # as the CLI does after compiling: XLA's scratch back to the OS
     model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
     jax.block_until_ready(loss)
 
@@ -120,13 +120,13 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     def one_flow_step(pot, zs, key):
         def vf(z, k):
             probes = ff.flows.hutchinson_probes(k, 1, d) if laplacian == "hutchinson" else None
-            g, lap = ff.flows._grad_and_laplacian(pot, 0.5, z, laplacian, probes)
+            g, lap = ff.flows.velocity_and_laplacian(pot, 0.5, z, laplacian, probes)
             return jnp.sum(g**2) - lap
 
         return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
 
     def one_frame_decode(model, zs, xs):  # one chunk of one slice: each loop runs once
-        return model.decoder.summed_log_likelihood(zs[None], xs[None], frames_per_slice=batch)
+        return summed_log_likelihood(model.decoder, zs[None], xs[None], frames_per_slice=batch)
 
     def one_frame_features(model, zs):
         return jnp.sum(jax.vmap(model.decoder.features)(zs))
@@ -134,7 +134,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     # The compiled step's cost counts each loop body once: one flow step of `rows` sequences, and one
     # decoder chunk (`features` of rows·(T+1) frames) with one slice in it (the spatial layers of `rows`
     # frames). Add the rest: T flow steps, and T + 1 frames of the whole batch through both parts.
-    rows = slice_rows(batch, cfg.slice_size)
+    rows = slice_rows(batch, slice_size)
     cost = lambda f, *args: _cpu_flops(eqx.filter_jit(eqx.filter_value_and_grad(f)), *args)
     flow_b = cost(one_flow_step, pot, zs, jr.key(4))
     features_b = cost(one_frame_features, model, zs)
@@ -162,7 +162,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
         "batch": batch,
         "platform": jax.devices()[0].platform,
         "matmul_precision": precision,
-        "slice_size": cfg.slice_size,
+        "slice_size": slice_size,
         "median_s": median,
         "compile_s": compile_s,
         "flops": flops,
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compile (median reported)")
     parser.add_argument("--matmul-precision", default="float32", choices=["float32", "tensorfloat32", "bfloat16"],
                         help="precision of the step's matmuls/convs and of the matmul yardstick (GPUs/TPUs)")
-    parser.add_argument("--slice-size", type=int, default=None, help="override FFVAEConfig.slice_size")
+    parser.add_argument("--slice-size", type=int, default=None, help="override the step's slice_size")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,10 +188,8 @@ def main() -> None:
         print(json.dumps(measure(args.one[0], args.one[1], args.steps, args.matmul_precision, args.slice_size)))
         return
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _util import print_table, write_json
-
     import jax
+    from _util import print_table, write_json
 
     rows = []
     for config in args.configs:

@@ -19,6 +19,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint's files cannot be read (truncated, missing metadata, not a checkpoint)."""
+
+
 def _leaves(tree: Any) -> list[jax.Array]:
     return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
 
@@ -30,11 +34,11 @@ class Checkpointer:
     killed mid-save leaves the previous checkpoint intact.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 2):
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, create: bool = True):
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:
@@ -52,7 +56,10 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, template: Any, *, step: int | None = None) -> tuple[Any, jax.Array, dict, int]:
-        """(state, key, record, step) of checkpoint `step` (default: the newest), shaped like `template`."""
+        """(state, key, record, step) of checkpoint `step` (default: the newest), shaped like `template`.
+
+        Raises `UnreadableCheckpoint` if its files cannot be read, and ValueError (with the fix) if
+        they hold arrays of other shapes than the template's."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -66,13 +73,15 @@ class Checkpointer:
         except ValueError as err:
             shapes = re.search(r"Requested shape: (.*) is not compatible with the stored shape: ([^.]*)", str(err))
             if shapes is None:
-                raise
+                raise UnreadableCheckpoint(str(err).splitlines()[0] if str(err) else "ValueError") from None
             raise ValueError(
                 f"checkpoint {self.directory / str(step)} does not fit this model: an array of shape "
                 f"{shapes.group(2)} is stored where the model has {shapes.group(1)}. It was written for "
                 "another configuration, or by an eqx_ffvae older than the (k, k, in, out) conv weight layout; "
                 "rerun with the configuration that wrote it, or start over with --fresh"
             ) from None
+        except Exception as err:  # Orbax/TensorStore raise many types for damaged files
+            raise UnreadableCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
         arrays = restored["state"]
         params, static = eqx.partition(template, eqx.is_array)
         treedef = jax.tree.structure(params)

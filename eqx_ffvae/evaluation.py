@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -14,6 +13,7 @@ from jaxtyping import PRNGKeyArray
 from scipy.optimize import linear_sum_assignment
 
 from . import metrics
+from .interfaces import AbstractSequenceModel, AbstractTransportModel
 from .model import FlowFactorizedVAE
 
 
@@ -46,12 +46,12 @@ def _scores(model, frames, ks, shifts, key, num_samples):
     return jax.lax.map(one, (frames, ks, keys))
 
 
-def has_transport(model: Any) -> bool:
+def has_transport(model: AbstractSequenceModel) -> bool:
     """Whether the model learns its own transformation; if not, it is scored by the linear shift."""
-    return hasattr(model, "transport")
+    return isinstance(model, AbstractTransportModel)
 
 
-def infers_flow(model: Any) -> bool:
+def infers_flow(model: AbstractSequenceModel) -> bool:
     """Whether the model does not observe k: it is scored with the flow its q(k | x̄) infers (SPEC §5)."""
     return isinstance(model, FlowFactorizedVAE) and model.config.infers_flow
 
@@ -78,7 +78,7 @@ def flow_assignment(true_ks: np.ndarray, flows: np.ndarray, num_flows: int) -> d
     }
 
 
-def fit_linear_shifts(model: Any, batches: Iterable[dict], num_flows: int) -> jax.Array:
+def fit_linear_shifts(model: AbstractSequenceModel, batches: Iterable[dict], num_flows: int) -> jax.Array:
     """SPEC §5's best linear shift Δ_{k,t}, averaged over the given (training) batches."""
     sums, counts = None, None
     for batch in batches:
@@ -90,7 +90,7 @@ def fit_linear_shifts(model: Any, batches: Iterable[dict], num_flows: int) -> ja
 
 
 def evaluate(
-    model: Any,
+    model: AbstractSequenceModel,
     test_batches: Iterable[dict],
     shifts: jax.Array,
     *,

@@ -1,4 +1,9 @@
-"""Every method of the comparison table by name: its config, model class and supervision."""
+"""The registry of methods: name → label, what it observes of k, its config class and model class.
+
+Adding a method is one file under `eqx_ffvae/baselines/` (a config dataclass and a final model class
+implementing `interfaces.AbstractSequenceModel`) and one entry in `METHODS` below; the CLI's choices,
+the comparison table and the interface tests all read this registry.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +13,28 @@ from typing import Any, Literal
 import equinox as eqx
 from jaxtyping import PRNGKeyArray
 
-from .baselines import (
-    TVAE,
-    VAE,
-    FactorVAE,
-    FactorVAEConfig,
-    PoFlow,
-    PoFlowConfig,
-    SlowVAE,
-    SlowVAEConfig,
-    TVAEConfig,
-    VAEConfig,
-)
+from .baselines.factorvae import FactorVAE, FactorVAEConfig
+from .baselines.poflow import PoFlow, PoFlowConfig
+from .baselines.slowvae import SlowVAE, SlowVAEConfig
+from .baselines.tvae import TVAE, TVAEConfig
+from .baselines.vae import VAE, VAEConfig
+from .interfaces import AbstractSequenceModel
 from .model import FFVAEConfig, FlowFactorizedVAE
+
+Supervision = Literal["none", "weak", "group", "full"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """`defaults` are the method's own settings (β = 4 for β-VAE); `supervision` says what it sees of
-    k: "none", "weak" (that a sequence holds one transformation), "group" (also that all sequences
-    of a batch share one) or "full" (k itself)."""
+    """`defaults` are the method's own settings (β = 4 for β-VAE), applied under the caller's values;
+    `supervision` says what it sees of k: "none", "weak" (that a sequence holds one transformation),
+    "group" (also that all sequences of a batch share one) or "full" (k itself)."""
 
     label: str
-    supervision: Literal["none", "weak", "group", "full"]
+    supervision: Supervision
     config_cls: type
-    model_cls: type
-    defaults: dict = dataclasses.field(default_factory=dict)
+    model_cls: type[AbstractSequenceModel]
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {
@@ -43,9 +44,7 @@ METHODS: dict[str, Method] = {
     "slowvae": Method("SlowVAE", "weak", SlowVAEConfig, SlowVAE),
     "tvae": Method("TVAE", "weak", TVAEConfig, TVAE),
     "poflow": Method("PoFlow", "full", PoFlowConfig, PoFlow),
-    "ffvae": Method(
-        "FFVAE", "full", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": False, "group_supervised": False}
-    ),
+    "ffvae": Method("FFVAE", "full", FFVAEConfig, FlowFactorizedVAE),
     "ffvae-weak": Method("FFVAE (weak)", "weak", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": True}),
     "ffvae-group": Method(
         "FFVAE (group, authors')", "group", FFVAEConfig, FlowFactorizedVAE, {"group_supervised": True}
@@ -59,18 +58,32 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def config_fields(name: str) -> tuple[str, ...]:
+    """The fields of method `name`'s config."""
+    return tuple(f.name for f in dataclasses.fields(get_method(name).config_cls))
+
+
 def make_config(name: str, **fields: Any):
-    """The config of method `name`: its defaults, then whichever of `fields` it has (others ignored,
-    so one set of shared settings configures every method)."""
+    """The config of method `name`: its defaults, overridden by `fields` (the caller wins).
+
+    A field the config does not have is an error naming it and the valid ones (`config_fields`
+    selects the applicable ones from a shared set of settings).
+    """
     method = get_method(name)
-    known = {f.name for f in dataclasses.fields(method.config_cls)}
-    chosen = {k: v for k, v in fields.items() if k in known}
+    valid = config_fields(name)
+    unknown = sorted(set(fields) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{method.config_cls.__name__} (model {name!r}) has no field(s) {', '.join(map(repr, unknown))}; "
+            f"valid fields: {', '.join(valid)}"
+        )
+    chosen = {**method.defaults, **fields}
     if "image_shape" in chosen:
         chosen["image_shape"] = tuple(chosen["image_shape"])
-    return method.config_cls(**{**chosen, **method.defaults})
+    return method.config_cls(**chosen)
 
 
-def make_model(name: str, config, *, key: PRNGKeyArray) -> eqx.Module:
+def make_model(name: str, config, *, key: PRNGKeyArray) -> AbstractSequenceModel:
     """`model_cls(config, key=key)` of method `name`, every weight drawn by one compiled program.
 
     The weights are those of eager construction, bit for bit on CPU (a test checks). Eager
@@ -87,5 +100,5 @@ def make_model(name: str, config, *, key: PRNGKeyArray) -> eqx.Module:
 # compiles it in half the time and gives the same bits (level 0 does not: it drops the fused
 # multiply-add that eager construction uses).
 @eqx.filter_jit(compiler_options={"xla_backend_optimization_level": 1})
-def _construct(model_cls: type, config: Any, key: PRNGKeyArray) -> eqx.Module:
+def _construct(model_cls: type, config: Any, key: PRNGKeyArray) -> AbstractSequenceModel:
     return model_cls(config, key=key)

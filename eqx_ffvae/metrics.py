@@ -1,36 +1,30 @@
 """Held-out metrics shared by every model (SPEC §5). Each function scores one sequence; vmap them.
 
-A model is scored through a small interface: `encode(x) -> (mu, logvar)`, `decode(z) -> logits`,
-`transport(k, z0, ts) -> zs` (models that learn a transformation), and for the likelihood
-`importance_proposal(x_seq, k, *, key) -> (zs, logqs)` and `prior_log_prob(k, t, z)`; a model whose
-proposal lives in a larger space than the decoder's input (TVAE's (z, u)) also gives `decode_proposal`.
-Models with no learned transformation have no `transport`; they are scored by the best linear shift.
+A model is scored through its declared interface (`interfaces.AbstractSequenceModel`): `encode`,
+`decode`, and for the likelihood `importance_proposal`, `proposal_log_likelihood` and
+`prior_log_prob`; an `AbstractTransportModel` is also scored along its own `transport`. Models with no
+learned transformation are scored by the best linear shift.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from . import objectives as obj
+from .flows import frame_times
+from .interfaces import AbstractSequenceModel, AbstractTransportModel
 
 
-def frame_times(num_frames: int) -> Float[Array, " n"]:
-    return jnp.arange(num_frames, dtype=jnp.float32)
-
-
-def _l1_after_first(model: Any, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Scalar:
+def _l1_after_first(model: AbstractSequenceModel, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Scalar:
     """Σ_{t≥1} ‖sigmoid(dec(z_t)) − x_t‖_1 (pixels and channels summed)."""
     means = jax.vmap(lambda z: jax.nn.sigmoid(model.decode(z)))(zs[1:])
     return jnp.sum(jnp.abs(means - x_seq[1:]))
 
 
 def equivariance_error(
-    model: Any, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray | None = None
+    model: AbstractTransportModel, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray | None = None
 ) -> Scalar:
     """E_k of one sequence: start at μ(x_0), follow the model's own flow k, compare frames 1…T."""
     mu, _ = model.encode(x_seq[0])
@@ -38,14 +32,14 @@ def equivariance_error(
     return _l1_after_first(model, zs, x_seq)
 
 
-def equivariance_error_identity(model: Any, x_seq: Float[Array, "n c h w"]) -> Scalar:
+def equivariance_error_identity(model: AbstractSequenceModel, x_seq: Float[Array, "n c h w"]) -> Scalar:
     """The same error when the latent does not move (z_t = μ(x_0)): the floor a flow must beat."""
     mu, _ = model.encode(x_seq[0])
     return _l1_after_first(model, jnp.broadcast_to(mu, (x_seq.shape[0], mu.shape[0])), x_seq)
 
 
 def linear_shift_sums(
-    model: Any, x_seqs: Float[Array, "b n c h w"], ks: Int[Array, " b"], num_flows: int
+    model: AbstractSequenceModel, x_seqs: Float[Array, "b n c h w"], ks: Int[Array, " b"], num_flows: int
 ) -> tuple[Float[Array, "k n d"], Float[Array, " k"]]:
     """Per-k sums of μ(x_t) − μ(x_0) over a batch, and the per-k counts; add up over batches."""
     mus = jax.vmap(jax.vmap(lambda x: model.encode(x)[0]))(x_seqs)
@@ -63,7 +57,7 @@ def linear_shifts(sums: Float[Array, "k n d"], counts: Float[Array, " k"]) -> Fl
 
 
 def equivariance_error_linear(
-    model: Any, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], shifts: Float[Array, "k n d"]
+    model: AbstractSequenceModel, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], shifts: Float[Array, "k n d"]
 ) -> Scalar:
     """E_k with z_t = μ(x_0) + Δ_{k,t}: latent arithmetic, the transformation any VAE admits."""
     mu, _ = model.encode(x_seq[0])
@@ -71,7 +65,7 @@ def equivariance_error_linear(
 
 
 def log_likelihood(
-    model: Any,
+    model: AbstractSequenceModel,
     x_seq: Float[Array, "n c h w"],
     k: Int[ArrayLike, ""],
     *,
@@ -84,22 +78,21 @@ def log_likelihood(
     """
     zs, logqs = jax.vmap(lambda key: model.importance_proposal(x_seq, k, key=key))(jr.split(key, num_samples))
     ts = frame_times(x_seq.shape[0])
-    decode = getattr(model, "decode_proposal", model.decode)
-    loglik = jax.vmap(jax.vmap(lambda z, x: obj.bernoulli_log_likelihood(decode(z), x)), (0, None))(zs, x_seq)
+    loglik = jax.vmap(jax.vmap(model.proposal_log_likelihood), (0, None))(zs, x_seq)
     logp = jax.vmap(jax.vmap(model.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(k, ts, zs)
     log_w = loglik + logp - logqs
     return jax.nn.logsumexp(log_w, axis=0) - jnp.log(num_samples)
 
 
 def marginal_log_likelihood(
-    model: Any, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray, num_samples: int = 100
+    model: AbstractTransportModel, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray, num_samples: int = 100
 ) -> Float[Array, " n"]:
     """log p(x_t) = log Σ_k p(k) p^k(x_t) of every frame, for a model that does not observe k (SPEC §5).
 
     Each p^k(x_t) is `log_likelihood` along flow k, all with the same key (the same draws for every
     flow, so relabelling the flows relabels the terms and leaves the sum unchanged); p(k) is uniform.
     """
-    num_flows = model.config.num_flows
+    num_flows = model.num_flows
     per_flow = jax.vmap(lambda k: log_likelihood(model, x_seq, k, key=key, num_samples=num_samples))(
         jnp.arange(num_flows)
     )

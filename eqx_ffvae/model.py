@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 from einops import rearrange
-from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, Scalar, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
+from . import distributions as dist
 from . import objectives as obj
 from .conv import ConvImpl
-from .flows import LaplacianMethod, flow
-from .gradloop import slice_rows
-from .metrics import frame_times
+from .flows import FlowSettings, LaplacianMethod, frame_times
+from .interfaces import AbstractTransportModel, Terms, mean_sequence_loss
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
-from .potentials import AbstractPotential, PotentialBank
+from .potentials import PotentialBank
 from .prior import DiffusionPrior
 
 
@@ -28,10 +31,8 @@ class FFVAEConfig:
     the optional initial-condition term (the reference code uses 1; off by default here because it
     pushes ∇u(z, 0), the first Euler step, towards zero). `laplacian="hvp"` (d Hessian-vector products)
     and `"hessian"` (trace of `jax.hessian`) are exact references; "exact" is the faster forward-mode trace.
-    `slice_size`: `batch_loss` solves the flows this many sequences at a time (the largest divisor of
-    the batch size up to it), and decodes their frames in slices of as many frames; peak memory grows
-    with it, results do not change. The default 16 was the fastest on a 2-core CPU at every measured
-    size (d = 32 to 324); a GPU wants the whole batch in one slice.
+    How the training step lays the batch out in memory is not part of the model: see
+    `training.make_step(slice_size=...)`.
     """
 
     image_shape: tuple[int, int, int] = (3, 28, 28)
@@ -53,7 +54,6 @@ class FFVAEConfig:
     group_supervised: bool = False
     min_flow_share: float = 0.5
     conv_impl: ConvImpl = "fast"
-    slice_size: int = 16
 
     @property
     def infers_flow(self) -> bool:
@@ -63,8 +63,6 @@ class FFVAEConfig:
     def __post_init__(self):
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be ≥ 2 (x_0 and at least one transformed frame), got {self.num_frames}")
-        if self.slice_size < 1:
-            raise ValueError(f"slice_size must be ≥ 1 sequence, got {self.slice_size}")
         if self.steps_per_frame < 1:
             raise ValueError(f"steps_per_frame must be ≥ 1, got {self.steps_per_frame}")
         if not 0.0 <= self.min_flow_share <= 1.0:
@@ -73,8 +71,93 @@ class FFVAEConfig:
             raise ValueError("weakly_supervised and group_supervised exclude each other: pick one way to infer k")
 
 
-class FlowFactorizedVAE(eqx.Module):
-    """`encode`/`decode` one image, `transport` one latent along flow k, `loss` one sequence."""
+class AbstractPotentialFlowModel(AbstractTransportModel):
+    """A transport model whose flows are the gradients of a `PotentialBank`, starting from a Gaussian
+    encoder on x_0: the FFVAE and PoFlow. Concrete (final) here: drawing z_0, the paths, composition,
+    the density solve and the importance proposal "z_0 ~ q(z_0|x_0) carried along flow k with its
+    exact log-density" (SPEC §5). A subclass gives the encoder, decoder, bank and `flow_settings`
+    (the abstract fields are declared in the order of the subclasses' PyTree leaves).
+    """
+
+    encoder: eqx.AbstractVar[ConvEncoder]
+    decoder: eqx.AbstractVar[ConvDecoder]
+    flows: eqx.AbstractVar[PotentialBank]
+
+    @property
+    @abc.abstractmethod
+    def flow_settings(self) -> FlowSettings:
+        """Step size and divergence methods of this model's solves."""
+
+    @property
+    def num_flows(self) -> int:
+        return self.flows.num_flows
+
+    @property
+    def frame_times(self) -> Float[Array, " n"]:
+        """The integer times 0, 1, …, T at which the frames sit."""
+        return frame_times(self.config.num_frames)
+
+    def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        return self.encoder(x)
+
+    def sample_z0(self, x0: Float[Array, "c h w"], key: PRNGKeyArray):
+        """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""
+        sample_key, probe_key = jr.split(key)
+        mu, logvar = self.encode(x0)
+        z0 = dist.gaussian_sample(mu, logvar, sample_key)
+        return mu, logvar, z0, dist.gaussian_log_prob(z0, mu, logvar), probe_key
+
+    def transport_density(
+        self,
+        k: Int[ArrayLike, ""],
+        z0: Float[Array, " d"],
+        logq0: ScalarLike,
+        ts: Float[Array, " n"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+        """(z_t, log q_t(z_t)) at each time in ts along flow k (key: Hutchinson probes, if used)."""
+        return self.flow_settings.density(self.flows.potential(k), z0, logq0, ts, key)
+
+    def transport(
+        self,
+        k: Int[ArrayLike, ""],
+        z0: Float[Array, " d"],
+        ts: Float[Array, " n"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "n d"]:
+        """The latent path of flow k from z0 at times ts (default: the frame times 0…T)."""
+        ts = self.frame_times if ts is None else ts
+        return self.flow_settings.path(self.flows.potential(k), z0, ts, key)
+
+    def compose(
+        self,
+        weights: Float[Array, " k"],
+        z0: Float[Array, " d"],
+        ts: Float[Array, " n"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "n d"]:
+        """Several flows at once: dz/dt = Σ_k w_k ∇u^k (paper Fig. 6)."""
+        ts = self.frame_times if ts is None else ts
+        return self.flow_settings.path(self.flows.combined(weights), z0, ts, key)
+
+    def importance_proposal(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+        """One draw z_0 ~ q(z_0|x_0) carried by flow k to every frame, with its log-density."""
+        _, _, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
+        return self.transport_density(k, z0, logq0, frame_times(x_seq.shape[0]), key=probe_key)
+
+
+class FlowFactorizedVAE(AbstractPotentialFlowModel):
+    """`encode`/`decode` one image, `transport` one latent along flow k, `loss` one sequence.
+
+    `loss(x̄, k, key)` is THE definition of the objective; `batch_loss` is its mean over a batch (or
+    the weak / group objective built on it). The training step computes the same numbers with a
+    memory-laid-out batched path (the private `_batched` module), tested equal to these definitions.
+    """
 
     encoder: ConvEncoder
     decoder: ConvDecoder
@@ -100,98 +183,24 @@ class FlowFactorizedVAE(eqx.Module):
         self.config = config
 
     @property
-    def frame_times(self) -> Float[Array, " n"]:
-        """The integer times 0, 1, …, T at which the frames sit."""
-        return frame_times(self.config.num_frames)
-
-    def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-        return self.encoder(x)
+    def flow_settings(self) -> FlowSettings:
+        c = self.config
+        return FlowSettings(1.0 / c.steps_per_frame, c.laplacian, c.num_probes, path_divergence=c.laplacian)
 
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
         return self.decoder(z)
+
+    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
+        return dist.bernoulli_log_likelihood(self.decode(z), x)
 
     def frame_log_likelihoods(self, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """log p(x_t | z_t) of each frame (the decoder's memory-bounded loop over frames)."""
         return self.decoder.log_likelihoods(zs, x_seq)
 
-    def _solve(
-        self,
-        pot: AbstractPotential,
-        z0: Array,
-        logq0: ScalarLike | Float[Array, " b"],
-        ts: Array,
-        key: PRNGKeyArray | Key[Array, " b"] | None,
-        batch_axes: int | AbstractPotential | None = None,
-    ) -> tuple[Array, Array]:
-        c = self.config
-        return flow(
-            pot,
-            z0,
-            logq0,
-            ts,
-            dt0=1.0 / c.steps_per_frame,
-            divergence=c.laplacian,
-            key=key,
-            num_probes=c.num_probes,
-            batch_axes=batch_axes,
-        )
-
-    def transport_density(
-        self,
-        k: Int[ArrayLike, ""],
-        z0: Float[Array, " d"],
-        logq0: ScalarLike,
-        ts: Float[Array, " n"],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-        """(z_t, log q_t(z_t)) at each time in ts along flow k (key: Hutchinson probes, if used)."""
-        return self._solve(self.flows.potential(k), z0, logq0, ts, key)
-
-    def transport(
-        self,
-        k: Int[ArrayLike, ""],
-        z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "n d"]:
-        """The latent path of flow k from z0 at times ts (default: the frame times 0…T)."""
-        ts = self.frame_times if ts is None else ts
-        return self._solve(self.flows.potential(k), z0, 0.0, ts, key)[0]
-
-    def compose(
-        self,
-        weights: Float[Array, " k"],
-        z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "n d"]:
-        """Several flows at once: dz/dt = Σ_k w_k ∇u^k (paper Fig. 6)."""
-        ts = self.frame_times if ts is None else ts
-        return self._solve(self.flows.combined(weights), z0, 0.0, ts, key)[0]
-
     def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
         return self.prior.log_prob(k, t, z)
 
-    def importance_proposal(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-        """One draw z_0 ~ q(z_0|x_0) carried by flow k to every frame, with its log-density."""
-        _, _, z0, logq0, probe_key = self._sample_z0(x_seq[0], key)
-        return self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
-
-    def _sample_z0(self, x0: Float[Array, "c h w"], key: PRNGKeyArray):
-        """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""
-        sample_key, probe_key = jr.split(key)
-        mu, logvar = self.encode(x0)
-        z0 = obj.gaussian_sample(mu, logvar, sample_key)
-        return mu, logvar, z0, obj.gaussian_log_prob(z0, mu, logvar), probe_key
-
-    def _latent_terms(
-        self, mu: Array, logvar: Array, zs: Array, logqs: Array, k: Int[ArrayLike, ""]
-    ) -> dict[str, Scalar]:
+    def latent_terms(self, mu: Array, logvar: Array, zs: Array, logqs: Array, k: Int[ArrayLike, ""]) -> Terms:
         """Every loss term of one sequence but the reconstruction, from its latent path along flow k.
 
         The HJ terms use the one-hot combination of all K potentials and forces: at the T collocation
@@ -203,19 +212,19 @@ class FlowFactorizedVAE(eqx.Module):
 
     def _weighted_terms(
         self, mu: Array, logvar: Array, zs: Array, logqs: Array, weights: Array, log_prior: Array
-    ) -> dict[str, Scalar]:
-        """The terms of `_latent_terms` for the flow Σ_k w_k u^k, given log p_t(z_t) at frames 1…T."""
+    ) -> Terms:
+        """The terms of `latent_terms` for the flow Σ_k w_k u^k, given log p_t(z_t) at frames 1…T."""
         ts = self.frame_times
         pot, force = self.flows.combined(weights), self.flows.combined_force(weights)
         colloc = jax.lax.stop_gradient(zs)
         return {
-            "kl0": obj.kl_to_standard_normal(mu, logvar),
+            "kl0": dist.kl_to_standard_normal(mu, logvar),
             "kl_flow": jnp.sum(logqs[1:] - log_prior),
             "hj": obj.hj_loss(pot, force, ts[:-1], colloc[:-1]),
             "hj_initial": obj.hj_initial_loss(pot, force, colloc[0]),
         }
 
-    def _with_reconstruction(self, recon: Scalar, terms: dict[str, Scalar]) -> tuple[Scalar, dict[str, Scalar]]:
+    def objective(self, recon: Scalar, terms: Terms) -> tuple[Scalar, Terms]:
         """−ELBO (SPEC §4) + λ_HJ · HJ residual from the summed log-likelihood and the other terms."""
         c = self.config
         kl0, kl_flow = terms["kl0"], terms["kl_flow"]
@@ -223,40 +232,25 @@ class FlowFactorizedVAE(eqx.Module):
         loss = loss + c.hj_initial_weight * terms["hj_initial"]
         return loss, {"loss": loss, "elbo": recon - kl0 - kl_flow, "recon": recon, **terms}
 
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """Supervised loss of one sequence: −ELBO (SPEC §4) + λ_HJ · HJ residual; and its terms."""
-        mu, logvar, z0, logq0, probe_key = self._sample_z0(x_seq[0], key)
+        mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
         zs, logqs = self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
-        terms = self._latent_terms(mu, logvar, zs, logqs, k)
-        return self._with_reconstruction(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
+        terms = self.latent_terms(mu, logvar, zs, logqs, k)
+        return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
-        """The mean of `loss` over a batch (key split into one per sequence), for training.
-
-        Laid out for memory, in slices of `config.slice_size` sequences: each slice's flows are one
-        ODE (`flow(batch_axes=...)`), so the potentials' gradient is summed over sequences at each
-        step, and the decoder loops over each slice's frames (its dense first layers on all of them,
-        its spatial layers `rows` frames at a time) with its gradient taken inside those loops
-        (`ConvDecoder.summed_log_likelihood`), so the backward pass keeps no decoder activations.
-        """
-        b, n = frames.shape[:2]
-        keys = jr.split(key, b)
-        mu, logvar, z0, logq0, probe_keys = jax.vmap(self._sample_z0)(frames[:, 0], keys)
-        rows = slice_rows(b, self.config.slice_size)
-
-        def solve(ks, z0, logq0, keys):
-            return self._solve(self.flows.row_potentials(ks), z0, logq0, self.frame_times, keys, batch_axes=0)
-
-        sliced = jax.tree.map(lambda a: a.reshape(b // rows, rows, *a.shape[1:]), (ks, z0, logq0, probe_keys))
-        zs, logqs = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), jax.lax.map(lambda a: solve(*a), sliced))
-        terms = jax.vmap(self._latent_terms)(mu, logvar, zs, logqs, ks)
-        by_slice = lambda a: a.reshape(b // rows, rows * n, *a.shape[2:])  # noqa: E731
-        recon = self.decoder.summed_log_likelihood(by_slice(zs), by_slice(frames), frames_per_slice=rows)
-        return self._with_reconstruction(recon / b, jax.tree.map(jnp.mean, terms))
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+    ) -> tuple[Scalar, Terms]:
+        """The training objective of a batch: the mean of `loss` (k observed), `weak_batch_loss` (k
+        inferred; `ks` ignored) or `group_batch_loss` (the authors' variant; `ks` ignored)."""
+        if self.config.group_supervised:
+            if step is None:
+                raise ValueError("the group-supervised objective needs the training step (its Gumbel temperature): pass step=")
+            return self.group_batch_loss(frames, step, key=key)
+        if self.config.weakly_supervised:
+            return self.weak_batch_loss(frames, key=key)
+        return mean_sequence_loss(self, frames, ks, key=key)
 
     def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
         """Logits of q(k | x̄) (models that infer k only)."""
@@ -266,7 +260,7 @@ class FlowFactorizedVAE(eqx.Module):
             )
         return self.sequence_encoder(x_seq)
 
-    def weak_loss(self, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray) -> tuple[Scalar, dict[str, Scalar]]:
+    def weak_loss(self, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """The weak bound of one sequence under the model's own q: Σ_k q(k|x̄) loss_k + KL[q(k|x̄) ‖ U(K)].
 
         The exact expectation over k (SPEC §4); −elbo is a lower bound on log p(x̄) for any q. It is the
@@ -274,7 +268,7 @@ class FlowFactorizedVAE(eqx.Module):
         """
         c = self.config
         logits = self.flow_posterior_logits(x_seq)
-        kl_k = obj.kl_to_uniform(logits)
+        kl_k = dist.kl_to_uniform(logits)
         _, terms = jax.vmap(lambda k: self.loss(x_seq, k, key=key))(jnp.arange(c.num_flows))
         q = jax.nn.softmax(logits)
         weighted = {name: q @ value for name, value in terms.items()}
@@ -286,13 +280,13 @@ class FlowFactorizedVAE(eqx.Module):
         """Each sequence's trained objective under each flow, up to a per-sequence constant (no gradient).
 
         Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·KL-flow of sequence i carried by flow k, with the z_0 draw
-        that `batch_loss(frames, ks, key=key)` makes (the same key split), so every flow is scored on the
+        that `mean_sequence_loss(self, frames, ks, key=key)` makes (the same key split), so every flow is scored on the
         same sample. log p(x_0|z_0) and KL[q(z_0|x_0) ‖ N(0, I)] are common to all flows and left out; so
         is the HJ regulariser, which is not part of the bound and must not steer the assignment (SPEC §4).
         """
         c = self.config
         keys = jr.split(key, frames.shape[0])
-        _, _, z0, logq0, probe_keys = jax.vmap(self._sample_z0)(frames[:, 0], keys)
+        _, _, z0, logq0, probe_keys = jax.vmap(self.sample_z0)(frames[:, 0], keys)
         ts = self.frame_times
         prior = jax.vmap(jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))
 
@@ -312,8 +306,8 @@ class FlowFactorizedVAE(eqx.Module):
         return jax.lax.stop_gradient(scores.T)
 
     def weak_batch_loss(
-        self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+        self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray, supervised: SupervisedBatchLoss | None = None
+    ) -> tuple[Scalar, Terms]:
         """Weakly supervised training loss of a batch: variational EM with a balanced E-step.
 
         E-step (no gradient): the B×K matrix of `assignment_scores` → the assignment P that maximises
@@ -330,13 +324,19 @@ class FlowFactorizedVAE(eqx.Module):
         Exact balance (min_flow_share = 1) works too but forces the batch's random excess of one
         transformation onto another flow (~10% of sequences at B = 32 measured, and E_k paid for it).
         Cost: one supervised step plus K forward passes of flow and decoder.
+
+        `supervised(frames, ks, key)`: the M-step's batch loss, by default the mean of `loss`; the
+        training step passes its memory-laid-out equal.
         """
         c = self.config
         loss_key, assign_key = jr.split(key)
         scores = self.assignment_scores(frames, key=loss_key)
         log_p = obj.balanced_assignment(scores, c.min_flow_share)
         ks = jr.categorical(assign_key, log_p)
-        loss, terms = self.batch_loss(frames, ks, key=loss_key)
+        if supervised is None:
+            loss, terms = mean_sequence_loss(self, frames, ks, key=loss_key)
+        else:
+            loss, terms = supervised(frames, ks, loss_key)
         logq = jax.nn.log_softmax(jax.vmap(self.flow_posterior_logits)(frames))
         p = jnp.exp(log_p)
         distill = jnp.mean(jnp.sum(p * (log_p - logq), axis=1))
@@ -351,7 +351,7 @@ class FlowFactorizedVAE(eqx.Module):
 
     def group_batch_loss(
         self, frames: Float[Array, "b n c h w"], step: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    ) -> tuple[Scalar, Terms]:
         """The authors' group-supervised objective (their `trainer_ot_scratch_weakly.py`), for comparison.
 
         Every sequence of the batch shares one transformation (the sampler's promise: more than weak
@@ -382,26 +382,29 @@ class FlowFactorizedVAE(eqx.Module):
 
     def weighted_loss(
         self, x_seq: Float[Array, "n c h w"], weights: Float[Array, " k"], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    ) -> tuple[Scalar, Terms]:
         """`loss` with the flow Σ_k w_k u^k, prior Σ_k w_k log p^k_t and force Σ_k w_k f^k (one-hot w: `loss`
         of that k, evaluated with all K potentials, so it is differentiable in w)."""
-        mu, logvar, z0, logq0, probe_key = self._sample_z0(x_seq[0], key)
+        mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
         ts = self.frame_times
-        zs, logqs = self._solve(self.flows.combined(weights), z0, logq0, ts, probe_key)
+        zs, logqs = self.flow_settings.density(self.flows.combined(weights), z0, logq0, ts, probe_key)
         per_flow = jax.vmap(
             lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
         )(jnp.arange(self.config.num_flows))
         terms = self._weighted_terms(mu, logvar, zs, logqs, weights, weights @ per_flow)
-        return self._with_reconstruction(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
+        return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
 
-def _usage_terms(logq: Float[Array, "b k"]) -> dict[str, Scalar]:
+SupervisedBatchLoss = Callable[[Array, Array, PRNGKeyArray], tuple[Scalar, Terms]]
+
+
+def _usage_terms(logq: Float[Array, "b k"]) -> Terms:
     """What a batch's q(k | x̄) says about collapse, for the logs: per-flow usage (batch mean of q),
     the mean entropy of q and KL[usage ‖ uniform] (0 when balanced, log K at collapse)."""
     q = jnp.exp(logq)
     usage = jnp.mean(q, axis=0)
     return {
         "q_entropy": jnp.mean(-jnp.sum(q * logq, axis=1)),
-        "usage_kl": obj.usage_kl(usage),
+        "usage_kl": dist.usage_kl(usage),
         **{f"usage_{k}": usage[k] for k in range(logq.shape[1])},
     }

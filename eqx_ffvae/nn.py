@@ -1,4 +1,4 @@
-"""Encoders, decoder and time embedding (SPEC §7 architecture, width configurable).
+"""Encoders and decoder (SPEC §7 architecture, width configurable).
 
 28 and 64 px: conv k4s2 ×2, conv k(n/4) to 1×1, then 1×1 convs; widths w, 2w, 3w, 2w.
 128 px: conv k4s2 ×4 at width w, conv k8 to 1×1, then 1×1 convs. The decoder mirrors the encoder
@@ -8,7 +8,6 @@ and always returns exactly the input's spatial size.
 from __future__ import annotations
 
 import functools
-import math
 
 import equinox as eqx
 import jax
@@ -19,7 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
-from .gradloop import slice_rows, sum_over_slices
+from .distributions import bernoulli_log_likelihood
 
 DECODER_SAVED = "decoder_preactivation"
 """Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
@@ -152,10 +151,10 @@ class ConvDecoder(eqx.Module):
 
     def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
         """Σ_pixels log Bernoulli(x | sigmoid(decoder(z))) of one frame."""
-        return self._channels_last_log_likelihood(z, _channels_last(x))
+        return self._channels_last_log_likelihood(z, channels_last(x))
 
     def _channels_last_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "h w c"]) -> Scalar:
-        return _feature_log_likelihood(self.deconvs[1:], self.features(z), x)
+        return feature_log_likelihood(self.deconvs[1:], self.features(z), x)
 
     def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """`frame_log_likelihood` of each frame, decoded one frame at a time.
@@ -167,7 +166,7 @@ class ConvDecoder(eqx.Module):
         """
         policy = jax.checkpoint_policies.save_only_these_names(DECODER_SAVED)
         frame_ll = jax.checkpoint(lambda z, x: self._channels_last_log_likelihood(z, x), policy=policy)
-        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, _channels_last(xs)))
+        return jax.lax.map(lambda zx: frame_ll(*zx), (zs, channels_last(xs)))
 
     def sliced_log_likelihoods(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"]) -> Float[Array, "m b"]:
         """`frame_log_likelihood` of m·b frames, without gradients in mind (forward passes that score).
@@ -178,24 +177,12 @@ class ConvDecoder(eqx.Module):
         m = zs.shape[0]
         features = jax.vmap(self.features)(rearrange(zs, "m b d -> (m b) d"))
         features = rearrange(features, "(m b) h w c -> m b h w c", m=m)
-        one = functools.partial(_feature_log_likelihood, self.deconvs[1:])
-        return jax.lax.map(lambda fx: jax.vmap(one)(*fx), (features, _channels_last(xs)))
-
-    def summed_log_likelihood(
-        self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"], frames_per_slice: int
-    ) -> Scalar:
-        """Σ over all m·b frames of log p(x | z), for training, with gradients taken inside the loops.
-
-        `features` runs on b frames at a time (its weight gradient is one GEMM over b rows), the
-        spatial layers on `frames_per_slice` of those at a time (the largest divisor of b up to it).
-        Each loop takes its gradient slice by slice (`gradloop.sum_over_slices`), so the backward
-        pass keeps no decoder activation at all, and nothing is recomputed.
-        """
-        chunk_log_likelihood = functools.partial(_chunk_log_likelihood, frames_per_slice=frames_per_slice)
-        return sum_over_slices(chunk_log_likelihood, self, zs, _channels_last(xs))
+        one = functools.partial(feature_log_likelihood, self.deconvs[1:])
+        return jax.lax.map(lambda fx: jax.vmap(one)(*fx), (features, channels_last(xs)))
 
 
-def _channels_last(x: Float[Array, "*b c h w"]) -> Float[Array, "*b h w c"]:
+def channels_last(x: Float[Array, "*b c h w"]) -> Float[Array, "*b h w c"]:
+    """Images (…, C, H, W) → (…, H, W, C): the layout the decoder computes in."""
     return jnp.moveaxis(x, -3, -1)
 
 
@@ -206,26 +193,10 @@ def _pixel_logits(deconvs: tuple[ConvTranspose2d, ...], x: Float[Array, "h w c"]
     return deconvs[-1](x)
 
 
-def _feature_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], feature: Array, x: Float[Array, "h w c"]) -> Scalar:
+def feature_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], feature: Array, x: Float[Array, "h w c"]) -> Scalar:
     """The likelihood against channels-last targets: transposing the 3-channel logits instead costs as
     much as the softplus (a strided copy inside the loop, and its transpose in the backward pass)."""
-    from .objectives import bernoulli_log_likelihood  # here: objectives → potentials → nn at import
-
     return bernoulli_log_likelihood(_pixel_logits(deconvs, feature), x)
-
-
-def _chunk_log_likelihood(
-    decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b h w c"], frames_per_slice: int
-) -> Scalar:
-    b = zs.shape[0]
-    rows = slice_rows(b, frames_per_slice)
-    split = lambda a: a.reshape(b // rows, rows, *a.shape[1:])
-    features = jax.vmap(decoder.features)(zs)
-    return sum_over_slices(_slice_log_likelihood, decoder.deconvs[1:], split(features), split(xs))
-
-
-def _slice_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], features: Array, xs: Float[Array, "b h w c"]) -> Scalar:
-    return jnp.sum(jax.vmap(functools.partial(_feature_log_likelihood, deconvs))(features, xs))
 
 
 class SequenceEncoder(eqx.Module):
@@ -255,21 +226,3 @@ class SequenceEncoder(eqx.Module):
     def __call__(self, x_seq: Float[Array, "t c h w"]) -> Float[Array, " k"]:
         t, c, h, w = x_seq.shape
         return self.net(x_seq.reshape(t * c, h, w))
-
-
-class SinusoidalEmbedding(eqx.Module):
-    """Scalar time → `[sin(t ω_i), cos(t ω_i)]` with geometric frequencies ω_i ∈ (1/max_period, 1]."""
-
-    dim: int = eqx.field(static=True)
-    max_period: float = eqx.field(static=True)
-
-    def __init__(self, dim: int, max_period: float = 100.0):
-        if dim % 2:
-            raise ValueError(f"time embedding dim must be even, got {dim}")
-        self.dim, self.max_period = dim, max_period
-
-    def __call__(self, t: Scalar | float) -> Float[Array, " e"]:
-        half = self.dim // 2
-        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-        angles = jnp.asarray(t, jnp.result_type(float)) * freqs
-        return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])

@@ -1,4 +1,8 @@
-"""Pure pieces of the objective (SPEC §3–§4): likelihoods, KLs and the Hamilton–Jacobi residual."""
+"""Pure pieces of the objective (SPEC §3–§4): the Hamilton–Jacobi residual and the balanced E-step.
+
+The likelihoods and KLs live in `distributions` (the ground floor) and are re-exported here, so
+`objectives.<name>` names every piece of the ELBO.
+"""
 
 from __future__ import annotations
 
@@ -6,56 +10,17 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
+from jaxtyping import Array, Float, Scalar, ScalarLike
 
+from .distributions import bernoulli_log_likelihood as bernoulli_log_likelihood  # noqa: I001 (re-exports)
+from .distributions import gaussian_log_prob as gaussian_log_prob
+from .distributions import gaussian_sample as gaussian_sample
+from .distributions import kl_to_standard_normal as kl_to_standard_normal
+from .distributions import kl_to_uniform as kl_to_uniform
+from .distributions import usage_kl as usage_kl
 from .potentials import AbstractPotential
 
 ForceLike = Callable[[ScalarLike, Array], Scalar]
-
-
-@jax.custom_jvp
-def bernoulli_log_likelihood(logits: Float[Array, "..."], x: Float[Array, "..."]) -> Scalar:
-    """Σ_pixels log Bernoulli(x | sigmoid(logits)), for targets x ∈ [0, 1].
-
-    Its derivative rule shares one exp(−|logits|) between the softplus and ∂/∂logits = x − sigmoid:
-    autodiff of `jax.nn.softplus` evaluates the exponential twice, and that elementwise pass costs as
-    much as the GEMMs of the decoder's last layer.
-    """
-    return _bernoulli_and_gradient(logits, x)[0]
-
-
-def _bernoulli_and_gradient(logits: Array, x: Array) -> tuple[Scalar, Array]:
-    e = jnp.exp(-jnp.abs(logits))
-    value = jnp.sum(x * logits - jnp.maximum(logits, 0) - jnp.log1p(e))
-    return value, x - jnp.where(logits >= 0, 1, e) / (1 + e)
-
-
-@bernoulli_log_likelihood.defjvp
-def _bernoulli_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) -> tuple[Scalar, Scalar]:
-    (logits, x), (d_logits, d_x) = primals, tangents
-    value, grad = _bernoulli_and_gradient(logits, x)
-    return value, jnp.sum(grad * d_logits) + jnp.sum(logits * d_x)
-
-
-def gaussian_log_prob(z: Float[Array, " d"], mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
-    """log N(z; mu, diag exp(logvar))."""
-    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mu) ** 2 * jnp.exp(-logvar))
-
-
-def gaussian_sample(mu: Float[Array, "*d"], logvar: Float[Array, "*d"], key: PRNGKeyArray) -> Float[Array, "*d"]:
-    """z = mu + σ ε, ε ~ N(0, I): the reparameterised draw every model uses."""
-    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
-
-
-def kl_to_standard_normal(mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
-    """KL[N(mu, diag exp(logvar)) ‖ N(0, I)], analytic."""
-    return 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar)
-
-
-def kl_to_uniform(logits: Float[Array, " k"]) -> Scalar:
-    """KL[Categorical(softmax(logits)) ‖ Uniform(K)]."""
-    logq = jax.nn.log_softmax(logits)
-    return jnp.sum(jnp.exp(logq) * (logq + jnp.log(logits.shape[0])))
 
 
 def hj_residual(pot: AbstractPotential, force: ForceLike, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
@@ -76,11 +41,6 @@ def hj_initial_loss(pot: AbstractPotential, force: ForceLike, z: Float[Array, " 
     """Initial-condition term ‖∇u(z, 0)‖² + f(z, 0)² (the reference code weights it by 1)."""
     grad = jax.grad(lambda x: pot(0.0, x))(z)
     return jnp.sum(grad**2) + force(0.0, z) ** 2
-
-
-def usage_kl(usage: Float[Array, " k"]) -> Scalar:
-    """KL[ū ‖ Uniform(K)] of a batch's mean assignment ū: ≥ 0, 0 exactly at balanced use, log K at collapse."""
-    return jnp.sum(jax.scipy.special.xlogy(usage, usage)) + jnp.log(usage.shape[0])
 
 
 def balanced_assignment(

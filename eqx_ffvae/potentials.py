@@ -9,6 +9,7 @@ forward together — which is exact and cheaper than d Hessian-vector products.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -16,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
-
-from .nn import SinusoidalEmbedding
 
 
 def hvp_grad_and_laplacian(
@@ -39,6 +38,24 @@ class AbstractPotential(eqx.Module):
     def grad_and_laplacian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
         """(∇_z u, Δ_z u) exactly; override with a cheaper exact method where one exists."""
         return hvp_grad_and_laplacian(lambda x: self(t, x), z)
+
+
+class SinusoidalEmbedding(eqx.Module):
+    """Scalar time → `[sin(t ω_i), cos(t ω_i)]` with geometric frequencies ω_i ∈ (1/max_period, 1]."""
+
+    dim: int = eqx.field(static=True)
+    max_period: float = eqx.field(static=True)
+
+    def __init__(self, dim: int, max_period: float = 100.0):
+        if dim % 2:
+            raise ValueError(f"time embedding dim must be even, got {dim}")
+        self.dim, self.max_period = dim, max_period
+
+    def __call__(self, t: Scalar | float) -> Float[Array, " e"]:
+        half = self.dim // 2
+        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+        angles = jnp.asarray(t, jnp.result_type(float)) * freqs
+        return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
 
 
 def _activation_derivatives(act: Callable, a: Array) -> tuple[Array, Array, Array]:
@@ -185,10 +202,14 @@ class WeightedForce(eqx.Module):
 
 
 class PotentialBank(eqx.Module):
-    """K potentials and K forces, each stored once with a leading axis of size K."""
+    """K potentials and (optionally) K forces, each stored once with a leading axis of size K.
+
+    `with_forces=False` (a model with no Hamilton–Jacobi term, e.g. PoFlow) keeps no forces; the
+    potentials are drawn from the same key either way.
+    """
 
     potentials: MLPPotential
-    forces: Force
+    forces: Force | None
     num_flows: int = eqx.field(static=True)
 
     def __init__(
@@ -199,31 +220,32 @@ class PotentialBank(eqx.Module):
         *,
         depth: int = 2,
         time_dim: int = 16,
+        with_forces: bool = True,
         key: PRNGKeyArray,
     ):
         pkey, fkey = jr.split(key)
         self.potentials = eqx.filter_vmap(
             lambda k: MLPPotential(latent_dim, width, depth=depth, time_dim=time_dim, key=k)
         )(jr.split(pkey, num_flows))
-        self.forces = eqx.filter_vmap(
-            lambda k: Force(latent_dim, width, depth=depth, time_dim=time_dim, key=k)
-        )(jr.split(fkey, num_flows))
+        self.forces = (
+            eqx.filter_vmap(lambda k: Force(latent_dim, width, depth=depth, time_dim=time_dim, key=k))(
+                jr.split(fkey, num_flows)
+            )
+            if with_forces
+            else None
+        )
         self.num_flows = num_flows
 
     def potential(self, k: Int[ArrayLike, ""]) -> MLPPotential:
         return select_stacked(self.potentials, k)
 
     def force(self, k: Int[ArrayLike, ""]) -> Force:
-        return select_stacked(self.forces, k)
+        return select_stacked(self._forces(), k)
 
-    def row_potentials(self, ks: Int[Array, " b"]) -> MLPPotential:
-        """Potential ks[i] for each row i, stacked on a leading axis: `flow(..., batch_axes=0)` takes it.
-
-        Selected once per call and rematerialised in the backward pass rather than saved, so these
-        per-row copies of the weights exist only while one slice of the batch is being solved.
-        """
-        select = eqx.filter_checkpoint(lambda ks: jax.vmap(lambda k: select_stacked(self.potentials, k))(ks))
-        return select(ks)
+    def _forces(self) -> Force:
+        if self.forces is None:
+            raise ValueError("this PotentialBank was built with with_forces=False: it has no forces")
+        return self.forces
 
     def combined(self, weights: Float[Array, " k"]) -> WeightedPotential:
         """The potential Σ_k w_k u^k (composition of flows)."""
@@ -231,4 +253,4 @@ class PotentialBank(eqx.Module):
 
     def combined_force(self, weights: Float[Array, " k"]) -> WeightedForce:
         """The force Σ_k w_k f^k (with one-hot weights: force k, evaluated with all K weights)."""
-        return WeightedForce(self.forces, weights)
+        return WeightedForce(self._forces(), weights)

@@ -1,11 +1,9 @@
 """The optimiser and one jitted training step (loss, gradients and the optax update together),
-data-parallel over a ("batch",) mesh: batch sharded, model replicated.
+data-parallel over a ("batch",) mesh: batch sharded, model replicated. No process-level side effects.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
 import warnings
 from collections.abc import Callable
@@ -13,13 +11,15 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+from jaxtyping import Array
+
+from ._batched import batched_loss
+from .interfaces import AbstractAdversarialModel, AbstractSequenceModel
 
 Batch = dict[str, Array]
 MatmulPrecision = Literal["float32", "tensorfloat32", "bfloat16"]
@@ -32,41 +32,19 @@ def make_optimizer(learning_rate: float, *, clip_norm: float | None = 100.0) -> 
     return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
-def batch_loss(model: Any, batch: Batch, key: PRNGKeyArray, *, weak: bool = False) -> tuple[Scalar, dict[str, Scalar]]:
-    """Mean per-sequence loss over a batch `{"frames": (B, T+1, C, H, W), "k": (B,)}`, one key each.
-
-    `weak`: k is not observed (ignored): an FFVAE that infers k trains its weak objective
-    (`weak_batch_loss`), or the authors' group objective (`group_batch_loss`, which reads the step
-    number from `batch["step"]`). Otherwise models with a `batch_loss` method (the FFVAE, the
-    baselines) compute it themselves, and any other model's `loss` is vmapped.
-    """
-    frames: Float[Array, "b n c h w"] = batch["frames"]
-    keys = jr.split(key, frames.shape[0])
-    if weak and model.config.group_supervised:
-        return model.group_batch_loss(frames, batch["step"][0], key=key)
-    if weak:
-        return model.weak_batch_loss(frames, key=key)
-    if hasattr(model, "batch_loss"):
-        return model.batch_loss(frames, batch["k"], key=key)
-    else:
-        ks: Int[Array, " b"] = batch["k"]
-        losses, terms = jax.vmap(lambda x, k, kk: model.loss(x, k, key=kk))(frames, ks, keys)
-    return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
-
-
-def _has_discriminator(model: Any) -> bool:
-    return hasattr(model, "discriminator_loss")
+def _is_adversarial(model: Any) -> bool:
+    return isinstance(model, AbstractAdversarialModel)
 
 
 def _without_discriminator(tree: Any) -> Any:
-    return eqx.tree_at(lambda m: m.discriminator, tree, None) if _has_discriminator(tree) else tree
+    return eqx.tree_at(lambda m: m.discriminator, tree, None) if _is_adversarial(tree) else tree
 
 
 def init_opt_state(model: Any, optimizer: optax.GradientTransformation) -> Any:
     """Optimiser state for `model`; an adversarial model (FactorVAE) gets `(main, discriminator)`
     states, the discriminator's from the model's own `discriminator_optimizer()`."""
     params = eqx.filter(model, eqx.is_inexact_array)
-    if not _has_discriminator(model):
+    if not _is_adversarial(model):
         return optimizer.init(params)
     return optimizer.init(_without_discriminator(params)), model.discriminator_optimizer().init(params.discriminator)
 
@@ -90,21 +68,30 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return eqx.filter_shard(tree, NamedSharding(mesh, P()))
 
 
+DEFAULT_SLICE_SIZE = 16
+"""Sequences per flow slice and decoder chunk: the fastest on a 2-core CPU at every measured size
+(d = 32 to 324); a GPU wants the whole batch in one slice."""
+
+
 def make_step(
     optimizer: optax.GradientTransformation,
     *,
-    weak: bool = False,
+    slice_size: int = DEFAULT_SLICE_SIZE,
     mesh: Mesh | None = None,
     matmul_precision: MatmulPrecision = "float32",
 ) -> Callable:
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
+    `batch`: {"frames": (B, T+1, C, H, W), "k": (B,)}, and "step": (B,) (every row the training step,
+    `with_step`) for a model whose objective has a schedule (the group-supervised FFVAE). The loss is the model's `batch_loss`, computed by
+    `_batched.batched_loss` in slices of `slice_size` sequences (memory and speed only: the numbers
+    do not depend on it).
+
     With a mesh, the batch is constrained to be split over ("batch",) and the model replicated, so
-    XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated
-    (the batch's too, which XLA cannot reuse: its warning about that is silenced). A model with a
-    discriminator (FactorVAE) is updated in two alternating phases inside the step: the model by
-    `optimizer` with the discriminator fixed, then the discriminator by its own optimiser on latents
-    of the updated encoder.
+    XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated.
+    An `AbstractAdversarialModel` (FactorVAE) is updated in two alternating phases inside the step:
+    the model by `optimizer` with the discriminator fixed, then the discriminator by its own
+    optimiser on latents of the updated encoder.
 
     `matmul_precision` sets `jax.default_matmul_precision` for the step's matmuls and convolutions:
     "float32" (default, exact), or for GPUs/TPUs "tensorfloat32" or "bfloat16" (faster, fewer
@@ -112,13 +99,17 @@ def make_step(
     """
     if matmul_precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {matmul_precision!r}")
+    if slice_size < 1:
+        raise ValueError(f"slice_size must be ≥ 1 sequence, got {slice_size}")
 
-    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    def loss_fn(model: AbstractSequenceModel, batch: Batch, key):
+        step = batch["step"][0] if "step" in batch else None
+        return batched_loss(model, batch["frames"], batch["k"], key=key, step=step, slice_size=slice_size)
 
     def _alternating_update(model, opt_state, batch, key):
         main_state, disc_state = opt_state
         model_key, disc_key = jr.split(key)
-        (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, batch, model_key)
+        (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, model_key)
         params = _without_discriminator(eqx.filter(model, eqx.is_inexact_array))
         updates, main_state = optimizer.update(_without_discriminator(grads), main_state, params)
         model = eqx.apply_updates(model, updates)
@@ -147,10 +138,10 @@ def make_step(
         if mesh is not None:
             batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
             model, opt_state = replicate((model, opt_state), mesh)
-        if _has_discriminator(model):
+        if _is_adversarial(model):
             model, opt_state, loss, terms = _alternating_update(model, opt_state, batch, key)
         else:
-            (loss, terms), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, batch, key, weak=weak)
+            (loss, terms), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
             updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
             model = eqx.apply_updates(model, updates)
         if mesh is not None:
@@ -160,26 +151,20 @@ def make_step(
     return step
 
 
-def release_free_memory() -> bool:
-    """Give the C allocator's free pages back to the OS (glibc's `malloc_trim`); False where unavailable.
-
-    Compiling a large step frees hundreds of MB of XLA scratch that glibc keeps mapped; the step's
-    own buffers are then allocated anew on top, so without this the process's peak RSS counts both.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(trim(0))
+def with_step(batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+    """The batch with its "step" row added (the training step number, once per sequence)."""
+    return {**batch, "step": np.full(np.shape(batch["k"]), step, np.int32)}
 
 
 def compile_step(step: Callable, *args: Any) -> tuple[Any, float]:
-    """Compile `step` for these arguments without running it, then release the compiler's scratch
-    memory. Returns the compiled step (later calls of `step` with like arguments reuse it too) and
-    the seconds lowering and compilation took."""
+    """Compile `step` for these arguments without running it. Returns the compiled step (later calls
+    of `step` with like arguments reuse it too) and the seconds lowering and compilation took.
+
+    XLA warns that the batch's donated buffers cannot be reused (nothing of that shape is returned);
+    that warning is silenced here, for this compilation only.
+    """
     start = time.perf_counter()
-    compiled = step.lower(*args).compile()
-    seconds = time.perf_counter() - start
-    release_free_memory()
-    return compiled, seconds
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        compiled = step.lower(*args).compile()
+    return compiled, time.perf_counter() - start

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import imageio.v2 as imageio
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -50,8 +51,6 @@ def save_rows(path: str | os.PathLike, rows: Sequence[np.ndarray], labels: Seque
 
 def save_gif(path: str | os.PathLike, rows: Sequence[np.ndarray], fps: float = 4.0) -> None:
     """An animation whose i-th frame shows frame i of every row side by side (rows: (N, C, H, W))."""
-    import imageio.v2 as imageio
-
     n = min(r.shape[0] for r in rows)
     frames = [tile_rows([np.stack([r[i] for r in rows])]) for i in range(n)]
     imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)

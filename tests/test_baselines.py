@@ -12,7 +12,8 @@ import optax
 import pytest
 
 import eqx_ffvae as ff
-from eqx_ffvae import baselines as bl, metrics
+from eqx_ffvae import baselines as bl
+from eqx_ffvae import metrics
 from eqx_ffvae.training import init_opt_state, make_optimizer, make_step
 
 SHAPE = (3, 28, 28)
@@ -244,7 +245,7 @@ def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
         model = ff.methods.get_method(name).model_cls(config, key=getkey())  # eager: shapes repeat, compiles cached
         optimizer = make_optimizer(1e-3)
         opt_state = init_opt_state(model, optimizer)
-        step = make_step(optimizer, weak=getattr(config, "weakly_supervised", False))
+        step = make_step(optimizer)
         batch = {
             "frames": jr.uniform(getkey(), (2, frames, *shape)),
             "k": jnp.array([0, num_flows - 1]),
@@ -268,7 +269,7 @@ def test_poflow_proposal_is_its_flow_with_density(getkey):
     model = bl.PoFlow(config, key=getkey())
     x = jr.uniform(getkey(), (4, *SHAPE))
     zs, logqs = eqx.filter_jit(lambda m, x, key: m.importance_proposal(x, 1, key=key))(model, x, getkey())
-    pot = model.potential(1)
+    pot = model.flows.potential(1)
     for t in range(3):
         grad, lap = pot.grad_and_laplacian(float(t), zs[t])
         np.testing.assert_allclose(zs[t + 1], zs[t] + grad, rtol=1e-5, atol=1e-6)

@@ -1,14 +1,12 @@
 """`train/run.py compare`: the table's arithmetic and layout, and an end-to-end run that resumes."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
+from eqx_ffvae import cli as run
+from eqx_ffvae.compare import summarise, to_markdown
 
 
 def _result(errors, ll, transformation="own"):
@@ -20,8 +18,6 @@ def _result(errors, ll, transformation="own"):
 
 
 def test_summary_and_table_pick_the_best_per_column():
-    from compare import summarise, to_markdown
-
     results = {
         "vae": [_result([10.0, 20.0], -50.0, "linear shift"), _result([12.0, 22.0], -52.0, "linear shift")],
         "ffvae": [_result([8.0, 30.0], -60.0), _result([9.0, 31.0], -58.0)],
@@ -40,12 +36,6 @@ def test_summary_and_table_pick_the_best_per_column():
 
 @pytest.mark.slow
 def test_compare_runs_every_method_and_resumes(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ffvae_run_compare", ROOT / "train" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = run
-    spec.loader.exec_module(run)
     out = tmp_path / "cmp"
     args = [
         "compare",

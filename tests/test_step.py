@@ -1,8 +1,10 @@
-"""The fast training step computes the same function as a plain one, and its precision option."""
+"""The fast path (`_batched`) computes the same function as the single-example definitions; the
+training step's precision option."""
 
 import dataclasses
 import re
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 
 import eqx_ffvae as ff
-from eqx_ffvae.training import batch_loss, make_optimizer, make_step
+from eqx_ffvae import _batched
+from eqx_ffvae.flows import FlowSettings
+from eqx_ffvae.training import make_optimizer, make_step
 
 FAST = ff.FFVAEConfig(
     image_shape=(3, 28, 28), num_frames=4, latent_dim=8, num_flows=3, width=8, potential_width=16, hj_weight=1.0
@@ -26,6 +30,9 @@ def test_fast_step_equals_plain_step(getkey):
     fast, plain = ff.FlowFactorizedVAE(FAST, key=init_key), ff.FlowFactorizedVAE(PLAIN, key=init_key)
     batch = {"frames": jr.uniform(getkey(), (3, 4, 3, 28, 28)), "k": jnp.array([0, 1, 2])}
     key = getkey()
+    def batch_loss(model, batch, key):
+        return _batched.batched_loss(model, batch["frames"], batch["k"], key=key, step=None, slice_size=16)
+
     value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(batch_loss, has_aux=True))
     (loss_f, terms_f), grads_f = value_and_grad(fast, batch, key)
     (loss_p, terms_p), grads_p = value_and_grad(plain, batch, key)
@@ -41,11 +48,11 @@ def test_fast_step_equals_plain_step(getkey):
         assert rel < 1e-4, (jax.tree_util.keystr(path), rel)
 
 
-def test_batch_loss_is_the_mean_of_per_sequence_losses(getkey):
-    """`FlowFactorizedVAE.batch_loss` (flows solved per slice as one ODE; decoder gradient taken inside
-    its loop by a custom VJP) = the mean of the per-sequence `loss` over the batch, for the loss, every
+def test_batched_loss_is_the_mean_of_per_sequence_losses(getkey):
+    """`_batched.batched_loss` (flows solved per slice as one ODE; decoder gradient taken inside its
+    loop by a custom VJP) = the mean of the per-sequence `loss` over the batch, for the loss, every
     term and every gradient leaf; slices of 2 sequences and Hutchinson probes (one key per sequence)."""
-    config = dataclasses.replace(FAST, laplacian="hutchinson", slice_size=2)
+    config = dataclasses.replace(FAST, laplacian="hutchinson")
     model = ff.FlowFactorizedVAE(config, key=getkey())
     frames, ks, key = jr.uniform(getkey(), (4, 4, 3, 28, 28)), jnp.array([2, 0, 1, 2]), getkey()
 
@@ -54,7 +61,7 @@ def test_batch_loss_is_the_mean_of_per_sequence_losses(getkey):
         return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
 
     def batched(model):
-        return model.batch_loss(frames, ks, key=key)
+        return _batched.batched_loss(model, frames, ks, key=key, step=None, slice_size=2)
 
     (loss_p, terms_p), grads_p = eqx.filter_jit(eqx.filter_value_and_grad(per_sequence, has_aux=True))(model)
     (loss_b, terms_b), grads_b = eqx.filter_jit(eqx.filter_value_and_grad(batched, has_aux=True))(model)
@@ -69,6 +76,71 @@ def test_batch_loss_is_the_mean_of_per_sequence_losses(getkey):
     for g_b, (path, g_p) in zip(leaves_b, paths_p):
         rel = float(jnp.linalg.norm(g_b - g_p) / jnp.linalg.norm(g_p))
         assert rel < 1e-5, (jax.tree_util.keystr(path), rel)
+
+
+def test_weak_batched_loss_equals_the_models_weak_batch_loss(getkey):
+    """The weak M-step through the fast path = `weak_batch_loss` with the plain mean of `loss`."""
+    model = ff.FlowFactorizedVAE(dataclasses.replace(FAST, weakly_supervised=True), key=getkey())
+    frames, key = jr.uniform(getkey(), (4, 4, 3, 28, 28)), getkey()
+    ks = jnp.zeros(4, jnp.int32)
+    plain = eqx.filter_jit(eqx.filter_value_and_grad(lambda m: m.batch_loss(frames, ks, key=key, step=None), has_aux=True))
+    fast = eqx.filter_jit(eqx.filter_value_and_grad(
+        lambda m: _batched.batched_loss(m, frames, ks, key=key, step=None, slice_size=2), has_aux=True
+    ))
+    (loss_p, terms_p), grads_p = plain(model)
+    (loss_f, terms_f), grads_f = fast(model)
+    np.testing.assert_allclose(loss_f, loss_p, rtol=1e-5)
+    for name in terms_p:
+        np.testing.assert_allclose(terms_f[name], terms_p[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for g_f, g_p in zip(jax.tree.leaves(eqx.filter(grads_f, eqx.is_inexact_array)),
+                        jax.tree.leaves(eqx.filter(grads_p, eqx.is_inexact_array)), strict=True):
+        assert float(jnp.linalg.norm(g_f - g_p)) <= 1e-5 * float(jnp.linalg.norm(g_p)) + 1e-7
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_flow_rows_equals_vmap_of_flow(divergence, getkey):
+    """One ODE over the rows (row i along potential ks[i]) = `jax.vmap(flow)`, states and densities,
+    with one probe key per row for Hutchinson."""
+    bank = ff.PotentialBank(3, 6, 16, key=getkey())
+    ks, z0, logq0 = jnp.array([2, 0, 1, 2]), jr.normal(getkey(), (4, 6)), jr.normal(getkey(), (4,))
+    keys, ts = jr.split(getkey(), 4), ff.frame_times(5)
+    settings = FlowSettings(0.5, divergence, 2)
+    zs, logqs = _batched.flow_rows(_batched.row_potentials(bank, ks), z0, logq0, ts, settings=settings, keys=keys)
+    ref_zs, ref_logqs = jax.vmap(lambda k, z, lq, kk: settings.density(bank.potential(k), z, lq, ts, kk))(ks, z0, logq0, keys)
+    np.testing.assert_allclose(zs, ref_zs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logqs, ref_logqs, rtol=1e-5, atol=1e-5)
+
+
+def test_flow_rows_refuses_an_adaptive_controller(getkey):
+    bank = ff.PotentialBank(2, 3, 8, key=getkey())
+    with pytest.raises(ValueError, match="fixed grid.*got PIDController"):
+        _batched.flow_rows(
+            _batched.row_potentials(bank, jnp.array([0, 1])), jnp.zeros((2, 3)), jnp.zeros(2), ff.frame_times(3),
+            settings=FlowSettings(), stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3),
+        )
+
+
+def test_sum_over_slices_vjp_equals_autodiff(getkey):
+    """The in-loop gradient of Σ_i f(module, z_i, x_i) equals plain reverse mode, for the module and zs."""
+    mlp = eqx.nn.MLP(3, 2, 8, 2, key=getkey())
+    zs, xs = jr.normal(getkey(), (4, 5, 3)), jr.normal(getkey(), (4, 5, 2))
+
+    def f(m, z, x):
+        return jnp.sum(jnp.tanh(jax.vmap(m)(z)) * x)
+
+    def plain(m, zs):
+        return jnp.sum(jax.vmap(lambda z, x: f(m, z, x))(zs, xs)) * 1.7
+
+    def sliced(m, zs):
+        return _batched.sum_over_slices(f, m, zs, xs) * 1.7
+
+    v_p, (gm_p, gz_p) = eqx.filter_value_and_grad(lambda a: plain(*a))((mlp, zs))
+    v_s, (gm_s, gz_s) = eqx.filter_value_and_grad(lambda a: sliced(*a))((mlp, zs))
+    np.testing.assert_allclose(v_s, v_p, rtol=1e-6)
+    np.testing.assert_allclose(gz_s, gz_p, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(eqx.filter(gm_s, eqx.is_inexact_array)),
+                    jax.tree.leaves(eqx.filter(gm_p, eqx.is_inexact_array)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """train/run.py end to end: devices, exact resume, signals, NaN stop, presets, eval, errors."""
 
-import importlib.util
+import dataclasses
 import json
 import math
 import os
@@ -15,22 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eqx_ffvae import cli, runs
+from eqx_ffvae.checkpoint import Checkpointer
+from eqx_ffvae.runs import RunError
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "train" / "run.py"
 TINY = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "8"]
 
 
-def _load_run_module():
-    spec = importlib.util.spec_from_file_location("ffvae_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run_module():
-    return _load_run_module()
+    """The CLI that train/run.py runs, in this process."""
+    return cli
 
 
 def _env(devices=1, **extra):
@@ -52,13 +49,8 @@ def _losses(run_dir):
 
 
 def _checkpoint_leaves(run_dir):
-    sys.path.insert(0, str(ROOT / "train"))
-    from loop import RunSpec, build
-
-    from eqx_ffvae.checkpoint import Checkpointer
-
-    spec = RunSpec.from_json(json.loads((run_dir / "config.json").read_text()))
-    model, _, opt_state = build(spec)
+    spec = runs.read_spec(run_dir)
+    model, _, opt_state = runs.build(spec)
     ckpt = Checkpointer(run_dir / "checkpoints")
     (model, opt_state), key, record, step = ckpt.restore((model, opt_state))
     ckpt.close()
@@ -71,8 +63,6 @@ def _checkpoint_leaves(run_dir):
 def test_checkpoint_of_another_shape_is_refused_by_name(tmp_path):
     import jax.numpy as jnp
     import jax.random as jr
-
-    from eqx_ffvae.checkpoint import Checkpointer
 
     ckpt = Checkpointer(tmp_path / "ck")
     ckpt.save(3, {"w": jnp.ones((2, 5))}, jr.key(0), {})
@@ -154,13 +144,23 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_zero(tmp_path):
     assert 0 < step < 100000 and leaves and record["step"] == step
 
 
+def _poison_batch(index):
+    """Fault injection from the test side: the data iterator's batch `index` (0-based) becomes NaN."""
+
+    def wrap(batches):
+        for i, batch in enumerate(batches):
+            yield {**batch, "frames": np.full_like(batch["frames"], np.nan)} if i == index else batch
+
+    return wrap
+
+
 def test_injected_nan_stops_with_message(tmp_path):
-    res = _run(["--steps", "6", "--checkpoint-every", "2", *TINY, "--out", str(tmp_path / "nan")],
-               EQX_FFVAE_INJECT_NAN_AT_STEP="3")
-    assert res.returncode == 2
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "non-finite loss at step 3" in lines[0] and "last good checkpoint is step 2" in lines[0]
-    assert "Traceback" not in res.stderr
+    spec = cli.spec_from(cli.Train(steps=6, checkpoint_every=2, latent_dim=4, width=4, potential_width=8, batch_size=8))
+    run = runs.TrainingRun(spec, tmp_path / "nan", wrap_batches=_poison_batch(2))
+    with pytest.raises(RunError, match=r"non-finite loss at step 3 .*last good checkpoint is step 2") as err:
+        for _ in run:
+            pass
+    assert "\n" not in str(err.value)
     assert max(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == 2
 
 
@@ -279,16 +279,14 @@ def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run)
     _one_line_error(run_module, capsys, ["eval", "--run", str(tmp_path)], "not a run directory")
 
 
-def test_a_run_resumes_with_another_slice_size_not_another_width(run_module, trained_run):
-    import dataclasses
-
-    from loop import RunError, _check_same_run
-
-    spec = run_module.resolve(run_module.Train(steps=3, latent_dim=4, width=4, potential_width=8, batch_size=8))
-    assert spec.model["slice_size"] == 16  # the quick preset's
-    _check_same_run(dataclasses.replace(spec, model={**spec.model, "slice_size": 2}), trained_run)  # layout only
+def test_a_run_resumes_with_another_slice_size_not_another_width(trained_run):
+    spec = cli.spec_from(cli.Train(steps=3, latent_dim=4, width=4, potential_width=8, batch_size=8))
+    saved = runs.read_spec(trained_run)
+    assert spec.slice_size == 16  # the quick preset's
+    runs._check_same_run(dataclasses.replace(spec, slice_size=2), saved, trained_run)  # layout only
+    wider = dataclasses.replace(spec, model=dataclasses.replace(spec.model, width=6))
     with pytest.raises(RunError, match=r"model fields \['width'\] differ"):
-        _check_same_run(dataclasses.replace(spec, model={**spec.model, "width": 6}), trained_run)
+        runs._check_same_run(wider, saved, trained_run)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The comparison methods of SPEC §6, each with the interface `eqx_ffvae.metrics` scores."""
 
+from .base import AbstractFrameVAE as AbstractFrameVAE
 from .base import BaselineConfig as BaselineConfig
-from .base import FrameVAE as FrameVAE
 from .factorvae import (
     Discriminator as Discriminator,
 )

@@ -1,5 +1,5 @@
-"""What every baseline shares: a frame-wise Gaussian encoder, the decoder, an N(0, I) prior and the
-importance proposal "encoder on x_t" (SPEC §5), with the same conv family as the FFVAE (SPEC §6)."""
+"""What the frame-wise baselines share: a Gaussian encoder per frame, the decoder, an N(0, I) prior and
+the importance proposal "encoder on x_t" (SPEC §5), with the same conv family as the FFVAE (SPEC §6)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import dataclasses
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
-from .. import objectives as obj
+from .. import distributions as dist
 from ..conv import ConvImpl
+from ..interfaces import AbstractSequenceModel
 from ..nn import ConvDecoder, ConvEncoder
 
 
@@ -37,20 +37,32 @@ def frame_elbo(
 ) -> tuple[Scalar, Scalar, Float[Array, " d"]]:
     """(log p(x|z), KL[q(z|x) ‖ N(0, I)], z) of one frame with one reparameterised z."""
     mu, logvar = encoder(x)
-    z = obj.gaussian_sample(mu, logvar, key)
-    return obj.bernoulli_log_likelihood(decoder(z), x), obj.kl_to_standard_normal(mu, logvar), z
+    z = dist.gaussian_sample(mu, logvar, key)
+    return dist.bernoulli_log_likelihood(decoder(z), x), dist.kl_to_standard_normal(mu, logvar), z
 
 
-class FrameVAE(eqx.Module):
-    """Encoder, decoder and N(0, I) prior; subclasses add their objective (`loss` of one sequence).
+def encoder_proposal(
+    encoder: ConvEncoder, x_seq: Float[Array, "n c h w"], key: PRNGKeyArray
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """One z_t ~ q(z|x_t) per frame from a frame-wise encoder, with its log-density."""
 
-    `batch_loss` vmaps `loss` over a batch; methods whose objective needs the whole batch (FactorVAE's
-    permutation) override it. Every frame is a separate observation: log p(x_t) is estimated with
-    the encoder on x_t as proposal and N(0, I) as prior, the same for every frame and every k.
+    def one(x, key):
+        mu, logvar = encoder(x)
+        z = dist.gaussian_sample(mu, logvar, key)
+        return z, dist.gaussian_log_prob(z, mu, logvar)
+
+    return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
+
+
+class AbstractFrameVAE(AbstractSequenceModel):
+    """Encoder, decoder and N(0, I) prior; a final subclass adds its objective (`loss`, `batch_loss`).
+
+    Every frame is a separate observation: log p(x_t) is estimated with the encoder on x_t as proposal
+    and N(0, I) as prior, the same for every frame and every k.
     """
 
-    encoder: ConvEncoder
-    decoder: ConvDecoder
+    encoder: eqx.AbstractVar[ConvEncoder]
+    decoder: eqx.AbstractVar[ConvDecoder]
 
     def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         return self.encoder(x)
@@ -60,33 +72,17 @@ class FrameVAE(eqx.Module):
 
     def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
         del k, t
-        return obj.gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z))
+        return dist.standard_normal_log_prob(z)
 
     def importance_proposal(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """One z_t ~ q(z|x_t) per frame, with its log-density."""
         del k
+        return encoder_proposal(self.encoder, x_seq, key)
 
-        def one(x, key):
-            mu, logvar = self.encode(x)
-            z = obj.gaussian_sample(mu, logvar, key)
-            return z, obj.gaussian_log_prob(z, mu, logvar)
-
-        return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
-
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
-        raise NotImplementedError
-
-    def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
-        """Mean per-sequence loss over a batch, one key per sequence."""
-        keys = jr.split(key, frames.shape[0])
-        losses, terms = jax.vmap(lambda x, k, kk: self.loss(x, k, key=kk))(frames, ks, keys)
-        return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
+    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
+        return dist.bernoulli_log_likelihood(self.decode(z), x)
 
 
 def conv_pair(config: BaselineConfig, latent_dim: int, *, key: PRNGKeyArray) -> tuple[ConvEncoder, ConvDecoder]:

@@ -10,10 +10,13 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import optax
+from einops import rearrange
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from .. import objectives as obj
-from .base import BaselineConfig, FrameVAE, conv_pair, frame_elbo
+from .. import distributions as obj
+from ..interfaces import AbstractAdversarialModel, Terms
+from ..nn import ConvDecoder, ConvEncoder
+from .base import AbstractFrameVAE, BaselineConfig, conv_pair, frame_elbo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +64,9 @@ def discriminator_loss(disc: Discriminator, z: Float[Array, "b d"], *, key: PRNG
     return -0.5 * (jnp.mean(real) + jnp.mean(fake))
 
 
-class FactorVAE(FrameVAE):
+class FactorVAE(AbstractAdversarialModel, AbstractFrameVAE):
+    encoder: ConvEncoder
+    decoder: ConvDecoder
     discriminator: Discriminator
     config: FactorVAEConfig = eqx.field(static=True)
 
@@ -73,17 +78,17 @@ class FactorVAE(FrameVAE):
 
     def loss(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    ) -> tuple[Scalar, Terms]:
         """The loss of one sequence alone (its frames form the TC batch); training uses `batch_loss`."""
-        return self.batch_loss(x_seq[None], jnp.asarray(k)[None], key=key)
+        return self.batch_loss(x_seq[None], jnp.asarray(k)[None], key=key, step=0)
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+    ) -> tuple[Scalar, Terms]:
         """Per sequence −Σ_t ELBO_t + γ·(T+1)·TC, TC over every frame of the batch; the discriminator
         is held fixed here (its own update is `discriminator_loss`)."""
-        del ks
-        flat = frames.reshape(-1, *frames.shape[2:])
+        del ks, step
+        flat = rearrange(frames, "b n c h w -> (b n) c h w")
         recon, kl, z = jax.vmap(lambda x, kk: frame_elbo(self.encoder, self.decoder, x, kk))(
             flat, jr.split(key, flat.shape[0])
         )
@@ -97,7 +102,7 @@ class FactorVAE(FrameVAE):
     def discriminator_loss(self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray) -> Scalar:
         """The discriminator's objective on this batch's latents (the encoder is held fixed)."""
         sample_key, perm_key = jr.split(key)
-        mu, logvar = jax.vmap(self.encoder)(frames.reshape(-1, *frames.shape[2:]))
+        mu, logvar = jax.vmap(self.encoder)(rearrange(frames, "b n c h w -> (b n) c h w"))
         z = obj.gaussian_sample(mu, logvar, sample_key)
         return discriminator_loss(self.discriminator, jax.lax.stop_gradient(z), key=perm_key)
 

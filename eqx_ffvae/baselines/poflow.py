@@ -13,16 +13,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
-from .. import objectives as obj
-from ..flows import flow
-from ..metrics import frame_times
-from ..potentials import (
-    AbstractPotential,
-    MLPPotential,
-    WeightedPotential,
-    select_stacked,
-)
-from .base import BaselineConfig, FrameVAE, conv_pair
+from .. import distributions as dist
+from ..flows import FlowSettings
+from ..interfaces import Terms, mean_sequence_loss
+from ..model import AbstractPotentialFlowModel
+from ..nn import ConvDecoder, ConvEncoder
+from ..potentials import AbstractPotential, PotentialBank
+from .base import BaselineConfig, conv_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +50,13 @@ def classifier_loss(classifier: eqx.Module, steps: Float[Array, "n d"], k: Int[A
     return -jnp.mean(logp[:, k])
 
 
-class PoFlow(FrameVAE):
-    potentials: MLPPotential
+class PoFlow(AbstractPotentialFlowModel):
+    """The potential bank, paths, composition and importance proposal are the FFVAE's
+    (`AbstractPotentialFlowModel`); PoFlow adds only its wave speeds, wave residual and classifier."""
+
+    encoder: ConvEncoder
+    decoder: ConvDecoder
+    flows: PotentialBank
     raw_speed: Float[Array, " k"]
     classifier: eqx.nn.MLP
     config: PoFlowConfig = eqx.field(static=True)
@@ -63,9 +65,10 @@ class PoFlow(FrameVAE):
         pair_key, pot_key, cls_key = jr.split(key, 3)
         c = config
         self.encoder, self.decoder = conv_pair(c, c.latent_dim, key=pair_key)
-        self.potentials = eqx.filter_vmap(
-            lambda k: MLPPotential(c.latent_dim, c.potential_width, depth=c.potential_depth, time_dim=c.time_dim, key=k)
-        )(jr.split(pot_key, c.num_flows))
+        self.flows = PotentialBank(
+            c.num_flows, c.latent_dim, c.potential_width, depth=c.potential_depth, time_dim=c.time_dim,
+            with_forces=False, key=pot_key,
+        )
         inv_softplus = math.log(math.expm1(c.wave_speed_init))
         self.raw_speed = jnp.full((c.num_flows,), inv_softplus, jnp.float32)
         self.classifier = eqx.nn.MLP(
@@ -73,66 +76,42 @@ class PoFlow(FrameVAE):
         )
         self.config = config
 
-    def potential(self, k: Int[ArrayLike, ""]) -> MLPPotential:
-        return select_stacked(self.potentials, k)
+    @property
+    def flow_settings(self) -> FlowSettings:
+        """Euler, dt = 1: z_t = z_{t−1} + ∇u^k(t−1, z_{t−1}); paths move z only, densities use the exact Δu."""
+        return FlowSettings(1.0, "exact", path_divergence="none")
+
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+        return self.decoder(z)
+
+    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
+        return dist.bernoulli_log_likelihood(self.decode(z), x)
+
+    def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
+        """N(0, I) at every frame: PoFlow has no prior of its own along the flows."""
+        del k, t
+        return dist.standard_normal_log_prob(z)
 
     def wave_speed(self, k: Int[ArrayLike, ""]) -> Scalar:
         return jax.nn.softplus(self.raw_speed[k])
 
-    def _path(self, pot: AbstractPotential, z0: Array, ts: Array | None) -> Array:
-        ts = frame_times(self.config.num_frames) if ts is None else ts
-        return flow(pot, z0, 0.0, ts, divergence="none")[0]
-
-    def transport(
-        self,
-        k: Int[ArrayLike, ""],
-        z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "n d"]:
-        """z_t = z_{t−1} + ∇u^k(t−1, z_{t−1}) (Euler, dt = 1) from z0 at each time in ts."""
-        del key
-        return self._path(self.potential(k), z0, ts)
-
-    def compose(
-        self,
-        weights: Float[Array, " k"],
-        z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "n d"]:
-        del key
-        return self._path(WeightedPotential(self.potentials, weights), z0, ts)
-
-    def importance_proposal(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-        """As the FFVAE's: z_0 ~ q(z_0|x_0) carried along ∇u^k, log q falling by the exact Δu.
-
-        Not "the encoder on x_t": this encoder is trained on x_0 alone, and on transformed frames
-        (hue-shifted digits it never saw) it proposes latents far from the posterior (measured:
-        −4.4e8 nats per image on the quick preset), so that estimate says nothing about the model.
-        """
-        mu, logvar = self.encode(x_seq[0])
-        z0 = obj.gaussian_sample(mu, logvar, key)
-        ts = frame_times(x_seq.shape[0])
-        return flow(self.potential(k), z0, obj.gaussian_log_prob(z0, mu, logvar), ts, divergence="exact")
-
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """−Σ_t log p(x_t | z_t) + KL[q(z_0|x_0) ‖ N(0, I)] + λ_w · wave residual² + λ_c · classifier CE."""
         c = self.config
-        ts = frame_times(c.num_frames)
+        ts = self.frame_times
         mu, logvar = self.encode(x_seq[0])
-        zs = self.transport(k, obj.gaussian_sample(mu, logvar, key))
+        zs = self.transport(k, dist.gaussian_sample(mu, logvar, key))
         recon = jnp.sum(self.decoder.log_likelihoods(zs, x_seq))
-        kl = obj.kl_to_standard_normal(mu, logvar)
-        pot, speed = self.potential(k), self.wave_speed(k)
+        kl = dist.kl_to_standard_normal(mu, logvar)
+        pot, speed = self.flows.potential(k), self.wave_speed(k)
         colloc = jax.lax.stop_gradient(zs[:-1])
         wave = jnp.mean(jax.vmap(lambda t, z: wave_residual(pot, speed, t, z) ** 2)(ts[:-1], colloc))
         cls = classifier_loss(self.classifier, zs[1:] - zs[:-1], k)
         loss = -recon + kl + c.wave_weight * wave + c.classifier_weight * cls
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl0": kl, "wave": wave, "classifier": cls}
+
+    def batch_loss(
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+    ) -> tuple[Scalar, Terms]:
+        del step
+        return mean_sequence_loss(self, frames, ks, key=key)

@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from .. import objectives as obj
-from .base import BaselineConfig, FrameVAE, conv_pair
+from .. import distributions as obj
+from ..interfaces import Terms, mean_sequence_loss
+from ..nn import ConvDecoder, ConvEncoder
+from .base import AbstractFrameVAE, BaselineConfig, conv_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,9 @@ def kl_gaussian_laplace(
     return jnp.sum(neg_entropy + math.log(2 / rate) + rate * abs_mean)
 
 
-class SlowVAE(FrameVAE):
+class SlowVAE(AbstractFrameVAE):
+    encoder: ConvEncoder
+    decoder: ConvDecoder
     config: SlowVAEConfig = eqx.field(static=True)
 
     def __init__(self, config: SlowVAEConfig, *, key: PRNGKeyArray):
@@ -51,7 +55,7 @@ class SlowVAE(FrameVAE):
 
     def loss(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    ) -> tuple[Scalar, Terms]:
         """−Σ_t log p(x_t|z_t) + β Σ_t KL[q_t ‖ N(0, I)] + γ Σ_{t≥1} KL[q_t ‖ Laplace(z_{t−1}, 1/α)]."""
         del k
         c = self.config
@@ -64,3 +68,9 @@ class SlowVAE(FrameVAE):
         )
         loss = -recon + c.beta * kl + c.gamma * slow
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl": kl, "kl_slow": slow}
+
+    def batch_loss(
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+    ) -> tuple[Scalar, Terms]:
+        del step
+        return mean_sequence_loss(self, frames, ks, key=key)

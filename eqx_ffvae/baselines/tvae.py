@@ -10,12 +10,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
+from einops import rearrange
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
-from .. import objectives as obj
-from ..metrics import frame_times
-from ..nn import ConvEncoder
-from .base import BaselineConfig, FrameVAE, conv_pair
+from .. import distributions as obj
+from ..flows import frame_times
+from ..interfaces import AbstractTransportModel, Terms, mean_sequence_loss
+from ..nn import ConvDecoder, ConvEncoder
+from .base import BaselineConfig, conv_pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +49,13 @@ class TVAEConfig(BaselineConfig):
 
 def capsule_roll(v: Float[Array, " d"], shift: Int[ArrayLike, ""], capsule_size: int) -> Float[Array, " d"]:
     """Roll every capsule (consecutive block of `capsule_size` units) cyclically by `shift`."""
-    return jnp.roll(v.reshape(-1, capsule_size), shift, axis=1).reshape(-1)
+    capsules = rearrange(v, "(m s) -> m s", s=capsule_size)
+    return rearrange(jnp.roll(capsules, shift, axis=1), "m s -> (m s)")
 
 
-class TVAE(FrameVAE):
+class TVAE(AbstractTransportModel):
+    encoder: ConvEncoder
+    decoder: ConvDecoder
     u_encoder: ConvEncoder
     shift: Float[Array, " d"]
     config: TVAEConfig = eqx.field(static=True)
@@ -106,14 +111,46 @@ class TVAE(FrameVAE):
 
         return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
 
-    def decode_proposal(self, zu: Float[Array, " e"]) -> Float[Array, "c h w"]:
-        """p(x | s(z, u)) for a single frame (u² pooled within capsules only)."""
+    def proposal_log_likelihood(self, zu: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:
+        """log p(x | s(z, u)) of a single frame (u² pooled within capsules only)."""
         z, u = jnp.split(zu, 2)
-        return self.decode(self._student(z, self._pool(u**2)))
+        return obj.bernoulli_log_likelihood(self.decode(self._student(z, self._pool(u**2))), x)
+
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+        return self.decoder(z)
+
+    def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " e"]) -> Scalar:
+        """N(0, I) on the proposal's (z, u)."""
+        del k, t
+        return obj.standard_normal_log_prob(z)
+
+    @property
+    def num_flows(self) -> int:
+        return self.config.num_flows
+
+    def compose(
+        self,
+        weights: Float[Array, " k"],
+        s0: Float[Array, " d"],
+        ts: Float[Array, " n"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "n d"]:
+        """Every k shares one roll generator, so Σ_k w_k of them rolls by round(t · Σ_k w_k) at time t."""
+        del key
+        ts = frame_times(self.config.num_frames) if ts is None else ts
+        shifts = jnp.round(ts * jnp.sum(weights)).astype(jnp.int32)
+        return jax.vmap(lambda shift: capsule_roll(s0, shift, self.config.capsules))(shifts)
+
+    def batch_loss(
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+    ) -> tuple[Scalar, Terms]:
+        del step
+        return mean_sequence_loss(self, frames, ks, key=key)
 
     def loss(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    ) -> tuple[Scalar, Terms]:
         """−Σ_t log p(x_t | s_t) + Σ_t KL[q(z_t)‖N] + KL[q(u_t)‖N]; s_t pools u² of frames t+δ
         (|δ| ≤ time_window, inside the sequence) rolled by −δ."""
         del k

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from .base import BaselineConfig, FrameVAE, conv_pair, frame_elbo
+from ..interfaces import Terms, mean_sequence_loss
+from ..nn import ConvDecoder, ConvEncoder
+from .base import AbstractFrameVAE, BaselineConfig, conv_pair, frame_elbo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,9 +22,11 @@ class VAEConfig(BaselineConfig):
     beta: float = 1.0
 
 
-class VAE(FrameVAE):
+class VAE(AbstractFrameVAE):
     """Every frame of a sequence is an independent example: −Σ_t [log p(x_t|z_t) − β KL_t]."""
 
+    encoder: ConvEncoder
+    decoder: ConvDecoder
     config: VAEConfig = eqx.field(static=True)
 
     def __init__(self, config: VAEConfig, *, key: PRNGKeyArray):
@@ -31,7 +35,7 @@ class VAE(FrameVAE):
 
     def loss(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, dict[str, Scalar]]:
+    ) -> tuple[Scalar, Terms]:
         del k
         recon, kl, _ = jax.vmap(lambda x, kk: frame_elbo(self.encoder, self.decoder, x, kk))(
             x_seq, jr.split(key, x_seq.shape[0])
@@ -39,3 +43,9 @@ class VAE(FrameVAE):
         recon, kl = jnp.sum(recon), jnp.sum(kl)
         loss = -recon + self.config.beta * kl
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl": kl}
+
+    def batch_loss(
+        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+    ) -> tuple[Scalar, Terms]:
+        del step
+        return mean_sequence_loss(self, frames, ks, key=key)

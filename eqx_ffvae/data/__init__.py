@@ -2,21 +2,42 @@
 
 from .factors import (
     FACTOR_SIZES as FACTOR_SIZES,
+)
+from .factors import (
     PngFolderSource as PngFolderSource,
+)
+from .factors import (
     ProceduralShapes as ProceduralShapes,
+)
+from .factors import (
     Shapes3DSource as Shapes3DSource,
 )
 from .mnist import (
     download_mnist as download_mnist,
+)
+from .mnist import (
     load_embedded_mnist as load_embedded_mnist,
+)
+from .mnist import (
     load_mnist_idx as load_mnist_idx,
 )
 from .pipeline import (
     DATASETS as DATASETS,
+)
+from .pipeline import (
     DatasetInfo as DatasetInfo,
+)
+from .pipeline import (
     batch_iterator as batch_iterator,
+)
+from .pipeline import (
     dataset_info as dataset_info,
+)
+from .pipeline import (
     sequence_dataset as sequence_dataset,
+)
+from .pipeline import (
     split_indices as split_indices,
 )
-from .transforms import apply_transform as apply_transform, colourise as colourise
+from .transforms import apply_transform as apply_transform
+from .transforms import colourise as colourise

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 from PIL import Image
 
@@ -37,8 +38,6 @@ class Shapes3DSource:
     """`3dshapes.h5` (`images` uint8 N×64×64×3, `labels` N×6), read lazily: never all in memory."""
 
     def __init__(self, path: str | os.PathLike, factor_sizes: tuple[int, ...] = FACTOR_SIZES["shapes3d"]):
-        import h5py
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"Shapes3D file {self.path} does not exist (expected 3dshapes.h5)")
@@ -58,8 +57,6 @@ class Shapes3DSource:
 
     def _h5(self):
         if self._file is None:
-            import h5py
-
             self._file = h5py.File(self.path, "r")
         return self._file
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Literal
 
 import grain
 import numpy as np
+from absl import flags
 
 from .factors import FACTOR_SIZES, PngFolderSource, ProceduralShapes, Shapes3DSource
 from .mnist import download_mnist, load_embedded_mnist, load_mnist_idx
@@ -23,28 +25,54 @@ from .transforms import MNIST_FRAMES, MNIST_TRANSFORMS, colourise, mnist_frames
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know of a dataset: frames per sequence, transformations, image shape."""
+    """One registry entry: what a model needs to know of a dataset (frames per sequence, the names of
+    its transformations, image shape) and how to open it.
+
+    `flow_factors[k]`: the factor that transformation k sweeps (factor datasets); `factor_sizes`: the
+    factor grid; `source`: how the data is read ("mnist" IDX files or the embedded subset, an "hdf5"
+    file, a "png-folder", or "procedural" rendering); `data_dir`: "optional" (embedded or rendered data
+    without it), "required" or "unused"; `offline`: the dataset to use instead when no data_dir is
+    given (Shapes3D → procedural shapes).
+    """
 
     num_frames: int
     transforms: tuple[str, ...]
     image_shape: tuple[int, int, int]
     flow_factors: tuple[int, ...] = ()
+    factor_sizes: tuple[int, ...] = ()
+    source: Literal["mnist", "hdf5", "png-folder", "procedural"] = "png-folder"
+    data_dir: Literal["optional", "required", "unused"] = "required"
+    offline: str | None = None
+    about: str = ""
 
     @property
     def num_flows(self) -> int:
         return len(self.transforms)
 
 
-DATASETS = {
-    "mnist": DatasetInfo(MNIST_FRAMES, MNIST_TRANSFORMS, (3, 28, 28)),
-    "shapes3d": DatasetInfo(
-        8, ("floor_hue", "wall_hue", "object_hue", "scale", "orientation"), (3, 64, 64), (0, 1, 2, 3, 5)
+_SHAPES = dict(
+    num_frames=8,
+    transforms=("floor_hue", "wall_hue", "object_hue", "scale", "orientation"),
+    image_shape=(3, 64, 64),
+    flow_factors=(0, 1, 2, 3, 5),
+    factor_sizes=FACTOR_SIZES["shapes3d"],
+)
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        MNIST_FRAMES, MNIST_TRANSFORMS, (3, 28, 28), source="mnist", data_dir="optional",
+        about="coloured MNIST digits scaled, rotated and hue-shifted; the embedded 5,000 without --data-dir",
+    ),
+    "shapes3d": DatasetInfo(**_SHAPES, source="hdf5", offline="procedural-shapes", about="DeepMind 3dshapes.h5"),
+    "procedural-shapes": DatasetInfo(
+        **_SHAPES, source="procedural", data_dir="unused", about="Shapes3D's factors, rendered offline"
     ),
     "falcor3d": DatasetInfo(
         5,
         ("lighting_intensity", "lighting_x", "lighting_y", "lighting_z", "camera_x", "camera_y", "camera_z"),
         (3, 128, 128),
         tuple(range(7)),
+        FACTOR_SIZES["falcor3d"],
+        about="NVlabs Falcor3D PNG folder",
     ),
     "isaac3d": DatasetInfo(
         4,
@@ -52,9 +80,10 @@ DATASETS = {
          "object_colour", "wall_colour"),
         (3, 128, 128),
         tuple(range(1, 9)),
+        FACTOR_SIZES["isaac3d"],
+        about="NVlabs Isaac3D PNG folder",
     ),
 }
-DATASETS["procedural-shapes"] = DATASETS["shapes3d"]
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -137,16 +166,16 @@ def split_indices(n: int, split: str, *, test_fraction: float = 0.1, split_seed:
 
 
 def _open_factor_source(name: str, data_dir: str | os.PathLike | None, factor_sizes):
-    sizes = tuple(factor_sizes) if factor_sizes is not None else FACTOR_SIZES[name]
-    if name == "procedural-shapes":
+    info = dataset_info(name)
+    sizes = tuple(factor_sizes) if factor_sizes is not None else info.factor_sizes
+    if info.source == "procedural":
         return ProceduralShapes()
     if data_dir is None:
         raise FileNotFoundError(f"{name} needs data_dir=… (the folder holding the dataset); see the README")
     data_dir = Path(data_dir)
-    if name == "shapes3d":
-        path = data_dir / "3dshapes.h5" if data_dir.is_dir() else data_dir
-        return Shapes3DSource(path, sizes)
-    return PngFolderSource(data_dir, sizes, image_size=DATASETS[name].image_shape[-1])
+    if info.source == "hdf5":
+        return Shapes3DSource(data_dir / "3dshapes.h5" if data_dir.is_dir() else data_dir, sizes)
+    return PngFolderSource(data_dir, sizes, image_size=info.image_shape[-1])
 
 
 def sequence_dataset(
@@ -178,7 +207,7 @@ def sequence_dataset(
     """
     info = dataset_info(name)
     num_frames = info.num_frames if num_frames is None else num_frames
-    if num_frames < 2 or (name == "mnist" and num_frames > MNIST_FRAMES):
+    if num_frames < 2 or (info.source == "mnist" and num_frames > MNIST_FRAMES):
         raise ValueError(f"num_frames must be ≥ 2 (≤ {MNIST_FRAMES} for mnist), got {num_frames}")
     if k is not None and not 0 <= k < info.num_flows:
         raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
@@ -187,7 +216,7 @@ def sequence_dataset(
     choice = _Transformation(info.num_flows, k, group_size, seed)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-    if name == "mnist":
+    if info.source == "mnist":
         if data_dir is None:
             images, _ = load_embedded_mnist()
             indices = split_indices(len(images), split, test_fraction=test_fraction, split_seed=split_seed)
@@ -212,8 +241,6 @@ def sequence_dataset(
 
 def _ensure_absl_flags_parsed() -> None:
     """Grain's worker processes read absl flags; mark them parsed when no absl app did."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 

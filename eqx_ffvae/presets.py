@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from .flows import LaplacianMethod
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Everything a run needs besides the seed and where it writes."""
+    """Everything a run needs besides the seed and where it writes (`runs.resolve` applies overrides)."""
 
     dataset: str
     latent_dim: int
@@ -17,16 +19,16 @@ class Preset:
     batch_size: int
     learning_rate: float
     checkpoint_every: int
-    weak: bool = False
+    method: str = "ffvae"
     hj_weight: float = 1.0
     flow_kl_weight: float = 1.0
-    laplacian: str = "exact"
+    laplacian: LaplacianMethod = "exact"
     workers: int = 0
     eval_sequences: int = 600
     eval_batch_size: int = 50
     ll_samples: int = 100
     shift_batches: int = 20
-    slice_size: int | None = None  # None: FFVAEConfig's default
+    slice_size: int = 16
     about: str = ""
 
 
@@ -45,7 +47,7 @@ PRESETS = {
         about="SPEC §7 MNIST (d=324, batch 128, Adam 1e-4, 90k steps); full MNIST from --data-dir",
     ),
     "mnist-weak": Preset(
-        dataset="mnist", latent_dim=324, width=324, potential_width=324, weak=True, **_PAPER,
+        dataset="mnist", latent_dim=324, width=324, potential_width=324, method="ffvae-weak", **_PAPER,
         about="as mnist, weakly supervised: k is inferred by q(k|x̄)",
     ),
     "shapes3d": Preset(

@@ -9,11 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from evaluate import run_eval
-from loop import RunError, RunSpec, train
 
-from eqx_ffvae import methods
-from eqx_ffvae.checkpoint import Checkpointer
+from . import methods
+from .runs import RunError, RunSpec, atomic_write, evaluate_run, read_spec, restore_model, train
 
 
 def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
@@ -21,8 +19,11 @@ def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
     path = run_dir / "eval.json"
     if not path.exists() or not (run_dir / "config.json").exists():
         return None
-    result = json.loads(path.read_text())
-    saved = RunSpec.from_json(json.loads((run_dir / "config.json").read_text()))
+    try:
+        result = json.loads(path.read_text())
+        saved = read_spec(run_dir)
+    except (ValueError, RunError):
+        return None
     same = saved.identity() == spec.identity() and (saved.steps, saved.eval) == (spec.steps, spec.eval)
     return result if same and result.get("trained_steps") == spec.steps else None
 
@@ -32,16 +33,14 @@ def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
     if result is not None:
         return result, True
     tic = time.perf_counter()
-    model = train(spec, run_dir)
-    ckpt = Checkpointer(run_dir / "checkpoints")
-    last = ckpt.latest_step()
-    ckpt.close()
+    train(spec, run_dir)
+    model, last = restore_model(spec, run_dir)
     if last != spec.steps:
         raise RunError(f"{run_dir} stopped at step {last} of {spec.steps}; rerun compare to resume it")
-    result = run_eval(spec, model, run_dir, figures=False, quiet=True)
+    result = evaluate_run(spec, model)
     result["trained_steps"] = spec.steps
     result["seconds"] = time.perf_counter() - tic  # this invocation's training (or resumed part) + eval
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    atomic_write(run_dir / "eval.json", json.dumps(result, indent=2))
     return result, False
 
 
@@ -113,25 +112,23 @@ def to_markdown(rows: dict, transforms: list[str], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _share_compilation_cache(path: Path) -> None:
-    """Seeds of one method compile the same step: cache it (unless the user set a cache already)."""
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(path))
-
-
-def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
-    """Train/evaluate (or reuse) every (method, seed) run under `args.out`, then write the table;
-    `spec_for(method, seed)` resolves one run's configuration as `train` would."""
-    if args.seeds < 1:
-        raise RunError(f"--seeds must be ≥ 1, got {args.seeds}")
-    if not args.models:
+def run_compare(
+    models: list[str],
+    seeds: int,
+    out: Path,
+    spec_for: Callable[[str, int], RunSpec],
+    *,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict:
+    """Train/evaluate (or reuse) every (method, seed) run under `out`, then write compare.json and
+    compare.md; `spec_for(method, seed)` resolves one run's configuration as `train` would. `log`
+    receives one line per finished run and the table."""
+    if seeds < 1:
+        raise RunError(f"--seeds must be ≥ 1, got {seeds}")
+    if not models:
         raise RunError("--models is empty; name at least one method")
-    out = args.out or Path("runs") / f"compare-{args.preset}"
-    _share_compilation_cache(out / ".jax-cache")
-    names = list(dict.fromkeys(args.models))
-    plan = [(m, s) for s in range(args.seeds) for m in names]  # seed-major: a full first table early
+    names = list(dict.fromkeys(models))
+    plan = [(m, s) for s in range(seeds) for m in names]  # seed-major: a full first table early
     results: dict[str, list[dict]] = {}
     spec = None
     for i, (name, seed) in enumerate(plan):
@@ -143,10 +140,7 @@ def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
         results.setdefault(name, []).append(result)
         errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
         how = "reused" if reused else f"{secs:.0f} s"
-        print(
-            f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})",
-            flush=True,
-        )
+        log(f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})")
     transforms = list(results[plan[0][0]][0]["transformations"])
     rows = summarise({n: results[n] for n in names}, transforms)
     for name in names:
@@ -154,31 +148,30 @@ def run_compare(args, spec_for: Callable[[str, int], RunSpec]) -> dict:
         if secs:
             rows[name]["seconds_per_run"] = _stats(secs)
     setup = {
-        "preset": args.preset,
+        "preset": spec.preset,
         "dataset": spec.dataset,
         "steps": spec.steps,
         "batch_size": spec.batch_size,
         "learning_rate": spec.learning_rate,
-        "latent_dim": spec.model["latent_dim"],
-        "width": spec.model["width"],
-        "seeds": args.seeds,
-        "eval_sequences": spec.eval["eval_sequences"],
-        "ll_samples": spec.eval["ll_samples"],
+        "latent_dim": spec.model.latent_dim,
+        "width": spec.model.width,
+        "seeds": seeds,
+        "eval_sequences": spec.eval.eval_sequences,
+        "ll_samples": spec.eval.ll_samples,
     }
     header = (
-        f"Comparison on {spec.dataset} (preset {args.preset}): {spec.steps} steps × batch {spec.batch_size}, "
-        f"d = {setup['latent_dim']}, width {setup['width']}, {args.seeds} seed(s), "
+        f"Comparison on {spec.dataset} (preset {spec.preset}): {spec.steps} steps × batch {spec.batch_size}, "
+        f"d = {setup['latent_dim']}, width {setup['width']}, {seeds} seed(s), "
         f"{setup['eval_sequences']} held-out sequences, {setup['ll_samples']} importance samples."
     )
     summary = {
         "setup": setup,
         "methods": rows,
-        "runs": {n: [str(out / n / f"seed{s}") for s in range(args.seeds)] for n in results},
+        "runs": {n: [str(out / n / f"seed{s}") for s in range(seeds)] for n in results},
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "compare.json", json.dumps(summary, indent=2))
     table = to_markdown(rows, transforms, header)
-    (out / "compare.md").write_text(table)
-    print(table)
-    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    atomic_write(out / "compare.md", table)
+    log(table)
     return summary

@@ -1,0 +1,326 @@
+"""The command line: `python train/run.py …` or the installed `eqx-ffvae …` (the same program).
+
+A thin layer over `runs`: it parses typed options (tyro), prints, draws progress bars and figures, and
+owns the process-level settings (signal handlers, the compilation cache, returning freed memory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import jax
+import tyro
+from absl import flags
+from tqdm import tqdm
+
+from . import figures, methods, runs
+from .compare import run_compare
+from .evaluation import format_table
+from .presets import PRESETS
+from .runs import RunError
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+ModelName = Literal[tuple(methods.METHODS)]  # type: ignore[valid-type]
+
+SUBCOMMANDS = """subcommands (the first argument; train when omitted):
+  train     train a model (resuming --out if it holds a checkpoint), evaluate it, draw figures
+  eval      rewrite eval.json and the figures of a run from its newest checkpoint
+  sample    draw random latents pushed along every flow of a run
+  compare   train and evaluate several methods over seeds; write compare.json and compare.md
+"""
+
+
+def _preset_table() -> str:
+    head = f"{'preset':<11} {'data':<9} {'model':<11} {'d':>4} {'width':>5} {'steps':>6} {'batch':>5} {'lr':>7}  about"
+    rows = [
+        f"{name:<11} {p.dataset:<9} {p.method:<11} {p.latent_dim:>4} {p.width:>5} {p.steps:>6} {p.batch_size:>5} "
+        f"{p.learning_rate:>7.0e}  {p.about}"
+        for name, p in PRESETS.items()
+    ]
+    return "presets:\n  " + "\n  ".join([head, *rows])
+
+
+EPILOG = f"{SUBCOMMANDS}\n{_preset_table()}\n\nmodels: {', '.join(f'{n} ({m.label}, k: {m.supervision})' for n, m in methods.METHODS.items())}"
+
+
+def _per_preset(field: str) -> str:
+    values = {}
+    for name, p in PRESETS.items():
+        values.setdefault(getattr(p, field), []).append(name)
+    listed = "; ".join(f"{', '.join(names)}: {value}" for value, names in values.items())
+    return f"(default: the preset's — {listed})"
+
+
+def _override(help_text: str, field: str, metavar: str = "INT"):
+    return tyro.conf.arg(metavar=metavar, help=help_text, help_behavior_hint=_per_preset(field))
+
+
+@dataclasses.dataclass
+class Shared:
+    """Options a training run and a comparison share."""
+
+    preset: PresetName = "quick"
+    """the named configuration (the presets table above)"""
+    data_dir: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: embedded or procedural data)")] = None
+    """dataset folder (MNIST IDX files, 3dshapes.h5, or the PNG folder)"""
+    steps: Annotated[int | None, _override("training steps", "steps")] = None
+    latent_dim: Annotated[int | None, _override("latent dimension d", "latent_dim")] = None
+    width: Annotated[int | None, _override("conv width of the encoder/decoder", "width")] = None
+    potential_width: Annotated[
+        int | None, _override("hidden width of the potential and force MLPs (FFVAE, PoFlow)", "potential_width")
+    ] = None
+    workers: Annotated[int | None, _override("data-loading processes (0 = in the main process)", "workers")] = None
+    eval_sequences: Annotated[int | None, _override("held-out sequences scored", "eval_sequences")] = None
+    ll_samples: Annotated[
+        int | None, _override("importance samples per frame for the log-likelihood (SPEC: 100 for tables)", "ll_samples")
+    ] = None
+
+
+@dataclasses.dataclass
+class Train(Shared):
+    """Train a model (resuming --out if it holds a checkpoint), then evaluate it and draw figures."""
+
+    model: Annotated[
+        ModelName | None,
+        tyro.conf.arg(metavar="{" + ",".join(methods.METHODS) + "}", help_behavior_hint=_per_preset("method")),
+    ] = None
+    """the method: ffvae (k observed), ffvae-weak (k inferred), ffvae-group (the authors' variant: one k
+    per batch) or a baseline"""
+    seed: int = 0
+    """seeds the model, the data order and the training noise"""
+    out: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/<preset>-<time>/)")] = None
+    """run directory; one holding a checkpoint is resumed"""
+    fresh: bool = False
+    """delete what an earlier run wrote in --out (only in a run directory) and start over"""
+    batch_size: Annotated[int | None, _override("sequences per step, over all devices", "batch_size")] = None
+    learning_rate: Annotated[float | None, _override("Adam learning rate", "learning_rate", "FLOAT")] = None
+    checkpoint_every: Annotated[
+        int | None, _override("save a checkpoint every N steps (and always at the end)", "checkpoint_every")
+    ] = None
+    laplacian: Annotated[
+        Literal["exact", "hvp", "hessian", "hutchinson"] | None,
+        tyro.conf.arg(metavar="{exact,hvp,hessian,hutchinson}", help_behavior_hint=_per_preset("laplacian")),
+    ] = None
+    """divergence of the flows: exact (forward-mode trace), hvp / hessian (slower exact references), or
+    Hutchinson's estimator"""
+    slice_size: Annotated[
+        int | None,
+        _override("sequences per flow slice and decoder chunk (memory and speed, never the numbers; "
+                  "on a GPU pass the batch size)", "slice_size"),
+    ] = None
+    factor_sizes: Annotated[
+        tuple[int, ...] | None, tyro.conf.arg(metavar="INT…", help_behavior_hint="(default: the dataset's grid)")
+    ] = None
+    """override the dataset's factor grid (a reduced grid of a factor dataset, e.g. for tests)"""
+    num_frames: Annotated[int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: the dataset's)")] = None
+    """frames per sequence T+1"""
+    matmul_precision: Literal["float32", "tensorfloat32", "bfloat16"] = "float32"
+    """precision of the step's matmuls/convs on GPUs/TPUs (tensorfloat32, bfloat16: faster); CPUs use float32"""
+    skip_eval: bool = False
+    """train only; run `eval --run DIR` later"""
+    coordinator: Annotated[str | None, tyro.conf.arg(metavar="HOST:PORT", help_behavior_hint="(default: one host)")] = None
+    """multi-host: address of process 0 (jax.distributed); also needs --num-processes/--process-id"""
+    num_processes: int = 1
+    """multi-host: number of processes"""
+    process_id: int = 0
+    """multi-host: this process's index"""
+
+
+@dataclasses.dataclass
+class Eval:
+    """Evaluate a saved run: rewrite its eval.json and figures from its newest checkpoint."""
+
+    run: Path
+    """the run directory (holds config.json and checkpoints/)"""
+
+
+@dataclasses.dataclass
+class Sample:
+    """Draw random latents pushed along every flow of a saved run."""
+
+    run: Path
+    """the run directory"""
+    num: int = 6
+    """samples per flow"""
+    seed: int = 0
+    """seeds the random latents"""
+
+
+@dataclasses.dataclass
+class Compare(Shared):
+    """Train and evaluate every listed method for the same steps, batch and width over several seeds;
+    write compare.json and compare.md (methods × E_k per transformation and log-likelihood, mean ± std).
+    Re-running resumes: finished runs are reused, interrupted ones continue from their checkpoints."""
+
+    seeds: int = 3
+    """seeds 0 … N−1 per method"""
+    models: tuple[ModelName, ...] = tuple(methods.METHODS)
+    """methods to compare (rows of the table)"""
+    out: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/compare-<preset>)")] = None
+    """where the runs and the table go"""
+
+
+COMMANDS = {"train": Train, "eval": Eval, "sample": Sample, "compare": Compare}
+_SHARED = tuple(f.name for f in dataclasses.fields(Shared))
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM outside the training loop."""
+
+
+def spec_from(args: Train | Compare, *, model: str | None = None, seed: int = 0, notes: list[str] | None = None) -> runs.RunSpec:
+    """The RunSpec the options describe (`model`/`seed` for a comparison's runs)."""
+    shared = {name: getattr(args, name) for name in _SHARED}
+    model_fields = {"latent_dim": shared.pop("latent_dim"), "width": shared.pop("width"),
+                    "potential_width": shared.pop("potential_width")}
+    if isinstance(args, Train):
+        model, seed = args.model, args.seed
+        model_fields.update(laplacian=args.laplacian, num_frames=args.num_frames)
+        shared.update(
+            batch_size=args.batch_size, learning_rate=args.learning_rate, checkpoint_every=args.checkpoint_every,
+            slice_size=args.slice_size, factor_sizes=args.factor_sizes, matmul_precision=args.matmul_precision,
+        )
+    return runs.resolve(model=model, seed=seed, notes=notes, **shared, **model_fields)
+
+
+def release_free_memory() -> bool:
+    """Give the C allocator's free pages back to the OS (glibc's `malloc_trim`); False where unavailable.
+
+    Compiling a large step frees hundreds of MB of XLA scratch that glibc keeps mapped; the step's
+    own buffers are then allocated anew on top, so without this the process's peak RSS counts both.
+    """
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(trim(0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]) and run the command; the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    name = argv[0] if argv and argv[0] in COMMANDS else "train"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    cls = COMMANDS[name]
+    args = tyro.cli(
+        cls,
+        args=rest,
+        prog=f"run.py {name}",
+        description=f"{(cls.__doc__ or '').strip()}\n\n{EPILOG}",
+    )
+    stop = {"reason": None, "training": False}
+
+    def on_signal(signum, frame):
+        stop["reason"] = signal.Signals(signum).name
+        if not stop["training"]:
+            raise Interrupted(stop["reason"])
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _dispatch(name, args, stop)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as why:
+        print(f"{why}: stopped; nothing partial was written (rerun the same command to continue)", file=sys.stderr)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _dispatch(name: str, args, stop: dict) -> int:
+    if name == "train":
+        return _train(args, stop)
+    if name == "compare":
+        out = args.out or Path("runs") / f"compare-{args.preset}"
+        if not jax.config.jax_compilation_cache_dir:  # seeds of one method compile the same step
+            jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
+        run_compare(list(args.models), args.seeds, out, lambda m, s: spec_from(args, model=m, seed=s),
+                    log=lambda line: print(line, flush=True))
+        print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+        return 0
+    spec = runs.read_spec(args.run)
+    model, step = runs.restore_model(spec, args.run)
+    print(f"loaded {args.run} at step {step}")
+    if name == "eval":
+        _evaluate(spec, model, args.run)
+    else:
+        out = figures.draw_samples(spec, model, args.run, num=args.num, seed=args.seed)
+        print(f"wrote {len(spec.transforms)} sample grids to {out}")
+    return 0
+
+
+def _train(args: Train, stop: dict) -> int:
+    if args.coordinator is not None:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    notes: list[str] = []
+    spec = spec_from(args, notes=notes)
+    out = args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    main_process = jax.process_index() == 0
+    say = print if main_process else (lambda *a, **k: None)
+    for note in notes:
+        say(note)
+    say(json.dumps(spec.to_json(), indent=2))
+    say(f"run directory: {out}")
+    start_time = time.perf_counter()
+    run = runs.TrainingRun(spec, out, fresh=args.fresh, should_stop=lambda: stop["reason"])
+    bar = None
+    stop["training"] = True
+    try:
+        for event in run:
+            if isinstance(event, runs.Started):
+                for note in event.notes:
+                    say(note)
+                if event.resumed and event.start < event.total:
+                    say(f"resuming {out} from step {event.start}")
+                bar = tqdm(total=event.total, initial=event.start, disable=not main_process, desc="train", dynamic_ncols=True)
+            elif isinstance(event, runs.Compiled):
+                release_free_memory()
+                bar.write(f"compiled the training step in {event.seconds:.1f} s")
+            elif isinstance(event, runs.StepRecord):
+                bar.set_postfix(loss=f"{event.terms['loss']:.1f}", seq_s=f"{event.sequences_per_s:.0f}", refresh=False)
+                bar.update(1)
+            elif isinstance(event, runs.Stopped):
+                bar.write(f"{event.reason}: saved step {event.step} in {out / 'checkpoints'}; rerun the same command to resume")
+                return 0
+    finally:
+        stop["training"] = False
+        if bar is not None:
+            bar.close()
+    if stop["reason"]:
+        raise Interrupted(stop["reason"])
+    if run.trained_steps:
+        say(f"trained {run.trained_steps} steps in {time.perf_counter() - start_time:.0f} s")
+    if main_process and not args.skip_eval:
+        _evaluate(spec, runs.local_copy(run.model), out)
+        say(f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start_time:.0f} s")
+    return 0
+
+
+def _evaluate(spec: runs.RunSpec, model, run_dir: Path) -> dict:
+    with runs.locked(Path(run_dir)):
+        result, test, shifts = runs.evaluate_with_batches(spec, model)
+        runs.atomic_write(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
+        print(format_table(result))
+        figures.draw_figures(
+            spec, model, test, Path(run_dir) / "figures", shifts, figures.matched_flows(result, len(spec.transforms))
+        )
+    return result
+
+
+def entry() -> None:
+    """The console script and `python train/run.py`: absl flags marked parsed (Grain's workers read
+    them), then `main`."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    sys.exit(main())
+

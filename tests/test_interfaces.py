@@ -1,0 +1,193 @@
+"""Every registered method honours the declared interface; the package's structure stays layered.
+
+The registry (`methods.METHODS`) is the list of methods: a new one is tested here by being registered.
+"""
+
+import ast
+import math
+import re
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import eqx_ffvae as ff
+from eqx_ffvae import methods
+from eqx_ffvae.evaluation import evaluate, fit_linear_shifts
+from eqx_ffvae.interfaces import AbstractAdversarialModel, AbstractSequenceModel, AbstractTransportModel
+from eqx_ffvae.training import init_opt_state, make_optimizer, make_step, with_step
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "eqx_ffvae"
+SHAPE, FRAMES, FLOWS = (3, 28, 28), 3, 3
+TINY = {"image_shape": SHAPE, "num_frames": FRAMES, "num_flows": FLOWS, "latent_dim": 6, "width": 2,
+        "potential_width": 8, "classifier_width": 8, "disc_width": 8}
+
+
+def _own_classes(cls: type) -> list[type]:
+    return [c for c in cls.__mro__ if c.__module__.startswith("eqx_ffvae")]
+
+
+def _is_abstract(value) -> bool:
+    target = value.fget if isinstance(value, property) else value
+    return bool(getattr(target, "__isabstractmethod__", False))
+
+
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_classes_are_abstract_or_final_and_never_override_a_concrete_method(name):
+    """Equinox's abstract/final pattern: every base of a registered model class is an `Abstract…`
+    class, and no method (or property) that a class defines concretely is redefined below it."""
+    own = _own_classes(methods.get_method(name).model_cls)
+    assert issubclass(own[0], AbstractSequenceModel)
+    for base in own[1:]:
+        assert base.__name__.startswith("Abstract"), f"{own[0].__name__} subclasses the concrete {base.__name__}"
+    for i, cls in enumerate(own):
+        for attr, value in vars(cls).items():
+            if attr.startswith("__") or not (callable(value) or isinstance(value, property)) or _is_abstract(value):
+                continue
+            for sub in own[:i]:
+                assert attr not in vars(sub), f"{sub.__name__}.{attr} overrides the concrete {cls.__name__}.{attr}"
+
+
+@pytest.fixture(scope="module")
+def batch():
+    key = jr.key(0)
+    return {"frames": jr.uniform(key, (4, FRAMES, *SHAPE)), "k": jnp.array([0, 1, 2, 0], jnp.int32)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_every_method_trains_two_steps_and_evaluates(name, batch):
+    """Through the interface only: build from the registry, two steps of `make_step`, held-out metrics."""
+    fields = {k: v for k, v in TINY.items() if k in methods.config_fields(name)}
+    model = methods.make_model(name, methods.make_config(name, **fields), key=jr.key(1))
+    assert isinstance(model, AbstractSequenceModel)
+    optimizer = make_optimizer(1e-3)
+    opt_state = init_opt_state(model, optimizer)
+    step = make_step(optimizer, slice_size=2)
+    losses = []
+    for i in range(2):
+        model, opt_state, loss, terms = step(model, opt_state, with_step(dict(batch), i), jr.key(10 + i))
+        losses.append(float(loss))
+        assert {"loss", "elbo"} <= set(terms)
+    assert all(map(math.isfinite, losses)), losses
+    if isinstance(model, AbstractAdversarialModel):
+        assert "discriminator" in terms
+    shifts = fit_linear_shifts(model, [batch], FLOWS)
+    result = evaluate(model, [batch], shifts, transform_names=("a", "b", "c"), key=jr.key(2), num_samples=2)
+    assert result["transformation"] == ("own" if isinstance(model, AbstractTransportModel) else "linear shift")
+    assert math.isfinite(result["log_likelihood"])
+    for entry in result["transformations"].values():
+        assert math.isfinite(entry["equivariance_error"])
+
+
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if issubclass(m.model_cls, AbstractTransportModel)])
+def test_transport_models_compose_one_hot_as_transport(name):
+    fields = {k: v for k, v in TINY.items() if k in methods.config_fields(name)}
+    model = methods.get_method(name).model_cls(methods.make_config(name, **fields), key=jr.key(3))
+    z0 = jr.normal(jr.key(4), (model.config.latent_dim,))
+    for k in range(model.num_flows):
+        np.testing.assert_allclose(
+            model.compose(jax.nn.one_hot(k, model.num_flows), z0), model.transport(k, z0), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_make_config_lets_the_caller_win_and_names_unknown_fields():
+    assert methods.make_config("beta-vae").beta == 4.0
+    assert methods.make_config("beta-vae", beta=8.0).beta == 8.0
+    with pytest.raises(ValueError, match=r"'latent_dmi'.*valid fields: .*latent_dim"):
+        methods.make_config("vae", latent_dmi=3)
+
+
+# ---- structure -----------------------------------------------------------------------------------
+
+
+def _python_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
+
+
+def test_no_probing_dispatch_and_no_path_edits():
+    pattern = re.compile(r"hasattr|getattr\(model|sys\.path")
+    files = _python_files("eqx_ffvae", "train", "benchmarks", "tests") + [ROOT / "notebooks" / "explore.ipynb"]
+    hits = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for path in files
+        if path != Path(__file__)
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits, hits
+
+
+def _imports(path: Path) -> tuple[set[str], list[int]]:
+    """(modules of eqx_ffvae this file imports at top level, lines of imports inside functions)."""
+    tree = ast.parse(path.read_text())
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    targets, local = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            local += [n.lineno for n in ast.walk(node) if isinstance(n, ast.Import | ast.ImportFrom)]
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            stem = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                candidate = f"{stem}.{alias.name}"
+                targets.add(candidate if (ROOT / (candidate.replace(".", "/") + ".py")).exists()
+                            or (ROOT / candidate.replace(".", "/")).is_dir() else stem)
+    return {t.removesuffix(".__init__") for t in targets}, local
+
+
+def test_no_import_cycle_and_no_function_local_imports():
+    graph, local = {}, {}
+    for path in _python_files("eqx_ffvae"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[module], lines = _imports(path)
+        if lines:
+            local[module] = lines
+    assert not local, f"function-local imports: {local}"
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if nxt == node or nxt not in graph or nxt == "eqx_ffvae":
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError(f"import cycle: {' → '.join([*trail, nxt])}")
+            if not state.get(nxt):
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for module in graph:
+        if module != "eqx_ffvae" and not state.get(module):
+            visit(module, [module])
+
+
+def test_distributions_is_the_ground_floor():
+    imported, _ = _imports(PACKAGE / "distributions.py")
+    assert not imported
+
+
+def test_no_file_shadows_an_installed_package():
+    import importlib.util
+
+    for path in _python_files("train", "benchmarks"):
+        spec = importlib.util.find_spec(path.stem) if path.stem != "run" else None
+        assert spec is None or Path(spec.origin or "") == path, f"{path} shadows the installed {path.stem}"
+
+
+def test_a_finished_run_loads_without_train(tmp_path):
+    """`load_run` restores model and spec from a run directory (here written by the library itself)."""
+    spec = ff.runs.resolve(steps=1, latent_dim=4, width=2, potential_width=8, batch_size=4, eval_sequences=4)
+    trained = ff.runs.train(spec, tmp_path / "run")
+    model, loaded = ff.load_run(tmp_path / "run")
+    assert loaded == spec
+    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(eqx.filter(trained, eqx.is_array)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
