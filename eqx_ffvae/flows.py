@@ -13,7 +13,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar, ScalarLike
 
-from .potentials import AbstractPotential
+from .potentials import AbstractPotential, hvp_grad_and_laplacian
 
 LaplacianMethod = Literal["exact", "hvp", "hessian", "hutchinson"]
 _METHODS = ("exact", "hvp", "hessian", "hutchinson")
@@ -44,7 +44,7 @@ def velocity_and_laplacian(
     if method == "none":
         return velocity(pot, t, z), jnp.zeros((), z.dtype)
     if method == "hvp":
-        return hvpvelocity_and_laplacian(lambda x: pot(t, x), z)
+        return hvp_grad_and_laplacian(lambda x: pot(t, x), z)
     if method == "hessian":
         u = lambda x: pot(t, x)  # noqa: E731
         return jax.grad(u)(z), jnp.trace(jax.hessian(u)(z))

@@ -406,8 +406,11 @@ def locked(run_dir: Path) -> Iterator[None]:
     Another process holding it → RunError naming its pid and host. The OS drops the lock when the
     holder dies, so a lock left by a killed run is simply taken.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunError(f"cannot write to --out {run_dir} ({err.strerror}); choose a writable directory") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -583,6 +586,7 @@ class TrainingRun:
 
     def __iter__(self) -> Iterator[Event]:
         is_main = jax.process_index() == 0
+        check_data(self.spec)  # before anything is written, even the lock
         lock = locked(self.run_dir) if is_main else contextlib.nullcontext()
         with lock:
             yield from self._run(is_main)
@@ -590,7 +594,6 @@ class TrainingRun:
     def _run(self, is_main: bool) -> Iterator[Event]:
         spec, run_dir = self.spec, self.run_dir
         process_index, process_count = jax.process_index(), jax.process_count()
-        check_data(spec)
         if self.fresh and is_main:
             clear_run(run_dir)
         model, optimizer, opt_state = build(spec)

@@ -151,7 +151,7 @@ def make_step(
     return step
 
 
-def with_step(batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+def with_step(batch: dict[str, Any], step: int) -> dict[str, Any]:
     """The batch with its "step" row added (the training step number, once per sequence)."""
     return {**batch, "step": np.full(np.shape(batch["k"]), step, np.int32)}
 

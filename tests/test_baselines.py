@@ -231,17 +231,9 @@ BASELINES = [name for name in ff.methods.METHODS if not name.startswith("ffvae")
 def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
     """(The FFVAE and its weak variant take two steps at every preset in test_train.py.)"""
     for dataset, (shape, frames, num_flows) in PRESET_SHAPES.items():
-        config = ff.methods.make_config(
-            name,
-            image_shape=shape,
-            num_frames=frames,
-            latent_dim=12,
-            num_flows=num_flows,
-            width=2,
-            potential_width=8,
-            classifier_width=8,
-            disc_width=8,
-        )
+        settings = dict(image_shape=shape, num_frames=frames, latent_dim=12, num_flows=num_flows, width=2,
+                        potential_width=8, classifier_width=8, disc_width=8)
+        config = ff.methods.make_config(name, **{k: v for k, v in settings.items() if k in ff.methods.config_fields(name)})
         model = ff.methods.get_method(name).model_cls(config, key=getkey())  # eager: shapes repeat, compiles cached
         optimizer = make_optimizer(1e-3)
         opt_state = init_opt_state(model, optimizer)

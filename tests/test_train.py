@@ -266,8 +266,10 @@ def _one_line_error(run_module, capsys, args, match):
 
 
 def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run):
-    _one_line_error(run_module, capsys, ["--preset", "cifar"], "unknown preset 'cifar'")
-    _one_line_error(run_module, capsys, ["--steps", "0"], "--steps must be ≥ 1, got 0")
+    with pytest.raises(SystemExit) as exit_:  # tyro names the choices
+        run_module.main(["--preset", "cifar"])
+    assert exit_.value.code == 2 and "quick" in capsys.readouterr().err
+    _one_line_error(run_module, capsys, ["--steps", "0"], "--steps must be an integer ≥ 1, got 0")
     _one_line_error(run_module, capsys, ["--preset", "falcor3d"], "needs --data-dir")
     _one_line_error(run_module, capsys, ["--data-dir", str(tmp_path / "absent")], "absent does not exist")
     _one_line_error(run_module, capsys, ["--preset", "falcor3d", "--data-dir", str(tmp_path)], "holds no .png")

@@ -202,15 +202,9 @@ def test_group_size_excludes_a_fixed_k():
 
 
 def _run_cli():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from eqx_ffvae import cli
 
-    spec = importlib.util.spec_from_file_location("ffvae_run_weak", Path(__file__).resolve().parents[1] / "train" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return cli
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def _check_count(path: Path, count: int, factor_sizes: tuple[int, ...]) -> None:
     if count != expected:
         raise ValueError(
             f"{path} holds {count} images but the factor grid {factor_sizes} needs {expected}; "
-            "point at the complete dataset or pass factor_sizes= matching it"
+            "point at the complete dataset or pass --factor-sizes matching it"
         )
 
 
@@ -42,7 +42,11 @@ class Shapes3DSource:
         if not self.path.is_file():
             raise FileNotFoundError(f"Shapes3D file {self.path} does not exist (expected 3dshapes.h5)")
         self.factor_sizes = tuple(factor_sizes)
-        with h5py.File(self.path, "r") as f:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(f"{self.path} is not a readable HDF5 file ({err}); point at DeepMind's 3dshapes.h5") from None
+        with f:
             for key in ("images", "labels"):
                 if key not in f:
                     raise ValueError(f"{self.path} has no dataset {key!r}; a Shapes3D file holds 'images' and 'labels'")

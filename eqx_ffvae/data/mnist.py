@@ -8,6 +8,7 @@ import importlib.resources
 import os
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one (optionally gzipped) IDX file of unsigned bytes."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(
+            f"{path} cannot be read ({type(err).__name__}: {err}): truncated or not gzip; download it again"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()})")
     ndim = data[3]
@@ -54,8 +60,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def load_mnist_idx(data_dir: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Standard MNIST from `data_dir` (`train-images-idx3-ubyte.gz`, …): images (N, 28, 28), labels (N,)."""
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise FileNotFoundError(f"MNIST --data-dir {data_dir} is a file; pass the folder that holds the MNIST IDX files")
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"MNIST directory {data_dir} does not exist (pass --data-dir, or download=True)")
+        raise FileNotFoundError(f"MNIST directory {data_dir} does not exist (pass the folder that holds the IDX files)")
     if split not in _SPLIT_FILES:
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
     paths = []
