@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import inspect
 import json
 import signal
 import sys
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         cls,
         args=rest,
         prog=f"run.py {name}",
-        description=f"{(cls.__doc__ or '').strip()}\n\n{EPILOG}",
+        description=f"{inspect.cleandoc(cls.__doc__ or '')}\n\n{EPILOG}",
     )
     stop = {"reason": None, "training": False}
 
