@@ -15,7 +15,7 @@ import numpy as np
 from . import viz
 from .evaluation import infers_flow
 from .interfaces import AbstractSequenceModel, AbstractTransportModel
-from .runs import RunError, RunSpec
+from .runs import RunError, RunSpec, read_metrics
 
 LOSS_TERMS = (
     "loss", "recon", "kl0", "kl", "kl_flow", "hj", "q_distill", "agreement", "tc", "kl_slow", "wave", "classifier"
@@ -77,22 +77,11 @@ def draw_figures(
         viz.save_gif(out / f"flow_{name}.gif", [x, model_frames])
     if len(transforms) >= 2 and moves:
         _draw_composition(spec, model, jnp.asarray(frames[0, 0]), flows, out, encode)
-    records = [json.loads(line) for line in _lines(out.parent / "metrics.jsonl")]
+    records = read_metrics(out.parent / "metrics.jsonl")
     if records:
         viz.save_loss_curves(out / "loss.png", records, LOSS_TERMS)
         if any("usage_0" in r for r in records):
             viz.save_usage_curves(out / "flow_usage.png", records, len(transforms))
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    try:
-        json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        lines = lines[:-1]  # a partial last line of a killed run
-    return lines
 
 
 def _draw_composition(spec: RunSpec, model: AbstractTransportModel, x0, flows: list[int], out: Path, encode) -> None:

@@ -343,11 +343,8 @@ def read_spec(run_dir: str | os.PathLike) -> RunSpec:
 
 def load_run(run_dir: str | os.PathLike) -> tuple[AbstractSequenceModel, RunSpec]:
     """(model, spec) of a run directory, the model at its newest readable checkpoint. Reads only."""
-    run_dir = Path(run_dir)
     spec = read_spec(run_dir)
-    model, _, opt_state = build(spec)
-    (model, _), _, _, _, _ = _restore(run_dir, spec, (model, opt_state), move_damaged=False)
-    return model, spec
+    return restore_model(spec, run_dir)[0], spec
 
 
 def restore_model(spec: RunSpec, run_dir: str | os.PathLike) -> tuple[AbstractSequenceModel, int]:
@@ -486,7 +483,7 @@ def _check_same_run(spec: RunSpec, saved: RunSpec, run_dir: Path) -> None:
     )
 
 
-def _read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict]:
     """The records of metrics.jsonl, skipping a partial (unparseable) last line."""
     if not path.exists():
         return []
@@ -508,7 +505,7 @@ def _cut_metrics(path: Path, last_step: int) -> None:
     """Keep the records up to `last_step` (a killed run may have logged past its checkpoint)."""
     if not path.exists():
         return
-    keep = [r for r in _read_metrics(path) if r.get("step", 0) <= last_step]
+    keep = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
