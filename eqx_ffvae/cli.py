@@ -205,8 +205,13 @@ def release_free_memory() -> bool:
     return bool(trim(0))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` (default: sys.argv[1:]) and run the command; the exit status."""
+def main(argv: list[str] | None = None, *, share_compilation_cache: bool = False) -> int:
+    """Parse `argv` (default: sys.argv[1:]) and run the command; the exit status.
+
+    `share_compilation_cache`: `compare` turns on JAX's persistent compilation cache (in its --out)
+    so that the seeds of one method reuse one compiled step. It is a process-wide setting that
+    outlives the call, so only the program (`entry`) asks for it, never a caller in a larger process.
+    """
     argv = sys.argv[1:] if argv is None else argv
     name = argv[0] if argv and argv[0] in COMMANDS else "train"
     rest = argv[1:] if argv and argv[0] in COMMANDS else argv
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _dispatch(name, args, stop)
+        return _dispatch(name, args, stop, share_compilation_cache)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -238,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
 
 
-def _dispatch(name: str, args, stop: dict) -> int:
+def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool) -> int:
     if name == "train":
         return _train(args, stop)
     if name == "compare":
         out = args.out or Path("runs") / f"compare-{args.preset}"
-        if not jax.config.jax_compilation_cache_dir:  # seeds of one method compile the same step
+        if share_compilation_cache and not jax.config.jax_compilation_cache_dir:
             jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
         run_compare(list(args.models), args.seeds, out, lambda m, s: spec_from(args, model=m, seed=s),
                     log=lambda line: print(line, flush=True))
@@ -323,5 +328,5 @@ def entry() -> None:
     them), then `main`."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    sys.exit(main())
+    sys.exit(main(share_compilation_cache=True))
 
