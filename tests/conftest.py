@@ -3,12 +3,21 @@ import os
 import shutil
 import tempfile
 
-# One persistent compilation cache for the session, its xdist workers and the training runs it
-# starts as subprocesses (they inherit the variable): runs of one configuration (resume, README
-# commands) compile once. A fresh directory per session, so no run starts with a warm cache.
+# One persistent compilation cache per session, a folder of it per xdist worker, shared with the
+# training runs that worker starts as subprocesses (they inherit the variable): runs of one
+# configuration (resume, README commands) compile once. Not one folder for all workers: JAX writes a
+# cache entry in place (not atomically), so a worker reading an entry another worker is still writing
+# deserialises a truncated executable and aborts (a worker crash in CI). A fresh root per session, so
+# no run starts with a warm cache.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="eqx_ffvae-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+if "PYTEST_XDIST_WORKER" in os.environ and "EQX_FFVAE_TEST_WORKER_CACHE" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+        os.environ["JAX_COMPILATION_CACHE_DIR"], os.environ["PYTEST_XDIST_WORKER"]
+    )
+    os.makedirs(os.environ["JAX_COMPILATION_CACHE_DIR"], exist_ok=True)
+    os.environ["EQX_FFVAE_TEST_WORKER_CACHE"] = "1"
 # Every program, however quick to compile (JAX's default keeps only those over 1 s): building a model
 # eagerly compiles one small program per weight shape, ~6.5 s for the quick preset's, and each worker
 # and each training subprocess builds the same models again; from the cache that is ~1 s.
@@ -23,6 +32,7 @@ import jax.random as jr
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture
