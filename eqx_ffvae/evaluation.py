@@ -11,10 +11,12 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import PRNGKeyArray
 from scipy.optimize import linear_sum_assignment
+from tqdm.auto import tqdm
 
 from . import metrics
+from .data.transforms import MNIST_PAIRS
 from .interfaces import AbstractSequenceModel, AbstractTransportModel
-from .model import FlowFactorizedVAE
+from .model import AbstractPotentialFlowModel, FlowFactorizedVAE
 
 
 @eqx.filter_jit
@@ -23,27 +25,65 @@ def _shift_sums(model, frames, ks, num_flows):
 
 
 @eqx.filter_jit
-def _scores(model, frames, ks, shifts, key, num_samples):
+def _inferred_flows(model, frames):
+    return jax.vmap(lambda x: jnp.argmax(model.flow_posterior_logits(x)))(frames)
+
+
+@eqx.filter_jit
+def _scores(model, batch, shifts, matching, key, num_samples):
+    """Every per-sequence number of SPEC §5 for one batch (`jax.lax.map` over its sequences)."""
+    frames, ks = batch["frames"], batch["k"]
     keys = jr.split(key, frames.shape[0])
-    inferred = infers_flow(model)
+    inferred, transport = infers_flow(model), has_transport(model)
+    horizon = frames.shape[1] - 1
+    probes = "extrapolation" in batch
+    num_flows = shifts.shape[0]
 
     def one(args):
-        x, k, kk = args
-        linear = metrics.equivariance_error_linear(model, x, k, shifts)
+        x, k, kk = args[:3]
+        mu, _ = model.encode(x[0])
         flow = jnp.argmax(model.flow_posterior_logits(x)) if inferred else k
+        out = {
+            "flow": flow,
+            "linear": metrics.equivariance_error_linear(model, x, k, shifts),
+            "identity": metrics.equivariance_error_identity(model, x),
+        }
+        out["own"] = metrics.equivariance_error(model, x, flow) if transport else out["linear"]
         if inferred:
-            ll = metrics.marginal_log_likelihood(model, x, key=kk, num_samples=num_samples)
+            out["ll"], out["ess"] = metrics.marginal_log_likelihood(model, x, key=kk, num_samples=num_samples)
         else:
-            ll = metrics.log_likelihood(model, x, k, key=kk, num_samples=num_samples)
-        return (
-            metrics.equivariance_error(model, x, flow) if has_transport(model) else linear,
-            metrics.equivariance_error_identity(model, x),
-            linear,
-            ll,
-            flow,
-        )
+            out["ll"], out["ess"] = metrics.log_likelihood(model, x, k, key=kk, num_samples=num_samples)
+        if isinstance(model, AbstractPotentialFlowModel):
+            path = model.map_density(flow, mu, 0.0)
+            out["min_eigenvalue"], out["logdet_gap"] = path.min_eigenvalue, path.logdet_gap
+        if probes:
+            extra, pairs = args[3], args[4]
+            linear = mu[None] + metrics.continued_shifts(shifts, horizon)[k]
+            out["extrapolation_linear"] = metrics.l1_error(model, linear, extra)
+            out["extrapolation_identity"] = metrics.l1_error(model, jnp.broadcast_to(mu, linear.shape), extra)
+            out["extrapolation"] = (
+                metrics.l1_error(model, metrics.extrapolation_path(model, x[0], flow, horizon), extra)
+                if transport
+                else out["extrapolation_linear"]
+            )
+            own, lin, ident = [], [], []
+            for i, (a, b) in enumerate(MNIST_PAIRS):
+                target = pairs[i]
+                zs_lin = mu[None] + shifts[a] + shifts[b]
+                lin.append(metrics.l1_error(model, zs_lin[1:], target[1:]))
+                ident.append(metrics.l1_error(model, jnp.broadcast_to(mu, zs_lin[1:].shape), target[1:]))
+                if transport:
+                    weights = jax.nn.one_hot(matching[a], num_flows) + jax.nn.one_hot(matching[b], num_flows)
+                    zs = metrics.composition_path(model, x[0], weights, horizon + 1)
+                    own.append(metrics.l1_error(model, zs[1:], target[1:]))
+                else:
+                    own.append(lin[-1])
+            out["composition"], out["composition_linear"] = jnp.stack(own), jnp.stack(lin)
+            out["composition_identity"] = jnp.stack(ident)
+        return out
 
-    return jax.lax.map(one, (frames, ks, keys))
+    args = (frames, ks, keys) + ((batch["extrapolation"], batch["composition"]) if probes else ())
+    return jax.lax.map(one, args)
 
 
 def has_transport(model: AbstractSequenceModel) -> bool:
@@ -91,35 +131,50 @@ def fit_linear_shifts(model: AbstractSequenceModel, batches: Iterable[dict], num
 
 def evaluate(
     model: AbstractSequenceModel,
-    test_batches: Iterable[dict],
+    test_batches: Sequence[dict],
     shifts: jax.Array,
     *,
     transform_names: Sequence[str],
     key: PRNGKeyArray,
     num_samples: int = 100,
 ) -> dict:
-    """Per transformation: E_k of the model's own transformation (the best linear shift for models
-    without one, SPEC §5), of standing still and of the linear shift; importance-sampled
-    log-likelihood (nats per image) overall and per frame; sequence counts.
+    """SPEC §5 on held-out batches. Per transformation: E_k with each probe the model admits —
+    `equivariance_error` (its own transformation; the best linear shift for a model without one),
+    `equivariance_error_linear`, `equivariance_error_identity` — and past the trained horizon
+    (`equivariance_error_extrapolation[_linear|_identity]`, t = T+1 … 2T); the defensive-mixture
+    log-likelihood overall and per frame with its `effective_sample_size`. Top level: E over pairs
+    of transformations applied together (`equivariance_error_composition`, batches that carry the
+    probes' ground truth, i.e. MNIST) and, for potential-flow models, per flow the smallest eigenvalue
+    of I + h∇²u met along held-out paths from μ(x_0) (`min_eigenvalue`; the Euler map is invertible
+    iff > 0) and the mean Σ(h Δu − log det(I + h∇²u)) at frame T (`logdet_gap`: how much lower the
+    trace form puts log q_T).
 
-    A model that does not observe k (`infers_flow`) moves each sequence along the flow its
-    q(k | x̄) infers, its likelihood marginalises k, and the result gains `flow_assignment`
-    (`flow_assignment()`): E_k stays per *true* transformation.
+    A model that does not observe k (`infers_flow`) moves each sequence along the flow its q(k | x̄)
+    infers; composition uses the flows matched to the two transformations; its likelihood marginalises
+    k, and the result gains `flow_assignment`. E_k stays per *true* transformation.
     """
-    cols: dict[str, list] = {"k": [], "own": [], "identity": [], "linear": [], "ll": [], "flow": []}
-    for i, batch in enumerate(test_batches):
-        frames, ks = jnp.asarray(batch["frames"]), jnp.asarray(batch["k"])
-        scores = _scores(model, frames, ks, shifts, jr.fold_in(key, i), num_samples)
-        for name, value in zip(cols, (ks, *scores)):
-            cols[name].append(np.asarray(value))
-    if not cols["k"]:
+    test_batches = [{name: jnp.asarray(v) for name, v in batch.items()} for batch in test_batches]
+    if not test_batches:
         raise ValueError("evaluate needs at least one test batch")
+    num_flows = len(transform_names)
+    ks = np.concatenate([np.asarray(b["k"]) for b in test_batches])
+    assignment = None
+    matching = jnp.arange(num_flows)
+    if infers_flow(model):
+        flows = np.concatenate([np.asarray(_inferred_flows(model, b["frames"])) for b in test_batches])
+        assignment = flow_assignment(ks, flows, num_flows)
+        matching = jnp.asarray(assignment["matching"])
+    cols: dict[str, list] = {}
+    for i, batch in enumerate(tqdm(test_batches, desc="evaluate", unit="batch", leave=False)):
+        scores = _scores(model, batch, shifts, matching, jr.fold_in(key, i), num_samples)
+        for name, value in scores.items():
+            cols.setdefault(name, []).append(np.asarray(value))
     data = {name: np.concatenate(v) for name, v in cols.items()}
     out: dict = {"transformations": {}, "transformation": "own" if has_transport(model) else "linear shift"}
     for k, name in enumerate(transform_names):
-        sel = data["k"] == k
+        sel = ks == k
         n = int(sel.sum())
-        entry = {"num_sequences": n}
+        entry: dict = {"num_sequences": n}
         if n:
             entry.update(
                 equivariance_error=float(data["own"][sel].mean()),
@@ -127,14 +182,44 @@ def evaluate(
                 equivariance_error_linear=float(data["linear"][sel].mean()),
                 log_likelihood=float(data["ll"][sel].mean()),
                 log_likelihood_per_frame=[float(v) for v in data["ll"][sel].mean(0)],
+                effective_sample_size=float(data["ess"][sel].mean()),
             )
+            if "extrapolation" in data:
+                entry.update(
+                    equivariance_error_extrapolation=float(data["extrapolation"][sel].mean()),
+                    equivariance_error_extrapolation_linear=float(data["extrapolation_linear"][sel].mean()),
+                    equivariance_error_extrapolation_identity=float(data["extrapolation_identity"][sel].mean()),
+                )
         out["transformations"][name] = entry
     out["log_likelihood"] = float(data["ll"].mean())
     out["log_likelihood_per_frame"] = [float(v) for v in data["ll"].mean(0)]
-    out["num_sequences"] = int(data["k"].size)
+    out["effective_sample_size"] = float(data["ess"].mean())
+    out["effective_sample_size_per_frame"] = [float(v) for v in data["ess"].mean(0)]
+    out["num_sequences"] = int(ks.size)
     out["num_importance_samples"] = num_samples
-    if infers_flow(model):
-        out["flow_assignment"] = flow_assignment(data["k"], data["flow"], len(transform_names))
+    out["likelihood_proposal"] = "defensive mixture: ½ the model's own proposal for frame t, ½ its encoder on x_t"
+    if "composition" in data:
+        out["equivariance_error_composition"] = {
+            f"{transform_names[a]}+{transform_names[b]}": {
+                "equivariance_error": float(data["composition"][:, i].mean()),
+                "equivariance_error_linear": float(data["composition_linear"][:, i].mean()),
+                "equivariance_error_identity": float(data["composition_identity"][:, i].mean()),
+            }
+            for i, (a, b) in enumerate(MNIST_PAIRS)
+        }
+    if "min_eigenvalue" in data:
+        out["flows"] = {}
+        for j in range(num_flows):
+            sel = data["flow"] == j
+            label = transform_names[j] if not infers_flow(model) else f"flow {j}"
+            out["flows"][label] = {
+                "num_sequences": int(sel.sum()),
+                "min_eigenvalue": float(data["min_eigenvalue"][sel].min()) if sel.any() else None,
+                "logdet_gap": float(data["logdet_gap"][sel, -1].mean()) if sel.any() else None,
+                "logdet_gap_per_frame": [float(v) for v in data["logdet_gap"][sel].mean(0)] if sel.any() else None,
+            }
+    if assignment is not None:
+        out["flow_assignment"] = assignment
     return out
 
 

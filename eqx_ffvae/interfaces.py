@@ -66,6 +66,22 @@ class AbstractSequenceModel(eqx.Module):
         log-density, for importance-sampled log-likelihoods (SPEC §5)."""
 
     @abc.abstractmethod
+    def proposal_log_prob(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n e"]
+    ) -> Float[Array, " n"]:
+        """log-density of `importance_proposal` at given points, one per frame: the defensive mixture
+        of SPEC §5 evaluates it at the other component's draws."""
+
+    @abc.abstractmethod
+    def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
+        """One draw from the image encoder on this frame alone, in `importance_proposal`'s space, and its
+        log-density: the defensive component of SPEC §5's likelihood."""
+
+    @abc.abstractmethod
+    def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " e"]) -> Scalar:
+        """log-density of `frame_proposal` on this frame at z."""
+
+    @abc.abstractmethod
     def proposal_log_likelihood(self, z: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:
         """log p(x | z) of one frame, for a draw z of `importance_proposal`."""
 

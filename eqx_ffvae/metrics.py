@@ -17,10 +17,15 @@ from .flows import frame_times
 from .interfaces import AbstractSequenceModel, AbstractTransportModel
 
 
+def l1_error(model: AbstractSequenceModel, zs: Float[Array, "n d"], targets: Float[Array, "n c h w"]) -> Scalar:
+    """Σ_t ‖sigmoid(dec(z_t)) − x_t‖_1 over the given frames (pixels and channels summed)."""
+    means = jax.vmap(lambda z: jax.nn.sigmoid(model.decode(z)))(zs)
+    return jnp.sum(jnp.abs(means - targets))
+
+
 def _l1_after_first(model: AbstractSequenceModel, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Scalar:
     """Σ_{t≥1} ‖sigmoid(dec(z_t)) − x_t‖_1 (pixels and channels summed)."""
-    means = jax.vmap(lambda z: jax.nn.sigmoid(model.decode(z)))(zs[1:])
-    return jnp.sum(jnp.abs(means - x_seq[1:]))
+    return l1_error(model, zs[1:], x_seq[1:])
 
 
 def equivariance_error(
@@ -36,6 +41,30 @@ def equivariance_error_identity(model: AbstractSequenceModel, x_seq: Float[Array
     """The same error when the latent does not move (z_t = μ(x_0)): the floor a flow must beat."""
     mu, _ = model.encode(x_seq[0])
     return _l1_after_first(model, jnp.broadcast_to(mu, (x_seq.shape[0], mu.shape[0])), x_seq)
+
+
+def extrapolation_path(
+    model: AbstractTransportModel, x0: Float[Array, "c h w"], k: Int[ArrayLike, ""], horizon: int
+) -> Float[Array, "m d"]:
+    """The model's own flow k from μ(x_0) at t = T+1 … 2T (T = horizon): past the trained frames."""
+    mu, _ = model.encode(x0)
+    return model.transport(k, mu, frame_times(2 * horizon + 1))[horizon + 1 :]
+
+
+def continued_shifts(shifts: Float[Array, "k n d"], horizon: int) -> Float[Array, "k m d"]:
+    """The linear shift at t = T+1 … 2T, continued at its last fitted step: Δ_T + (t − T)(Δ_T − Δ_{T−1})
+    (fitted on the trained horizon only, as the flows were trained)."""
+    steps = jnp.arange(1, horizon + 1, dtype=shifts.dtype)
+    velocity = shifts[:, -1] - shifts[:, -2]
+    return shifts[:, -1:] + steps[None, :, None] * velocity[:, None]
+
+
+def composition_path(
+    model: AbstractTransportModel, x0: Float[Array, "c h w"], weights: Float[Array, " k"], num_frames: int
+) -> Float[Array, "n d"]:
+    """The model's flows applied together (`compose` with these weights) from μ(x_0), frames 0…T."""
+    mu, _ = model.encode(x0)
+    return model.compose(weights, mu, frame_times(num_frames))
 
 
 def linear_shift_sums(
@@ -64,6 +93,25 @@ def equivariance_error_linear(
     return _l1_after_first(model, mu[None] + shifts[k], x_seq)
 
 
+def defensive_log_q(
+    logq_own: Float[Array, "s n"], logq_frame: Float[Array, "s n"], num_own: int
+) -> Float[Array, "s n"]:
+    """log q_mix = log(α q_own + (1 − α) q_frame) with α = num_own / S, the share of draws from the
+    model's own proposal: weights p / q_mix over draws taken in exactly those numbers from each
+    component are the deterministic-mixture estimator, unbiased for p (Owen & Zhou 2000)."""
+    num = logq_own.shape[0]
+    if num_own == num:
+        return logq_own
+    alpha = num_own / num
+    return jnp.logaddexp(jnp.log(alpha) + logq_own, jnp.log1p(-alpha) + logq_frame)
+
+
+def importance_estimate(log_w: Float[Array, "s n"]) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    """log (1/S) Σ_s w_s and the effective sample size (Σ w)² / Σ w² (1 … S) of each column."""
+    lse = jax.nn.logsumexp(log_w, axis=0)
+    return lse - jnp.log(log_w.shape[0]), jnp.exp(2 * lse - jax.nn.logsumexp(2 * log_w, axis=0))
+
+
 def log_likelihood(
     model: AbstractSequenceModel,
     x_seq: Float[Array, "n c h w"],
@@ -71,29 +119,49 @@ def log_likelihood(
     *,
     key: PRNGKeyArray,
     num_samples: int = 100,
-) -> Float[Array, " n"]:
-    """Importance-sampled log p(x_t) of every frame (nats per image):
+) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    """Importance-sampled log p(x_t) of every frame (nats per image) and its effective sample size.
 
-    log (1/S) Σ_s p(x_t | z_t^s) p_t(z_t^s) / q_t(z_t^s), with the model's own proposal and prior.
+    log (1/S) Σ_s p(x_t | z^s) p_t(z^s) / q_mix(z^s), the defensive mixture of SPEC §5: ⌈S/2⌉ draws of the
+    model's own proposal for frame t (`importance_proposal`) and ⌊S/2⌋ of its image encoder on x_t alone
+    (`frame_proposal`), each weighted by the mixture's density. S = 1 is the single draw of the model's
+    own proposal: log p(x|z) + log p(z) − log q(z), the proposal's ELBO-type bound.
     """
-    zs, logqs = jax.vmap(lambda key: model.importance_proposal(x_seq, k, key=key))(jr.split(key, num_samples))
+    num_frame = num_samples // 2
+    num_own = num_samples - num_frame
+    own_key, frame_key = jr.split(key)
+    zs, logq_own = jax.vmap(lambda kk: model.importance_proposal(x_seq, k, key=kk))(jr.split(own_key, num_own))
+    if num_frame:
+        frame_logq = jax.vmap(jax.vmap(model.frame_proposal_log_prob))
+        logq_frame = frame_logq(jnp.broadcast_to(x_seq, (num_own, *x_seq.shape)), zs)
+        n = x_seq.shape[0]
+        keys = jr.split(frame_key, (num_frame, n))
+        zf, logq_frame_f = jax.vmap(jax.vmap(lambda x, kk: model.frame_proposal(x, key=kk)))(
+            jnp.broadcast_to(x_seq, (num_frame, *x_seq.shape)), keys
+        )
+        logq_own_f = jax.vmap(lambda z: model.proposal_log_prob(x_seq, k, z))(zf)
+        zs = jnp.concatenate([zs, zf])
+        logq_own = jnp.concatenate([logq_own, logq_own_f])
+        logq_frame = jnp.concatenate([logq_frame, logq_frame_f])
+    else:
+        logq_frame = logq_own
     ts = frame_times(x_seq.shape[0])
     loglik = jax.vmap(jax.vmap(model.proposal_log_likelihood), (0, None))(zs, x_seq)
     logp = jax.vmap(jax.vmap(model.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(k, ts, zs)
-    log_w = loglik + logp - logqs
-    return jax.nn.logsumexp(log_w, axis=0) - jnp.log(num_samples)
+    return importance_estimate(loglik + logp - defensive_log_q(logq_own, logq_frame, num_own))
 
 
 def marginal_log_likelihood(
     model: AbstractTransportModel, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray, num_samples: int = 100
-) -> Float[Array, " n"]:
-    """log p(x_t) = log Σ_k p(k) p^k(x_t) of every frame, for a model that does not observe k (SPEC §5).
+) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    """log p(x_t) = log Σ_k p(k) p^k(x_t) of every frame, for a model that does not observe k (SPEC §5),
+    and the smallest effective sample size of the K estimates.
 
     Each p^k(x_t) is `log_likelihood` along flow k, all with the same key (the same draws for every
     flow, so relabelling the flows relabels the terms and leaves the sum unchanged); p(k) is uniform.
     """
     num_flows = model.num_flows
-    per_flow = jax.vmap(lambda k: log_likelihood(model, x_seq, k, key=key, num_samples=num_samples))(
+    per_flow, ess = jax.vmap(lambda k: log_likelihood(model, x_seq, k, key=key, num_samples=num_samples))(
         jnp.arange(num_flows)
     )
-    return jax.nn.logsumexp(per_flow, axis=0) - jnp.log(num_flows)
+    return jax.nn.logsumexp(per_flow, axis=0) - jnp.log(num_flows), jnp.min(ess, axis=0)

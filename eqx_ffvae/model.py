@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from . import distributions as dist
 from . import objectives as obj
 from .conv import ConvImpl
-from .flows import FlowSettings, LaplacianMethod, frame_times
+from .flows import FlowSettings, LaplacianMethod, MapDensity, frame_times, map_density, map_log_density
 from .interfaces import AbstractTransportModel, Terms, mean_sequence_loss
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import PotentialBank
@@ -143,12 +143,48 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         ts = self.frame_times if ts is None else ts
         return self.flow_settings.path(self.flows.combined(weights), z0, ts, key)
 
+    def map_density(self, k: Int[ArrayLike, ""], z0: Float[Array, " d"], logq0: ScalarLike) -> MapDensity:
+        """Flow k's Euler map from z0 over the frame times with its exact log-density (SPEC §3): the
+        positions of `transport_density`, log q_t falling by log|det(I + h∇²u)| instead of h Δu."""
+        settings = self.flow_settings
+        return map_density(self.flows.potential(k), z0, logq0, self.config.num_frames, settings.steps_per_frame)
+
     def importance_proposal(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-        """One draw z_0 ~ q(z_0|x_0) carried by flow k to every frame, with its log-density."""
-        _, _, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
-        return self.transport_density(k, z0, logq0, frame_times(x_seq.shape[0]), key=probe_key)
+        """One draw z_0 ~ q(z_0|x_0) carried by flow k's Euler map to every frame, with its exact
+        log-density (`map_density`): the points and the density of the same map."""
+        _, _, z0, logq0, _ = self.sample_z0(x_seq[0], key)
+        path = self.map_density(k, z0, logq0)
+        return path.zs, path.logqs
+
+    def proposal_log_prob(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n d"]
+    ) -> Float[Array, " n"]:
+        """log q_t(z_t) of `importance_proposal` at any z_t: the map inverted back to z_0 (`map_log_density`)."""
+        return self.proposal_log_prob_and_residual(x_seq, k, zs)[0]
+
+    def proposal_log_prob_and_residual(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n d"]
+    ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+        """`proposal_log_prob` and, per frame, the largest residual ‖z + h∇u(z) − y‖ of the inversion."""
+        mu, logvar = self.encode(x_seq[0])
+        pot, steps = self.flows.potential(k), self.flow_settings.steps_per_frame
+        frames = jnp.arange(x_seq.shape[0])
+        return jax.vmap(
+            lambda z, t: map_log_density(
+                pot, z, t, lambda z0: dist.gaussian_log_prob(z0, mu, logvar), x_seq.shape[0], steps
+            )
+        )(zs, frames)
+
+    def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
+        mu, logvar = self.encode(x)
+        z = dist.gaussian_sample(mu, logvar, key)
+        return z, dist.gaussian_log_prob(z, mu, logvar)
+
+    def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " d"]) -> Scalar:
+        mu, logvar = self.encode(x)
+        return dist.gaussian_log_prob(z, mu, logvar)
 
 
 class FlowFactorizedVAE(AbstractPotentialFlowModel):

@@ -273,8 +273,17 @@ def resolve(
 # Data
 
 
-def sequences(spec: RunSpec, *, split: str = "train", seed: int | None = None, num_epochs: int | None = None, grouped: bool = False):
-    """The run's sequences of `split`; `grouped`: a group-supervised run's training order (one k per batch)."""
+def sequences(
+    spec: RunSpec,
+    *,
+    split: str = "train",
+    seed: int | None = None,
+    num_epochs: int | None = None,
+    grouped: bool = False,
+    probes: bool = False,
+):
+    """The run's sequences of `split`; `grouped`: a group-supervised run's training order (one k per
+    batch); `probes`: with the ground truth of the extrapolation and composition probes (MNIST)."""
     try:
         return data.sequence_dataset(
             spec.dataset,
@@ -285,6 +294,7 @@ def sequences(spec: RunSpec, *, split: str = "train", seed: int | None = None, n
             num_frames=spec.model.num_frames,
             factor_sizes=spec.factor_sizes,
             group_size=spec.batch_size if grouped else None,
+            probes=probes,
         )
     except (FileNotFoundError, ValueError, OSError, EOFError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -304,12 +314,20 @@ def check_data(spec: RunSpec) -> None:
             raise RunError(f"cannot read the {split} split of {spec.dataset} ({spec.data_dir}): {err}") from None
 
 
+def has_probes(spec: RunSpec) -> bool:
+    """Whether the run's data has the analytic transformations that extrapolation and composition need."""
+    return data.dataset_info(spec.dataset).source == "mnist"
+
+
 def eval_batches(spec: RunSpec, split: str, count: int) -> list[dict]:
-    """`count` batches of the run's evaluation order (fixed seed) of `split`."""
+    """`count` batches of the run's evaluation order (fixed seed) of `split`; the test split of MNIST
+    carries the extrapolation and composition ground truth too."""
     bs = spec.eval.eval_batch_size
-    ds = sequences(spec, split=split, seed=EVAL_SEED, num_epochs=1 if split == "test" else None)
+    probes = split == "test" and has_probes(spec)
+    ds = sequences(spec, split=split, seed=EVAL_SEED, num_epochs=1 if split == "test" else None, probes=probes)
     it = data.batch_iterator(ds, bs, drop_remainder=False)
-    return [{"frames": b["frames"], "k": b["k"]} for b in itertools.islice(it, count)]
+    keys = ("frames", "k", "extrapolation", "composition") if probes else ("frames", "k")
+    return [{name: b[name] for name in keys} for b in itertools.islice(it, count)]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -101,15 +101,25 @@ class TVAE(AbstractTransportModel):
     ) -> tuple[Float[Array, "n e"], Float[Array, " n"]]:
         """One (z_t, u_t) ~ q(z|x_t) q(u|x_t) per frame, concatenated, with its log-density."""
         del k
+        return jax.vmap(lambda x, kk: self.frame_proposal(x, key=kk))(x_seq, jr.split(key, x_seq.shape[0]))
 
-        def one(x, key):
-            z_key, u_key = jr.split(key)
-            (mu_z, lv_z), (mu_u, lv_u) = self.encoder(x), self.u_encoder(x)
-            z, u = obj.gaussian_sample(mu_z, lv_z, z_key), obj.gaussian_sample(mu_u, lv_u, u_key)
-            logq = obj.gaussian_log_prob(z, mu_z, lv_z) + obj.gaussian_log_prob(u, mu_u, lv_u)
-            return jnp.concatenate([z, u]), logq
+    def proposal_log_prob(
+        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n e"]
+    ) -> Float[Array, " n"]:
+        del k
+        return jax.vmap(self.frame_proposal_log_prob)(x_seq, zs)
 
-        return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
+    def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
+        """(z, u) ~ q(z|x) q(u|x), concatenated, with its log-density."""
+        z_key, u_key = jr.split(key)
+        (mu_z, lv_z), (mu_u, lv_u) = self.encoder(x), self.u_encoder(x)
+        zu = jnp.concatenate([obj.gaussian_sample(mu_z, lv_z, z_key), obj.gaussian_sample(mu_u, lv_u, u_key)])
+        return zu, self.frame_proposal_log_prob(x, zu)
+
+    def frame_proposal_log_prob(self, x: Float[Array, "c h w"], zu: Float[Array, " e"]) -> Scalar:
+        z, u = jnp.split(zu, 2)
+        (mu_z, lv_z), (mu_u, lv_u) = self.encoder(x), self.u_encoder(x)
+        return obj.gaussian_log_prob(z, mu_z, lv_z) + obj.gaussian_log_prob(u, mu_u, lv_u)
 
     def proposal_log_likelihood(self, zu: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:
         """log p(x | s(z, u)) of a single frame (u² pooled within capsules only)."""

@@ -20,7 +20,7 @@ from absl import flags
 
 from .factors import FACTOR_SIZES, PngFolderSource, ProceduralShapes, Shapes3DSource
 from .mnist import download_mnist, load_embedded_mnist, load_mnist_idx
-from .transforms import MNIST_FRAMES, MNIST_TRANSFORMS, colourise, mnist_frames
+from .transforms import MNIST_FRAMES, MNIST_TRANSFORMS, colourise, mnist_frames, mnist_probe_frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,15 +116,20 @@ class _Transformation:
 class MnistSequence(grain.transforms.RandomMap):
     """Index of a digit → its colourised sequence under transformation k (given, or uniform)."""
 
-    def __init__(self, images: np.ndarray, k: int | None, num_frames: int = MNIST_FRAMES, *, choice=None):
-        self.images, self.num_frames = images, num_frames
+    def __init__(
+        self, images: np.ndarray, k: int | None, num_frames: int = MNIST_FRAMES, *, choice=None, probes: bool = False
+    ):
+        self.images, self.num_frames, self.probes = images, num_frames, probes
         self.choice = choice or _Transformation(len(MNIST_TRANSFORMS), k, None, 0)
 
     def random_map(self, element, rng: np.random.Generator):
         index, k = self.choice.pick(element, rng)
         x0 = colourise(self.images[index].astype(np.float32) / 255.0)
         frames = mnist_frames(x0, k, np.arange(self.num_frames))
-        return {"frames": frames, "k": np.int32(k), "index": np.int64(index)}
+        out = {"frames": frames, "k": np.int32(k), "index": np.int64(index)}
+        if self.probes:
+            out.update(mnist_probe_frames(x0, k, self.num_frames))
+        return out
 
 
 class FactorSequence(grain.transforms.RandomMap):
@@ -194,6 +199,7 @@ def sequence_dataset(
     factor_sizes: tuple[int, ...] | None = None,
     num_frames: int | None = None,
     group_size: int | None = None,
+    probes: bool = False,
 ) -> grain.MapDataset:
     """A `grain.MapDataset` of sequences of dataset `name` (SPEC §1).
 
@@ -204,6 +210,8 @@ def sequence_dataset(
     factor_sizes and num_frames override the dataset's table (reduced grids, shorter sequences).
     group_size: every `group_size` consecutive sequences share one k (uniform per group): batched by
     `batch_iterator` with that batch size, each batch holds one transformation (group supervision).
+    probes (MNIST only): each sequence also carries the ground truth of SPEC §5's extrapolation and
+    composition probes (`transforms.mnist_probe_frames`).
     """
     info = dataset_info(name)
     num_frames = info.num_frames if num_frames is None else num_frames
@@ -213,6 +221,8 @@ def sequence_dataset(
         raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
     if group_size is not None and (k is not None or group_size < 1):
         raise ValueError(f"group_size must be ≥ 1 and excludes a fixed k, got group_size={group_size}, k={k}")
+    if probes and info.source != "mnist":
+        raise ValueError(f"extrapolation and composition probes need MNIST's analytic transformations; {name} has none")
     choice = _Transformation(info.num_flows, k, group_size, seed)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
@@ -225,7 +235,7 @@ def sequence_dataset(
                 download_mnist(data_dir)
             images, _ = load_mnist_idx(data_dir, split)
             indices = np.arange(len(images))
-        builder = MnistSequence(images, k, num_frames, choice=choice)
+        builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes)
     else:
         source = _open_factor_source(name, data_dir, factor_sizes)
         indices = split_indices(len(source), split, test_fraction=test_fraction, split_seed=split_seed)

@@ -100,6 +100,28 @@ def adjust_hue(image: np.ndarray, hue_deg: np.ndarray) -> np.ndarray:
     return hsv_to_rgb(frames).astype(np.float32)
 
 
+def mnist_values(k: int, ts: np.ndarray) -> np.ndarray:
+    """The value of MNIST transformation k at frames `ts` on SPEC §1's grid, continued past t = 8 for
+    extrapolation (scale 1 + 0.1t, rotation 10t°, hue 20t°)."""
+    ts = np.asarray(ts, np.float64)
+    if ts.size and ts.min() < 0:
+        raise ValueError(f"MNIST frames start at t = 0, got t = {ts.tolist()}")
+    return (1.0 + 0.1 * ts, 10.0 * ts, 20.0 * ts)[k]
+
+
+def mnist_transform(image: np.ndarray, values: dict[int, np.ndarray]) -> np.ndarray:
+    """Frames of one RGB image (3, H, W) under MNIST transformations applied together: `values[k]` the
+    per-frame values of transformation k (`mnist_values`), the others at identity; the geometry (one
+    affine warp of scale and rotation) first, then the hue. → (F, 3, H, W)."""
+    n = len(next(iter(values.values())))
+    scale = values.get(0, np.ones(n))
+    angle = values.get(1, np.zeros(n))
+    frames = affine(image, angle, scale) if (0 in values or 1 in values) else np.broadcast_to(image, (n, *image.shape))
+    if 2 in values:
+        frames = np.stack([adjust_hue(f, values[2][i : i + 1])[0] for i, f in enumerate(frames)])
+    return np.asarray(frames, np.float32)
+
+
 def mnist_frames(image: np.ndarray, k: int, ts: np.ndarray) -> np.ndarray:
     """Frames `ts` of MNIST transformation k applied to one RGB image (3, H, W) → (len(ts), 3, H, W)."""
     ts = np.asarray(ts, np.int64)
@@ -111,6 +133,24 @@ def mnist_frames(image: np.ndarray, k: int, ts: np.ndarray) -> np.ndarray:
     if name == "rotation":
         return affine(image, ROTATIONS_DEG[ts], np.ones(len(ts)))
     return adjust_hue(image, HUES_DEG[ts])
+
+
+MNIST_PAIRS = ((0, 1), (0, 2), (1, 2))
+
+
+def mnist_probe_frames(image: np.ndarray, k: int, num_frames: int) -> dict[str, np.ndarray]:
+    """Ground truth for SPEC §5's probes beyond training, for a sequence of T + 1 = num_frames frames:
+    `extrapolation` (T, 3, H, W), frames t = T+1 … 2T of transformation k; `composition`
+    (3, T+1, 3, H, W), frames t = 0 … T of each pair of `MNIST_PAIRS` applied together."""
+    horizon = num_frames - 1
+    later = np.arange(horizon + 1, 2 * horizon + 1)
+    ts = np.arange(num_frames)
+    return {
+        "extrapolation": mnist_transform(image, {k: mnist_values(k, later)}),
+        "composition": np.stack(
+            [mnist_transform(image, {a: mnist_values(a, ts), b: mnist_values(b, ts)}) for a, b in MNIST_PAIRS]
+        ),
+    }
 
 
 def apply_transform(name: str, image: np.ndarray, k: int, t: int) -> np.ndarray:
