@@ -56,6 +56,8 @@ def _scores(model, batch, shifts, matching, key, num_samples):
         if isinstance(model, AbstractPotentialFlowModel):
             path = model.map_density(flow, mu, 0.0)
             out["min_eigenvalue"], out["logdet_gap"] = path.min_eigenvalue, path.logdet_gap
+            fine = model.map_density(flow, mu, 0.0, model.proposal_steps_per_frame)
+            out["proposal_min_eigenvalue"] = fine.min_eigenvalue
         if probes:
             extra, pairs = args[3], args[4]
             linear = mu[None] + metrics.continued_shifts(shifts, horizon)[k]
@@ -215,6 +217,7 @@ def evaluate(
             out["flows"][label] = {
                 "num_sequences": int(sel.sum()),
                 "min_eigenvalue": float(data["min_eigenvalue"][sel].min()) if sel.any() else None,
+                "proposal_min_eigenvalue": float(data["proposal_min_eigenvalue"][sel].min()) if sel.any() else None,
                 "logdet_gap": float(data["logdet_gap"][sel, -1].mean()) if sel.any() else None,
                 "logdet_gap_per_frame": [float(v) for v in data["logdet_gap"][sel].mean(0)] if sel.any() else None,
             }
@@ -224,21 +227,40 @@ def evaluate(
 
 
 def format_table(result: dict) -> str:
-    """eval.json as a text table: one row per transformation."""
-    head = f"{'transformation':<20} {'E_k model':>10} {'E_k identity':>13} {'E_k linear':>11} {'model/id':>8} {'log p(x)':>10} {'n':>5}"
+    """eval.json as a text table: one row per transformation, then composition and the flows' maps."""
+    head = (
+        f"{'transformation':<16} {'E_k model':>10} {'E_k linear':>11} {'E_k identity':>13} {'model/id':>8} "
+        f"{'E_k extrap.':>12} {'log p(x)':>10} {'ESS':>6} {'n':>5}"
+    )
     lines = [head, "-" * len(head)]
     for name, e in result["transformations"].items():
         if not e["num_sequences"]:
-            lines.append(f"{name:<20} {'(no sequences)':>10}")
+            lines.append(f"{name:<16} {'(no sequences)':>10}")
             continue
         ratio = e["equivariance_error"] / e["equivariance_error_identity"]
+        extra = e.get("equivariance_error_extrapolation")
         lines.append(
-            f"{name:<20} {e['equivariance_error']:>10.2f} {e['equivariance_error_identity']:>13.2f} "
-            f"{e['equivariance_error_linear']:>11.2f} {ratio:>8.3f} {e['log_likelihood']:>10.2f} {e['num_sequences']:>5}"
+            f"{name:<16} {e['equivariance_error']:>10.2f} {e['equivariance_error_linear']:>11.2f} "
+            f"{e['equivariance_error_identity']:>13.2f} {ratio:>8.3f} {'—' if extra is None else f'{extra:.2f}':>12} "
+            f"{e['log_likelihood']:>10.2f} {e['effective_sample_size']:>6.1f} {e['num_sequences']:>5}"
         )
     if result.get("transformation") == "linear shift":
         lines.append("E_k model: this model learns no transformation, so it is the best linear shift (SPEC §5)")
-    lines.append(f"log-likelihood (mean over frames and sequences): {result['log_likelihood']:.2f} nats/image")
+    lines.append(
+        f"log-likelihood (mean over frames and sequences): {result['log_likelihood']:.2f} nats/image, "
+        f"S = {result['num_importance_samples']} (defensive mixture), mean ESS {result['effective_sample_size']:.1f}"
+    )
+    for pair, e in result.get("equivariance_error_composition", {}).items():
+        lines.append(
+            f"composition {pair:<16} E model {e['equivariance_error']:.2f}, linear {e['equivariance_error_linear']:.2f}, "
+            f"identity {e['equivariance_error_identity']:.2f}"
+        )
+    for name, f in result.get("flows", {}).items():
+        if f["num_sequences"]:
+            lines.append(
+                f"flow {name:<12} min eigenvalue of I + h∇²u {f['min_eigenvalue']:.4f}; "
+                f"trace-form gap at T {f['logdet_gap']:.4f} nats"
+            )
     if "flow_assignment" in result:
         fa, names = result["flow_assignment"], list(result["transformations"])
         matched = ", ".join(f"{name} → flow {j}" for name, j in zip(names, fa["matching"]))

@@ -221,48 +221,63 @@ class FlowSettings:
         return flow(pot, z0, 0.0, ts, dt0=self.dt0, divergence=divergence, key=key, num_probes=self.num_probes)[0]
 
 
+def _lu_log_abs_det(lu: Array) -> Scalar:
+    return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(lu))))
+
+
 def map_step(
-    pot: AbstractPotential, t: ScalarLike, z: Float[Array, " d"], h: ScalarLike
-) -> tuple[Float[Array, " d"], Scalar, Scalar, Scalar]:
+    pot: AbstractPotential, t: ScalarLike, z: Float[Array, " d"], h: ScalarLike, *, eigenvalues: bool = True
+) -> tuple[Float[Array, " d"], Scalar, Scalar | None, Scalar]:
     """One step of the Euler map z ↦ z + h ∇u(t, z) with its exact log-Jacobian (SPEC §3).
 
-    Returns (the image, log|det(I + h∇²u)|, the smallest eigenvalue of I + h∇²u, and the trace form
-    h Δu that an Euler step of the ODE's density uses instead). The map is invertible where the
-    smallest eigenvalue is > 0; the trace form exceeds the log-det by Σ_i λ_i − log(1 + λ_i) ≥ 0 over the
-    eigenvalues λ_i of h∇²u.
+    Returns (the image, log|det(I + h∇²u)|, the smallest eigenvalue of I + h∇²u (None unless
+    `eigenvalues`), and the trace form h Δu that an Euler step of the ODE's density uses instead).
+    The map is invertible where the smallest eigenvalue is > 0; the trace form exceeds the log-det by
+    Σ_i λ_i − log(1 + λ_i) ≥ 0 over the eigenvalues λ_i of h∇²u.
     """
-    u = lambda x: pot(t, x)  # noqa: E731
-    grad = jax.grad(u)(z)
-    hess = h * jax.hessian(u)(z)
-    eig = jnp.linalg.eigvalsh(jnp.eye(z.shape[0], dtype=z.dtype) + hess)
-    return z + h * grad, jnp.sum(jnp.log(jnp.abs(eig))), eig[0], jnp.trace(hess)
+    grad, hess = pot.grad_and_hessian(t, z)
+    jac = jnp.eye(z.shape[0], dtype=z.dtype) + h * hess
+    if eigenvalues:
+        eig = jnp.linalg.eigvalsh(jac)
+        logdet, min_eig = jnp.sum(jnp.log(jnp.abs(eig))), eig[0]
+    else:
+        logdet, min_eig = _lu_log_abs_det(jax.scipy.linalg.lu_factor(jac)[0]), None
+    return z + h * grad, logdet, min_eig, h * jnp.trace(hess)
 
 
 class MapDensity(NamedTuple):
     """The Euler map's path and exact density at the frames, with what it says about the map.
 
     `zs`, `logqs`: z_t and log q_t(z_t) at frames 0…T; `min_eigenvalue`: the smallest eigenvalue of
-    I + h∇²u met on the path (the map is invertible there iff > 0); `logdet_gap`: at each frame, the
-    accumulated Σ(h Δu − log det(I + h∇²u)), i.e. how much lower the trace form's log q_t is.
+    I + h∇²u met on the path (the map is invertible there iff > 0; None if not asked for);
+    `logdet_gap`: at each frame, the accumulated Σ(h Δu − log|det(I + h∇²u)|), i.e. how much lower
+    the trace form's log q_t is.
     """
 
     zs: Float[Array, "n d"]
     logqs: Float[Array, " n"]
-    min_eigenvalue: Scalar
+    min_eigenvalue: Scalar | None
     logdet_gap: Float[Array, " n"]
 
 
 def map_density(
-    pot: AbstractPotential, z0: Float[Array, " d"], logq0: ScalarLike, num_frames: int, steps_per_frame: int = 1
+    pot: AbstractPotential,
+    z0: Float[Array, " d"],
+    logq0: ScalarLike,
+    num_frames: int,
+    steps_per_frame: int = 1,
+    *,
+    eigenvalues: bool = True,
 ) -> MapDensity:
     """Carry ONE latent along the Euler map with step h = 1/steps_per_frame (the positions of `flow`'s
-    default Euler solve) with the exact change of variables log q ← log q − log|det(I + h∇²u)|."""
+    default Euler solve) with the exact change of variables log q ← log q − log|det(I + h∇²u)|.
+    `eigenvalues=False` skips the eigen-decomposition (the log-det from an LU factorisation)."""
     h = 1.0 / steps_per_frame
     num_steps = (num_frames - 1) * steps_per_frame
 
     def step(carry, s):
         z, logq, gap = carry
-        z_next, logdet, min_eig, trace = map_step(pot, s * h, z, h)
+        z_next, logdet, min_eig, trace = map_step(pot, s * h, z, h, eigenvalues=eigenvalues)
         carry = (z_next, logq - logdet, gap + trace - logdet)
         return carry, (carry, min_eig)
 
@@ -272,28 +287,35 @@ def map_density(
     return MapDensity(
         jnp.concatenate([z0[None], zs[frames]]),
         jnp.concatenate([init[1][None], logqs[frames]]),
-        jnp.min(min_eigs),
+        None if min_eigs is None else jnp.min(min_eigs),
         jnp.concatenate([init[2][None], gaps[frames]]),
     )
 
 
 def invert_map_step(
-    pot: AbstractPotential, t: ScalarLike, y: Float[Array, " d"], h: ScalarLike, *, iterations: int = 8
+    pot: AbstractPotential,
+    t: ScalarLike,
+    y: Float[Array, " d"],
+    h: ScalarLike,
+    *,
+    iterations: int = 8,
+    inverse_jacobian: Float[Array, "d d"] | None = None,
 ) -> tuple[Float[Array, " d"], Scalar]:
     """The z with z + h∇u(t, z) = y (the Euler map's inverse), and the residual ‖z + h∇u(t, z) − y‖.
 
-    Chord Newton: the Jacobian I + h∇²u is formed once, at the first guess y − h∇u(t, y), and reused; a
-    gradient map with I + h∇²u positive definite is the gradient of a strictly convex function, so the
-    root is unique. The residual is returned so callers can state the tolerance met.
+    Chord Newton from the first guess y − h∇u(t, y) with one inverse Jacobian reused for every
+    iteration — by default (I + h∇²u)⁻¹ at that guess, or `inverse_jacobian` (any nearby one: it sets
+    the rate, not the root). A gradient map with I + h∇²u positive definite is the gradient of a
+    strictly convex function, so the root is unique. The residual is returned so callers can state the
+    tolerance met.
     """
-    u = lambda x: pot(t, x)  # noqa: E731
-    grad = jax.grad(u)
+    grad = jax.grad(lambda x: pot(t, x))
     z = y - h * grad(y)
-    jac = jnp.eye(y.shape[0], dtype=y.dtype) + h * jax.hessian(u)(z)
-    lu = jax.scipy.linalg.lu_factor(jac)
+    if inverse_jacobian is None:
+        inverse_jacobian = jnp.linalg.inv(jnp.eye(y.shape[0], dtype=y.dtype) + h * pot.grad_and_hessian(t, z)[1])
 
     def newton(z, _):
-        return z - jax.scipy.linalg.lu_solve(lu, z + h * grad(z) - y), None
+        return z - inverse_jacobian @ (z + h * grad(z) - y), None
 
     z, _ = jax.lax.scan(newton, z, None, length=iterations)
     return z, jnp.linalg.norm(z + h * grad(z) - y)
@@ -312,24 +334,30 @@ def map_log_density(
     """log q_t(y) of the Euler map's push-forward of q_0 at frame t: invert the map back to z_0 and
     log q_t(y) = log q_0(z_0) − Σ log|det(I + h∇²u)| along the path; and the largest inversion residual.
 
-    A fixed number of steps (the whole horizon) runs under `lax.scan`; steps after frame t's are
-    identity, so frames of one sequence vmap together.
+    Each step back forms one Hessian and one LU factorisation, at the preimage: its log-det, and the
+    inverse that is the chord Jacobian of the next step back. A fixed number of steps (the whole
+    horizon) runs under `lax.scan`; steps after frame t's are identity, so frames vmap together.
     """
     h = 1.0 / steps_per_frame
     num_steps = (num_frames - 1) * steps_per_frame
     used = jnp.asarray(frame) * steps_per_frame
+    eye = jnp.eye(y.shape[0], dtype=y.dtype)
 
     def back(carry, s):
-        z, acc, worst = carry
-        z_prev, residual = invert_map_step(pot, s * h, z, h, iterations=iterations)
-        _, logdet, _, _ = map_step(pot, s * h, z_prev, h)
+        z, acc, worst, inv = carry
+        t = s * h
+        z_prev, residual = invert_map_step(pot, t, z, h, iterations=iterations, inverse_jacobian=inv)
+        lu_piv = jax.scipy.linalg.lu_factor(eye + h * pot.grad_and_hessian(t, z_prev)[1])
         active = s < used
         return (
             jnp.where(active, z_prev, z),
-            acc + jnp.where(active, logdet, 0.0),
+            acc + jnp.where(active, _lu_log_abs_det(lu_piv[0]), 0.0),
             jnp.maximum(worst, jnp.where(active, residual, 0.0)),
+            jnp.where(active, jax.scipy.linalg.lu_solve(lu_piv, eye), inv),
         ), None
 
     steps = jnp.arange(num_steps - 1, -1, -1)
-    (z0, acc, worst), _ = jax.lax.scan(back, (y, jnp.zeros((), y.dtype), jnp.zeros((), y.dtype)), steps)
+    inv0 = jnp.linalg.inv(eye + h * pot.grad_and_hessian((num_steps - 1) * h, y)[1])
+    zero = jnp.zeros((), y.dtype)
+    (z0, acc, worst, _), _ = jax.lax.scan(back, (y, zero, zero, inv0), steps)
     return log_q0(z0) - acc, worst

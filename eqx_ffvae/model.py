@@ -143,19 +143,41 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         ts = self.frame_times if ts is None else ts
         return self.flow_settings.path(self.flows.combined(weights), z0, ts, key)
 
-    def map_density(self, k: Int[ArrayLike, ""], z0: Float[Array, " d"], logq0: ScalarLike) -> MapDensity:
-        """Flow k's Euler map from z0 over the frame times with its exact log-density (SPEC §3): the
-        positions of `transport_density`, log q_t falling by log|det(I + h∇²u)| instead of h Δu."""
-        settings = self.flow_settings
-        return map_density(self.flows.potential(k), z0, logq0, self.config.num_frames, settings.steps_per_frame)
+    @property
+    def proposal_steps_per_frame(self) -> int:
+        """Euler steps per frame of the likelihood's proposal map: 4 (at least the model's own).
+
+        The trained map (one step per frame) need not be invertible — on the quick preset I + ∇²u has
+        eigenvalues < 0 (down to −0.38) — and then log|det| is not its density. A finer Euler map of the
+        same flow is a proposal with an exact density wherever I + h∇²u stays positive definite
+        (evaluation reports its smallest eigenvalue, `proposal_min_eigenvalue`); any proposal with an
+        exact density gives an unbiased likelihood. Each halving of h doubles the inversions'
+        cost, the bulk of the likelihood's; at 2 steps the quick model's inversions diverge.
+        """
+        return max(4, self.flow_settings.steps_per_frame)
+
+    def map_density(
+        self,
+        k: Int[ArrayLike, ""],
+        z0: Float[Array, " d"],
+        logq0: ScalarLike,
+        steps_per_frame: int | None = None,
+        *,
+        eigenvalues: bool = True,
+    ) -> MapDensity:
+        """Flow k's Euler map from z0 over the frame times with its exact log-density (SPEC §3): by
+        default the trained map (the positions of `transport_density`, log q_t falling by
+        log|det(I + h∇²u)| instead of h Δu); `steps_per_frame` refines it."""
+        steps = self.flow_settings.steps_per_frame if steps_per_frame is None else steps_per_frame
+        return map_density(self.flows.potential(k), z0, logq0, self.config.num_frames, steps, eigenvalues=eigenvalues)
 
     def importance_proposal(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-        """One draw z_0 ~ q(z_0|x_0) carried by flow k's Euler map to every frame, with its exact
-        log-density (`map_density`): the points and the density of the same map."""
+        """One draw z_0 ~ q(z_0|x_0) carried by flow k's Euler map at `proposal_steps_per_frame` to every
+        frame, with its exact log-density (`map_density`): points and density of one map."""
         _, _, z0, logq0, _ = self.sample_z0(x_seq[0], key)
-        path = self.map_density(k, z0, logq0)
+        path = self.map_density(k, z0, logq0, self.proposal_steps_per_frame, eigenvalues=False)
         return path.zs, path.logqs
 
     def proposal_log_prob(
@@ -169,7 +191,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
     ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
         """`proposal_log_prob` and, per frame, the largest residual ‖z + h∇u(z) − y‖ of the inversion."""
         mu, logvar = self.encode(x_seq[0])
-        pot, steps = self.flows.potential(k), self.flow_settings.steps_per_frame
+        pot, steps = self.flows.potential(k), self.proposal_steps_per_frame
         frames = jnp.arange(x_seq.shape[0])
         return jax.vmap(
             lambda z, t: map_log_density(

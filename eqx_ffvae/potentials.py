@@ -39,6 +39,11 @@ class AbstractPotential(eqx.Module):
         """(∇_z u, Δ_z u) exactly; override with a cheaper exact method where one exists."""
         return hvp_grad_and_laplacian(lambda x: self(t, x), z)
 
+    def grad_and_hessian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """(∇_z u, ∇²_z u) exactly (`jax.hessian`); override with a cheaper exact method where one exists."""
+        u = lambda x: self(t, x)  # noqa: E731
+        return jax.grad(u)(z), jax.hessian(u)(z)
+
 
 class SinusoidalEmbedding(eqx.Module):
     """Scalar time → `[sin(t ω_i), cos(t ω_i)]` with geometric frequencies ω_i ∈ (1/max_period, 1]."""
@@ -134,6 +139,28 @@ class MLPPotential(AbstractPotential):
             jac = layer.weight @ jac
             lap = layer.weight @ lap
         return jac[0], lap[0]
+
+    def grad_and_hessian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """Exact Hessian of the MLP, Σ_l J_lᵀ diag(σ''(a_l) ⊙ ∂u/∂h_l) J_l over its hidden layers (a_l the
+        pre-activation, h_l = σ(a_l), J_l = ∂a_l/∂z pushed forward): a few d×width matmuls instead of
+        d Hessian-vector products."""
+        d = z.shape[0]
+        first, *rest = self.mlp.layers
+        a = first(jnp.concatenate([z, self.mlp.embed(t).astype(z.dtype)]))
+        jac = first.weight[:, :d]
+        hidden = []
+        for layer in rest:
+            s0, s1, s2 = _activation_derivatives(self.mlp.activation, a)
+            hidden.append((jac, s1, s2, layer.weight))
+            jac = layer.weight @ (s1[:, None] * jac)
+            a = layer(s0)
+        upstream = jnp.ones((1,), z.dtype)
+        hess = jnp.zeros((d, d), z.dtype)
+        for jac_l, s1, s2, weight in reversed(hidden):
+            dh = weight.T @ upstream
+            hess = hess + jac_l.T @ ((s2 * dh)[:, None] * jac_l)
+            upstream = s1 * dh
+        return jac[0], hess
 
 
 class Force(eqx.Module):

@@ -92,19 +92,22 @@ def test_supervised_model_has_no_flow_posterior(model, sequences):
 
 
 def test_importance_sampled_likelihood_bounds_elbo(model, sequences, getkey):
+    """The S-sample estimate lies above the mean of single-draw bounds (Jensen), and a single draw of
+    the own proposal (S = 1) averages to the ELBO up to the trace form's log-det gap (the loss tracks
+    log q with h Δu; the estimator with the map's exact log-det)."""
     x, k = sequences[0], 1
 
     @eqx.filter_jit
     def estimates(m, key):
         ll_key, elbo_key, one_key = jr.split(key, 3)
-        ll = metrics.log_likelihood(m, x, k, key=ll_key, num_samples=256)
+        ll, _ = metrics.log_likelihood(m, x, k, key=ll_key, num_samples=256)
         elbos = jax.vmap(lambda key: m.loss(x, k, key=key)[1]["elbo"])(jr.split(elbo_key, 256))
-        one = jax.vmap(lambda key: metrics.log_likelihood(m, x, k, key=key, num_samples=1))(jr.split(one_key, 256))
+        one, _ = jax.vmap(lambda key: metrics.log_likelihood(m, x, k, key=key, num_samples=1))(jr.split(one_key, 256))
         return ll, elbos, one
 
     ll, elbos, one_sample = estimates(model, getkey())
     assert ll.shape == (4,)
-    assert jnp.sum(ll) >= jnp.mean(elbos)
+    assert jnp.sum(ll) >= jnp.mean(jnp.sum(one_sample, -1))
     np.testing.assert_allclose(jnp.mean(jnp.sum(one_sample, -1)), jnp.mean(elbos), rtol=1e-3)
 
 
@@ -142,7 +145,7 @@ def test_public_model_functions_jit_and_vmap(model, weak_model, sequences, getke
     losses, _ = eqx.filter_jit(jax.vmap(lambda x, k, key: model.loss(x, k, key=key)))(sequences, ks, keys)
     weak, _ = eqx.filter_jit(jax.vmap(lambda x, key: weak_model.weak_loss(x, key=key)))(sequences, keys)
     errs = eqx.filter_jit(jax.vmap(lambda x, k: metrics.equivariance_error(model, x, k)))(sequences, ks)
-    lls = eqx.filter_jit(
+    lls, _ = eqx.filter_jit(
         jax.vmap(lambda x, k, key: metrics.log_likelihood(model, x, k, key=key, num_samples=4))
     )(sequences, ks, keys)
     logp = eqx.filter_jit(lambda k, z: jax.vmap(model.prior_log_prob, in_axes=(0, None, 0))(k, 2.0, z))(ks, mus)

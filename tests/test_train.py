@@ -223,9 +223,15 @@ def test_run_directory_holds_everything(trained_run):
     for name in ("scale", "rotation", "hue"):
         entry = result["transformations"][name]
         for key in ("equivariance_error", "equivariance_error_identity", "equivariance_error_linear",
-                    "log_likelihood", "log_likelihood_per_frame", "num_sequences"):
+                    "equivariance_error_extrapolation", "log_likelihood", "log_likelihood_per_frame",
+                    "effective_sample_size", "num_sequences"):
             assert key in entry
         assert len(entry["log_likelihood_per_frame"]) == 9
+        assert 1 <= entry["effective_sample_size"] <= 3
+    assert set(result["equivariance_error_composition"]) == {"scale+rotation", "scale+hue", "rotation+hue"}
+    for name in ("scale", "rotation", "hue"):
+        flow = result["flows"][name]
+        assert flow["min_eigenvalue"] > 0 and flow["logdet_gap"] >= 0
     figures = {p.name for p in (trained_run / "figures").iterdir()}
     assert {"flow_scale.png", "flow_rotation.gif", "compose_scale+rotation.png", "loss.png"} <= figures
     assert any((trained_run / "tensorboard").iterdir())
