@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import eqx_ffvae as ff
-from eqx_ffvae import flows, metrics
 from eqx_ffvae import distributions as dist
+from eqx_ffvae import flows, metrics
 from eqx_ffvae.baselines import VAE, VAEConfig
 from eqx_ffvae.data import transforms
 from eqx_ffvae.potentials import MLPPotential
