@@ -50,6 +50,14 @@ def gaussian_sample(mu: Float[Array, "*d"], logvar: Float[Array, "*d"], key: PRN
     return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
 
 
+def gaussian_draw(
+    mu: Float[Array, " d"], logvar: Float[Array, " d"], key: PRNGKeyArray
+) -> tuple[Float[Array, " d"], Scalar]:
+    """A reparameterised draw of N(mu, diag exp(logvar)) and its log-density."""
+    z = gaussian_sample(mu, logvar, key)
+    return z, gaussian_log_prob(z, mu, logvar)
+
+
 def kl_to_standard_normal(mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
     """KL[N(mu, diag exp(logvar)) ‖ N(0, I)], analytic."""
     return 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar)

@@ -68,20 +68,19 @@ def _scores(model, batch, shifts, matching, key, num_samples):
                 if transport
                 else out["extrapolation_linear"]
             )
-            own, lin, ident = [], [], []
-            for i, (a, b) in enumerate(MNIST_PAIRS):
-                target = pairs[i]
-                zs_lin = mu[None] + shifts[a] + shifts[b]
-                lin.append(metrics.l1_error(model, zs_lin[1:], target[1:]))
-                ident.append(metrics.l1_error(model, jnp.broadcast_to(mu, zs_lin[1:].shape), target[1:]))
-                if transport:
-                    weights = jax.nn.one_hot(matching[a], num_flows) + jax.nn.one_hot(matching[b], num_flows)
-                    zs = metrics.composition_path(model, x[0], weights, horizon + 1)
-                    own.append(metrics.l1_error(model, zs[1:], target[1:]))
-                else:
-                    own.append(lin[-1])
-            out["composition"], out["composition_linear"] = jnp.stack(own), jnp.stack(lin)
-            out["composition_identity"] = jnp.stack(ident)
+            pair_ids = jnp.asarray(MNIST_PAIRS)
+
+            def pair(ab, target):
+                zs_lin = (mu[None] + shifts[ab[0]] + shifts[ab[1]])[1:]
+                lin = metrics.l1_error(model, zs_lin, target[1:])
+                ident = metrics.l1_error(model, jnp.broadcast_to(mu, zs_lin.shape), target[1:])
+                if not transport:
+                    return lin, lin, ident
+                weights = jnp.sum(jax.nn.one_hot(matching[ab], num_flows), axis=0)
+                zs = metrics.composition_path(model, x[0], weights, horizon + 1)
+                return metrics.l1_error(model, zs[1:], target[1:]), lin, ident
+
+            out["composition"], out["composition_linear"], out["composition_identity"] = jax.vmap(pair)(pair_ids, pairs)
         return out
 
     args = (frames, ks, keys) + ((batch["extrapolation"], batch["composition"]) if probes else ())

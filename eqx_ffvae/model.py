@@ -104,8 +104,8 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""
         sample_key, probe_key = jr.split(key)
         mu, logvar = self.encode(x0)
-        z0 = dist.gaussian_sample(mu, logvar, sample_key)
-        return mu, logvar, z0, dist.gaussian_log_prob(z0, mu, logvar), probe_key
+        z0, logq0 = dist.gaussian_draw(mu, logvar, sample_key)
+        return mu, logvar, z0, logq0, probe_key
 
     def transport_density(
         self,
@@ -200,9 +200,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         )(zs, frames)
 
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
-        mu, logvar = self.encode(x)
-        z = dist.gaussian_sample(mu, logvar, key)
-        return z, dist.gaussian_log_prob(z, mu, logvar)
+        return dist.gaussian_draw(*self.encode(x), key)
 
     def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " d"]) -> Scalar:
         mu, logvar = self.encode(x)

@@ -41,19 +41,6 @@ def frame_elbo(
     return dist.bernoulli_log_likelihood(decoder(z), x), dist.kl_to_standard_normal(mu, logvar), z
 
 
-def encoder_proposal(
-    encoder: ConvEncoder, x_seq: Float[Array, "n c h w"], key: PRNGKeyArray
-) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-    """One z_t ~ q(z|x_t) per frame from a frame-wise encoder, with its log-density."""
-
-    def one(x, key):
-        mu, logvar = encoder(x)
-        z = dist.gaussian_sample(mu, logvar, key)
-        return z, dist.gaussian_log_prob(z, mu, logvar)
-
-    return jax.vmap(one)(x_seq, jr.split(key, x_seq.shape[0]))
-
-
 class AbstractFrameVAE(AbstractSequenceModel):
     """Encoder, decoder and N(0, I) prior; a final subclass adds its objective (`loss`, `batch_loss`).
 
@@ -79,7 +66,7 @@ class AbstractFrameVAE(AbstractSequenceModel):
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """One z_t ~ q(z|x_t) per frame, with its log-density."""
         del k
-        return encoder_proposal(self.encoder, x_seq, key)
+        return jax.vmap(lambda x, kk: self.frame_proposal(x, key=kk))(x_seq, jr.split(key, x_seq.shape[0]))
 
     def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
         return dist.bernoulli_log_likelihood(self.decode(z), x)
@@ -91,9 +78,7 @@ class AbstractFrameVAE(AbstractSequenceModel):
         return jax.vmap(self.frame_proposal_log_prob)(x_seq, zs)
 
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
-        mu, logvar = self.encoder(x)
-        z = dist.gaussian_sample(mu, logvar, key)
-        return z, dist.gaussian_log_prob(z, mu, logvar)
+        return dist.gaussian_draw(*self.encoder(x), key)
 
     def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " d"]) -> Scalar:
         mu, logvar = self.encoder(x)
