@@ -3,12 +3,18 @@ and a JSON record (PRNG key data, data-iterator state, …) in one atomic checkp
 
 Arrays are stored as a flat, ordered dict of leaves; restoring fills the leaves of a template
 built from the same config, so the result is bit-identical to what was saved.
+
+A checkpoint is checked before any array is read: its shapes against the template's (from Orbax's
+metadata) and its files against the size and SHA-256 recorded when it was saved (`files.json`). A
+read that fails part-way leaves TensorStore callbacks firing into Orbax's closed event loop in the
+live process, so a damaged or mismatched checkpoint is refused without starting one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()},
         )
 
     def latest_step(self) -> int | None:
@@ -54,6 +61,10 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+        step_dir = self.directory / str(step)
+        tmp = step_dir / f".{_MANIFEST}.tmp"
+        tmp.write_text(json.dumps(_file_digests(step_dir), indent=1, sort_keys=True))
+        os.replace(tmp, step_dir / _MANIFEST)  # a kill mid-write leaves no manifest, not a damaged one
 
     def restore(self, template: Any, *, step: int | None = None) -> tuple[Any, jax.Array, dict, int]:
         """(state, key, record, step) of checkpoint `step` (default: the newest), shaped like `template`.
@@ -64,22 +75,13 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         leaves = _leaves(template)
+        self._check(step, leaves)
         like = {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
         try:
             restored = self._manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(like), record=ocp.args.JsonRestore()),
             )
-        except ValueError as err:
-            shapes = re.search(r"Requested shape: (.*) is not compatible with the stored shape: ([^.]*)", str(err))
-            if shapes is None:
-                raise UnreadableCheckpoint(str(err).splitlines()[0] if str(err) else "ValueError") from None
-            raise ValueError(
-                f"checkpoint {self.directory / str(step)} does not fit this model: an array of shape "
-                f"{shapes.group(2)} is stored where the model has {shapes.group(1)}. It was written for "
-                "another configuration, or by an eqx_ffvae older than the (k, k, in, out) conv weight layout; "
-                "rerun with the configuration that wrote it, or start over with --fresh"
-            ) from None
         except Exception as err:  # Orbax/TensorStore raise many types for damaged files
             raise UnreadableCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
         arrays = restored["state"]
@@ -90,5 +92,54 @@ class Checkpointer:
         key = jr.wrap_key_data(np.asarray(record.pop("key_data"), np.uint32))
         return eqx.combine(new_params, static), key, record, step
 
+    def _check(self, step: int, leaves: list[jax.Array]) -> None:
+        """Raise UnreadableCheckpoint if checkpoint `step`'s files differ from those saved, and
+        ValueError (with the fix) if its arrays are not the template's shapes."""
+        step_dir = self.directory / str(step)
+        manifest = step_dir / _MANIFEST
+        if manifest.is_file():
+            try:
+                saved = json.loads(manifest.read_text())
+            except (OSError, ValueError) as err:
+                raise UnreadableCheckpoint(f"{manifest} cannot be read ({err})") from None
+            changed = sorted(name for name, digest in _file_digests(step_dir).items() if saved.get(name) != digest)
+            missing = sorted(set(saved) - set(_file_digests(step_dir)))
+            if changed or missing:
+                raise UnreadableCheckpoint(
+                    f"files differ from those saved: {', '.join(changed + missing)}"
+                )
+        try:
+            stored = self._manager.item_metadata(step)["state"]
+            shapes = {name: tuple(meta.shape) for name, meta in stored.items()}
+        except Exception as err:  # no or damaged metadata
+            raise UnreadableCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        wanted = {f"{i:05d}": tuple(leaf.shape) for i, leaf in enumerate(leaves)}
+        if set(shapes) != set(wanted):
+            raise ValueError(
+                f"checkpoint {step_dir} does not fit this model: it holds {len(shapes)} arrays where the model "
+                f"has {len(wanted)}. It was written for another configuration; rerun with the configuration "
+                "that wrote it, or start over with --fresh"
+            )
+        for name in sorted(wanted):
+            if shapes[name] != wanted[name]:
+                raise ValueError(
+                    f"checkpoint {step_dir} does not fit this model: an array of shape {shapes[name]} is stored "
+                    f"where the model has {wanted[name]}. It was written for another configuration, or by an "
+                    "eqx_ffvae older than the (k, k, in, out) conv weight layout; rerun with the configuration "
+                    "that wrote it, or start over with --fresh"
+                )
+
     def close(self) -> None:
         self._manager.close()
+
+
+_MANIFEST = "files.json"
+
+
+def _file_digests(step_dir: Path) -> dict[str, list]:
+    """{relative path: [size, sha256]} of every file of a checkpoint but the manifest itself."""
+    digests = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != _MANIFEST):
+        data = path.read_bytes()
+        digests[str(path.relative_to(step_dir))] = [len(data), hashlib.sha256(data).hexdigest()]
+    return digests

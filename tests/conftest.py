@@ -27,11 +27,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # `executable.serialize()` of a training step segfaulted a worker twice in CI, in
 # compilation_cache.put_executable_and_time under compile_step.)
 
-# XLA's CPU compiler splits a large module for parallel LLVM codegen. Three CI runs each lost one
-# worker to a segfault inside a training step's compile (backend_compile_and_load, or serialising it
-# just after), at random tests; one codegen thread per module is the tested suspect, not a proven cause.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_parallel_codegen_split_count=1").strip()
-
 import jax
 import jax.random as jr
 import pytest

@@ -32,7 +32,7 @@ def run_module():
 
 def _env(devices=1, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EQX_FFVAE_")}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_parallel_codegen_split_count=1"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
