@@ -136,11 +136,11 @@ class _Logit(eqx.Module):
 
 def test_tvae_error_is_zero_when_the_data_rolls_the_latent(getkey):
     """A TVAE whose encoder reads the latent off the image and whose decoder writes it back (u has
-    mean 0 and variance 1/window, so W E[u²] = 1 and s = z): for data that roll within capsules, E_k
-    is 0 for every k; for data that do not, it is not."""
+    mean 0 and variance 1/(spatial × time window), so the pooled E[u²] is 1 and s = z): for data that
+    roll within capsules, E_k is 0 for every k; for data that do not, it is not."""
     config = bl.TVAEConfig(image_shape=(1, 28, 28), num_frames=5, latent_dim=784, num_flows=2, width=2, capsule_size=28)
     model = bl.TVAE(config, key=getkey())
-    window = config.spatial_window
+    window = config.spatial_window * (2 * config.time_window + 1)
     model = eqx.tree_at(
         lambda m: (m.encoder, m.u_encoder, m.decoder),
         model,
@@ -153,6 +153,21 @@ def test_tvae_error_is_zero_when_the_data_rolls_the_latent(getkey):
         assert float(e(model, rolled, k)) < 1e-2
     assert float(e(model, rolled[:, :, :, ::-1], 0)) > 1.0
     np.testing.assert_allclose(model.encode(rolled[0])[0], x0, rtol=1e-5, atol=1e-5)
+
+
+def test_tvae_is_scored_with_its_training_window(getkey):
+    """Evaluation sees one frame; its pooled denominator equals training's window at an interior frame
+    when the neighbours are the model's own roll (u_{t+δ} = roll(u_t, δ)), and differs from a
+    one-frame pool (what evaluation used before) by the window's 2·time_window + 1 terms."""
+    config = bl.TVAEConfig(image_shape=(1, 28, 28), num_frames=5, latent_dim=20, num_flows=2, width=2)
+    model = bl.TVAE(config, key=getkey())
+    u2 = jr.uniform(getkey(), (20,))
+    size = config.capsules
+    seq = jax.vmap(lambda t: bl.capsule_roll(u2, t - 2, size))(jnp.arange(5))  # frame 2 is u2 itself
+    np.testing.assert_allclose(model.window_pool(seq, 2), model.frame_pool(u2), rtol=1e-6)
+    np.testing.assert_allclose(model.frame_pool(u2), 3 * model._pool(u2), rtol=1e-6)
+    edge = model.window_pool(seq, 0)  # frame 0 has one neighbour inside the sequence
+    np.testing.assert_allclose(edge, 2 * model._pool(seq[0]), rtol=1e-6)
 
 
 def test_capsule_roll_rolls_each_capsule():

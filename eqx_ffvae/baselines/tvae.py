@@ -74,6 +74,24 @@ class TVAE(AbstractTransportModel):
         offsets = jnp.arange(-half, half + 1)
         return jnp.sum(jax.vmap(lambda o: capsule_roll(u2, o, self.config.capsules))(offsets), axis=0)
 
+    def window_pool(self, u2_seq: Float[Array, "n d"], t: Int[ArrayLike, ""]) -> Float[Array, " d"]:
+        """Training's denominator at frame t: W Σ_δ roll(u²_{t+δ}, −δ) over |δ| ≤ time_window inside
+        the sequence."""
+        c, n = self.config, u2_seq.shape[0]
+
+        def term(delta):
+            src = t + delta
+            valid = (src >= 0) & (src < n)
+            return jnp.where(valid, capsule_roll(u2_seq[jnp.clip(src, 0, n - 1)], -delta, c.capsules), 0.0)
+
+        return self._pool(jnp.sum(jax.vmap(term)(jnp.arange(-c.time_window, c.time_window + 1)), axis=0))
+
+    def frame_pool(self, u2: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The same window seen from one frame (evaluation: encoding x_0, scoring frame t alone): its
+        neighbours are the model's own roll of it, u_{t+δ} = roll(u_t, δ), so each of the 2·time_window + 1
+        terms of `window_pool` is u_t² (an interior frame's window, the one most frames train with)."""
+        return self._pool((2 * self.config.time_window + 1) * u2)
+
     def _student(self, z: Array, pooled: Array) -> Array:
         return (z + self.shift) / jnp.sqrt(pooled + self.config.eps)
 
@@ -81,7 +99,7 @@ class TVAE(AbstractTransportModel):
         """(s at the posterior means with E[u²] = μ_u² + σ_u², log-variance of z)."""
         mu_z, logvar_z = self.encoder(x)
         mu_u, logvar_u = self.u_encoder(x)
-        return self._student(mu_z, self._pool(mu_u**2 + jnp.exp(logvar_u))), logvar_z
+        return self._student(mu_z, self.frame_pool(mu_u**2 + jnp.exp(logvar_u))), logvar_z
 
     def transport(
         self,
@@ -122,9 +140,9 @@ class TVAE(AbstractTransportModel):
         return obj.gaussian_log_prob(z, mu_z, lv_z) + obj.gaussian_log_prob(u, mu_u, lv_u)
 
     def proposal_log_likelihood(self, zu: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:
-        """log p(x | s(z, u)) of a single frame (u² pooled within capsules only)."""
+        """log p(x | s(z, u)) of a single frame, u² pooled over training's window (`frame_pool`)."""
         z, u = jnp.split(zu, 2)
-        return obj.bernoulli_log_likelihood(self.decode(self._student(z, self._pool(u**2))), x)
+        return obj.bernoulli_log_likelihood(self.decode(self._student(z, self.frame_pool(u**2))), x)
 
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
         return self.decoder(z)
@@ -171,17 +189,7 @@ class TVAE(AbstractTransportModel):
         mu_u, lv_u = jax.vmap(self.u_encoder)(x_seq)
         z, u = obj.gaussian_sample(mu_z, lv_z, z_key), obj.gaussian_sample(mu_u, lv_u, u_key)
         u2 = u**2
-        deltas = jnp.arange(-c.time_window, c.time_window + 1)
-
-        def pooled_at(t):
-            def term(delta):
-                src = t + delta
-                valid = (src >= 0) & (src < n)
-                return jnp.where(valid, capsule_roll(u2[jnp.clip(src, 0, n - 1)], -delta, c.capsules), 0.0)
-
-            return self._pool(jnp.sum(jax.vmap(term)(deltas), axis=0))
-
-        s = jax.vmap(lambda t, z_t: self._student(z_t, pooled_at(t)))(jnp.arange(n), z)
+        s = jax.vmap(lambda t, z_t: self._student(z_t, self.window_pool(u2, t)))(jnp.arange(n), z)
         recon = jnp.sum(self.decoder.log_likelihoods(s, x_seq))
         kl = jnp.sum(jax.vmap(obj.kl_to_standard_normal)(mu_z, lv_z)) + jnp.sum(
             jax.vmap(obj.kl_to_standard_normal)(mu_u, lv_u)
