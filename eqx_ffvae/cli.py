@@ -158,7 +158,8 @@ class Sample:
 @dataclasses.dataclass
 class Compare(Shared):
     """Train and evaluate every listed method for the same steps, batch and width over several seeds;
-    write compare.json and compare.md (methods × E_k per transformation and log-likelihood, mean ± std).
+    write compare.json and compare.md (methods × every probe and log-likelihood, mean ± std over seeds,
+    paired bootstrap intervals of each method minus FFVAE).
     Re-running resumes: finished runs are reused, interrupted ones continue from their checkpoints."""
 
     seeds: int = 3

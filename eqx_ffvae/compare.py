@@ -50,59 +50,173 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in arr]}
 
 
-def summarise(results: dict[str, list[dict]], transforms: list[str]) -> dict:
-    """Per method: supervision, E_k per transformation and log-likelihood as mean/std/values over seeds."""
+REFERENCE = "ffvae"  # the paired differences are to FFVAE (supervised)
+RESAMPLES = 2000
+
+
+def paired_bootstrap(
+    a: list[np.ndarray], b: list[np.ndarray], *, resamples: int = RESAMPLES, seed: int = 0
+) -> dict:
+    """Mean of a − b over seeds and held-out sequences, with a 95% percentile bootstrap interval.
+
+    `a[s]`, `b[s]`: per-sequence values of seed s of two methods on the same held-out sequences (the
+    run's fixed evaluation set). Each resample draws seeds and sequences with replacement (the same
+    sequence indices for every seed, as the seeds score the same sequences) and averages a − b; so
+    the interval covers the variation over both. Seeds are paired by index (the first min(#a, #b))."""
+    seeds = min(len(a), len(b))
+    diff = np.stack([np.asarray(a[i], np.float64) - np.asarray(b[i], np.float64) for i in range(seeds)])
+    rng = np.random.default_rng(seed)
+    seed_idx = rng.integers(0, seeds, size=(resamples, seeds))
+    seq_idx = rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))
+    means = np.array([diff[s][:, q].mean() for s, q in zip(seed_idx, seq_idx)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "ci95": [float(lo), float(hi)]}
+
+
+def _columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
+    """Every scored number of one run's eval.json: column id → (the run's value, its per-sequence
+    values or None). Column ids: `<metric>/<transformation or pair>` and `log_likelihood`."""
+    per = result.get("per_sequence")
+    names = list(result["transformations"])
+    ks = np.asarray(per["k"]) if per else None
+    cols: dict[str, tuple[float, np.ndarray | None]] = {}
+    for metric in PROBES:
+        for k, t in enumerate(names):
+            entry = result["transformations"][t]
+            if metric in entry:
+                seqs = np.asarray(per[metric])[ks == k] if per and metric in per else None
+                cols[f"{metric}/{t}"] = (entry[metric], seqs)
+    for pair, entry in result.get("equivariance_error_composition", {}).items():
+        i = list(result["equivariance_error_composition"]).index(pair)
+        for metric, value in entry.items():
+            name = metric.replace("equivariance_error", "equivariance_error_composition")
+            seqs = np.asarray(per[name])[:, i] if per and name in per else None
+            cols[f"{name}/{pair}"] = (value, seqs)
+    ll = np.asarray(per["log_likelihood"]) if per else None
+    cols["log_likelihood"] = (result["log_likelihood"], ll)
+    cols["effective_sample_size"] = (result["effective_sample_size"], None) if "effective_sample_size" in result else None
+    for flow, f in result.get("flows", {}).items():
+        for metric in ("min_eigenvalue", "logdet_gap"):
+            if f.get(metric) is not None:
+                cols[f"{metric}/{flow}"] = (f[metric], None)
+    return {name: c for name, c in cols.items() if c is not None}
+
+
+PROBES = (
+    "equivariance_error",
+    "equivariance_error_linear",
+    "equivariance_error_identity",
+    "equivariance_error_extrapolation",
+    "equivariance_error_extrapolation_linear",
+    "equivariance_error_extrapolation_identity",
+)
+
+
+def summarise(results: dict[str, list[dict]]) -> dict:
+    """Per method: its label, supervision and probe, and every column of its runs' eval.json as
+    mean/std/values over seeds; for every method but FFVAE, `difference_to_ffvae` (`paired_bootstrap`
+    of method − FFVAE over seeds and held-out sequences) where both carry per-sequence values."""
+    columns = {name: [_columns(r) for r in runs] for name, runs in results.items()}
     rows = {}
     for name, runs in results.items():
         method = methods.get_method(name)
-        rows[name] = {
+        row: dict = {
             "label": method.label,
             "supervision": method.supervision,
             "transformation": runs[0]["transformation"],
-            "equivariance_error": {
-                t: _stats([r["transformations"][t]["equivariance_error"] for r in runs]) for t in transforms
-            },
-            "log_likelihood": _stats([r["log_likelihood"] for r in runs]),
             "seeds": len(runs),
+            "columns": {},
         }
+        for col in columns[name][0]:
+            if not all(col in c for c in columns[name]):
+                continue
+            stats = _stats([c[col][0] for c in columns[name]])
+            ref = columns.get(REFERENCE)
+            if name != REFERENCE and ref and all(col in c and c[col][1] is not None for c in columns[name] + ref):
+                stats["difference_to_ffvae"] = paired_bootstrap([c[col][1] for c in columns[name]], [c[col][1] for c in ref])
+            row["columns"][col] = stats
         if all("flow_assignment" in r for r in runs):
-            rows[name]["flow_assignment_accuracy"] = _stats([r["flow_assignment"]["accuracy"] for r in runs])
+            row["columns"]["flow_assignment_accuracy"] = _stats([r["flow_assignment"]["accuracy"] for r in runs])
+        rows[name] = row
     return rows
 
 
-def _best(rows: dict, get: Callable[[dict], float], lowest: bool) -> str:
-    pick = min if lowest else max
-    return pick(rows, key=lambda name: get(rows[name]))
+def _bold(rows: dict, results: dict[str, list[dict]], col: str, lowest: bool) -> str | None:
+    """The method with the best mean in column `col`, if the paired interval of its difference to the
+    runner-up excludes zero (None if not, if fewer than two methods have it, or without per-sequence values)."""
+    have = [n for n in rows if col in rows[n]["columns"]]
+    if len(have) < 2:
+        return None
+    ranked = sorted(have, key=lambda n: rows[n]["columns"][col]["mean"], reverse=not lowest)
+    best, runner_up = ranked[:2]
+    a = [_columns(r)[col][1] for r in results[best]]
+    b = [_columns(r)[col][1] for r in results[runner_up]]
+    if any(v is None for v in a + b):
+        return None
+    lo, hi = paired_bootstrap(a, b)["ci95"]
+    return best if lo > 0 or hi < 0 else None
 
 
-def to_markdown(rows: dict, transforms: list[str], header: str) -> str:
-    """The paper's layout: methods × (supervision, E_k ↓ per transformation, log p(x) ↑), best in bold."""
-    cols = [(f"E {t} ↓", lambda r, t=t: r["equivariance_error"][t], True) for t in transforms]
-    cols.append(("log p(x) ↑", lambda r: r["log_likelihood"], False))
-    best = [_best(rows, lambda r, g=g: g(r)["mean"], low) for _, g, low in cols]
-    lines = [
-        header,
-        "",
-        "| Method | Supervision | " + " | ".join(c[0] for c in cols) + " |",
+def _cell(stats: dict | None, bold: bool) -> str:
+    if stats is None:
+        return "—"
+    text = f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    return f"**{text}**" if bold else text
+
+
+def _interval(stats: dict | None) -> str:
+    if stats is None or "difference_to_ffvae" not in stats:
+        return "—"
+    d = stats["difference_to_ffvae"]
+    return f"{d['mean']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
+
+
+def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str], header: str) -> str:
+    """The paper's layout — methods × (supervision, E_k ↓ per transformation, log p(x) ↑) — then the
+    new columns (extrapolation, composition, ESS); then every probe (own, linear shift, identity) and
+    the paired differences to FFVAE with their 95% intervals. Bold: the best mean, only where the
+    paired interval of its difference to the runner-up excludes zero."""
+    pairs = sorted({c.split("/", 1)[1] for r in rows.values() for c in r["columns"] if c.startswith("equivariance_error_composition/")})
+    paper = [(f"E {t} ↓", f"equivariance_error/{t}", True) for t in transforms] + [("log p(x) ↑", "log_likelihood", False)]
+    new = [(f"E {t} extrap. ↓", f"equivariance_error_extrapolation/{t}", True) for t in transforms]
+    new += [(f"E {p} ↓", f"equivariance_error_composition/{p}", True) for p in pairs]
+    new.append(("ESS", "effective_sample_size", None))
+    new = [c for c in new if any(c[1] in r["columns"] for r in rows.values())]
+    cols = paper + new
+    winners = {col: (_bold(rows, results, col, low) if low is not None else None) for _, col, low in cols}
+
+    def table(columns, cell):
+        out = ["| Method | Supervision | " + " | ".join(c[0] for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+        for name, r in rows.items():
+            label = r["label"] + (" †" if r["transformation"] == "linear shift" else "")
+            cells = [cell(name, r, col) for _, col, _ in columns]
+            out.append(f"| {label} | {r['supervision']} | " + " | ".join(cells) + " |")
+        return out
+
+    lines = [header, ""]
+    lines += table(cols, lambda name, r, col: _cell(r["columns"].get(col), winners[col] == name))
+    probes = [
+        (f"E {t} {probe}", f"{metric}/{t}", True)
+        for t in transforms
+        for probe, metric in (("linear", "equivariance_error_linear"), ("identity", "equivariance_error_identity"))
     ]
-    lines.append("|---|---|" + "---:|" * len(cols))
-    for name, r in rows.items():
-        cells = []
-        for (_, get, _), winner in zip(cols, best):
-            s = get(r)
-            text = f"{s['mean']:.1f} ± {s['std']:.1f}"
-            cells.append(f"**{text}**" if name == winner else text)
-        label = r["label"] + (" †" if r["transformation"] == "linear shift" else "")
-        lines.append(f"| {label} | {r['supervision']} | " + " | ".join(cells) + " |")
+    lines += ["", "Every probe for every model (E_k with the best linear shift and with the identity, z_t = μ(x_0)):", ""]
+    lines += table(probes, lambda name, r, col: _cell(r["columns"].get(col), False))
+    if REFERENCE in rows:
+        diffs = [c for c in cols + probes if c[2] is not None]
+        lines += ["", "Paired difference to FFVAE (method − FFVAE; mean [95% bootstrap interval] over seeds and held-out sequences):", ""]
+        lines += table(diffs, lambda name, r, col: _interval(r["columns"].get(col)))
     lines += [
         "",
         (
-            "E: equivariance error Σ_t ‖dec(z_t) − x_t‖₁ per held-out sequence (SPEC §5), lower is better; "
-            "log p(x): importance-sampled nats per image, higher is better; mean ± std over seeds, best in bold."
+            "E: equivariance error Σ_t ‖dec(z_t) − x_t‖₁ per held-out sequence (SPEC §5), lower is better; extrap.: "
+            "frames T+1 … 2T; a + b: two transformations together; log p(x): defensive-mixture importance-sampled "
+            "nats per image, higher is better; ESS: its mean effective sample size. Mean ± std over seeds; bold: the "
+            "best mean where the paired 95% bootstrap interval of its difference to the runner-up excludes zero."
         ),
         "† no learned transformation: z_t = μ(x_0) + Δ_{k,t}, the best linear shift fitted on training sequences.",
     ]
-    inferred = [(r["label"], r["flow_assignment_accuracy"]) for r in rows.values() if "flow_assignment_accuracy" in r]
+    inferred = [(r["label"], r["columns"]["flow_assignment_accuracy"]) for r in rows.values() if "flow_assignment_accuracy" in r["columns"]]
     if inferred:
         accuracies = "; ".join(f"{label} {s['mean']:.3f} ± {s['std']:.3f}" for label, s in inferred)
         lines.append(
@@ -142,11 +256,12 @@ def run_compare(
         how = "reused" if reused else f"{secs:.0f} s"
         log(f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})")
     transforms = list(results[plan[0][0]][0]["transformations"])
-    rows = summarise({n: results[n] for n in names}, transforms)
+    results = {n: results[n] for n in names}
+    rows = summarise(results)
     for name in names:
         secs = [r["seconds"] for r in results[name] if "seconds" in r]
         if secs:
-            rows[name]["seconds_per_run"] = _stats(secs)
+            rows[name]["columns"]["seconds_per_run"] = _stats(secs)
     setup = {
         "preset": spec.preset,
         "dataset": spec.dataset,
@@ -171,7 +286,7 @@ def run_compare(
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", json.dumps(summary, indent=2))
-    table = to_markdown(rows, transforms, header)
+    table = to_markdown(rows, results, transforms, header)
     atomic_write(out / "compare.md", table)
     log(table)
     return summary

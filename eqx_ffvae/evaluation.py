@@ -153,6 +153,9 @@ def evaluate(
     A model that does not observe k (`infers_flow`) moves each sequence along the flow its q(k | x̄)
     infers; composition uses the flows matched to the two transformations; its likelihood marginalises
     k, and the result gains `flow_assignment`. E_k stays per *true* transformation.
+
+    `per_sequence` holds every held-out sequence's E (each probe), log-likelihood (mean over frames)
+    and true k, for paired comparisons across methods.
     """
     test_batches = [{name: jnp.asarray(v) for name, v in batch.items()} for batch in test_batches]
     if not test_batches:
@@ -222,7 +225,32 @@ def evaluate(
             }
     if assignment is not None:
         out["flow_assignment"] = assignment
+    out["per_sequence"] = _per_sequence(data, ks)
     return out
+
+
+def _per_sequence(data: dict, ks: np.ndarray) -> dict:
+    """Each held-out sequence's numbers (the order of the run's fixed evaluation set, the same for
+    every method and seed): what `compare` pairs across methods for its bootstrap intervals."""
+    def col(values):
+        return [float(v) for v in values]
+
+    per = {"k": [int(k) for k in ks]}
+    names = {"own": "equivariance_error", "linear": "equivariance_error_linear", "identity": "equivariance_error_identity"}
+    if "extrapolation" in data:
+        names |= {
+            "extrapolation": "equivariance_error_extrapolation",
+            "extrapolation_linear": "equivariance_error_extrapolation_linear",
+            "extrapolation_identity": "equivariance_error_extrapolation_identity",
+        }
+    for short, name in names.items():
+        per[name] = col(data[short])
+    per["log_likelihood"] = col(data["ll"].mean(1))
+    if "composition" in data:
+        for short in ("composition", "composition_linear", "composition_identity"):
+            name = "equivariance_error_" + short
+            per[name] = [col(row) for row in data[short]]
+    return per
 
 
 def format_table(result: dict) -> str:

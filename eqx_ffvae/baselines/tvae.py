@@ -182,7 +182,6 @@ class TVAE(AbstractTransportModel):
         """−Σ_t log p(x_t | s_t) + Σ_t KL[q(z_t)‖N] + KL[q(u_t)‖N]; s_t pools u² of frames t+δ
         (|δ| ≤ time_window, inside the sequence) rolled by −δ."""
         del k
-        c = self.config
         n = x_seq.shape[0]
         z_key, u_key = jr.split(key)
         mu_z, lv_z = jax.vmap(self.encoder)(x_seq)
