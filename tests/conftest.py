@@ -3,25 +3,20 @@ import os
 import shutil
 import tempfile
 
-# One persistent compilation cache per session, a folder of it per xdist worker, shared with the
-# training runs that worker starts as subprocesses (they inherit the variable): runs of one
-# configuration (resume, README commands) compile once. Not one folder for all workers: JAX writes a
-# cache entry in place (not atomically), so a worker reading an entry another worker is still writing
-# deserialises a truncated executable and aborts (a worker crash in CI). A fresh root per session, so
-# no run starts with a warm cache.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="eqx_ffvae-test-jax-cache-")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-if "PYTEST_XDIST_WORKER" in os.environ and "EQX_FFVAE_TEST_WORKER_CACHE" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-        os.environ["JAX_COMPILATION_CACHE_DIR"], os.environ["PYTEST_XDIST_WORKER"]
-    )
-    os.makedirs(os.environ["JAX_COMPILATION_CACHE_DIR"], exist_ok=True)
-    os.environ["EQX_FFVAE_TEST_WORKER_CACHE"] = "1"
-# Every program, however quick to compile (JAX's default keeps only those over 1 s): building a model
-# eagerly compiles one small program per weight shape, ~6.5 s for the quick preset's, and each worker
-# and each training subprocess builds the same models again; from the cache that is ~1 s.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# One persistent compilation cache per xdist worker, set in this process only (jax.config below),
+# never exported: training runs that tests start as subprocesses compile without it. JAX writes a
+# cache entry in place (`Path.write_bytes`, not atomically), and tests kill runs (SIGKILL, SIGTERM)
+# and start them side by side: a shared folder then holds half-written entries, and the next process
+# that deserialises one segfaults (CI workers died in compilation_cache.get_executable_and_time). Not
+# one folder for all workers, for the same reason. A fresh root per session: no run starts warm.
+# Every program is cached, however quick to compile (JAX's default keeps only those over 1 s):
+# building a model eagerly compiles one small program per weight shape, and each test builds again.
+_CACHE_ROOT = tempfile.mkdtemp(prefix="eqx_ffvae-test-jax-cache-")
+atexit.register(shutil.rmtree, _CACHE_ROOT, ignore_errors=True)
+_CACHE_DIR = os.path.join(_CACHE_ROOT, os.environ.get("PYTEST_XDIST_WORKER", "main"))
+os.makedirs(_CACHE_DIR, exist_ok=True)
+for _name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+    os.environ.pop(_name, None)  # subprocesses must not inherit a cache (above)
 # Training steps are not cached: Equinox lowers Diffrax's runtime checks to a host callback, and JAX
 # does not cache a program with one. (With EQX_ON_ERROR=nan they were cached, and jaxlib's
 # `executable.serialize()` of a training step segfaulted a worker twice in CI, in
@@ -32,7 +27,8 @@ import jax.random as jr
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture
