@@ -315,12 +315,15 @@ def _train(args: Train, stop: dict) -> int:
 
 def _evaluate(spec: runs.RunSpec, model, run_dir: Path) -> dict:
     with runs.locked(Path(run_dir)):
+        tic = time.perf_counter()
         result, test, shifts = runs.evaluate_with_batches(spec, model)
         runs.atomic_write(Path(run_dir) / "eval.json", json.dumps(result, indent=2))
         print(format_table(result))
+        evaluated = time.perf_counter()
         figures.draw_figures(
             spec, model, test, Path(run_dir) / "figures", shifts, figures.matched_flows(result, len(spec.transforms))
         )
+        print(f"evaluated in {evaluated - tic:.0f} s, figures in {time.perf_counter() - evaluated:.0f} s")
     return result
 
 
