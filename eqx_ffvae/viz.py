@@ -50,10 +50,13 @@ def save_rows(path: str | os.PathLike, rows: Sequence[np.ndarray], labels: Seque
 
 
 def save_gif(path: str | os.PathLike, rows: Sequence[np.ndarray], fps: float = 4.0) -> None:
-    """An animation whose i-th frame shows frame i of every row side by side (rows: (N, C, H, W))."""
+    """An animation whose i-th frame shows frame i of every row side by side (rows: (N, C, H, W)),
+    each shown for 1/fps s, looping. (imageio's Pillow plugin reads `duration` in milliseconds.)"""
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
     n = min(r.shape[0] for r in rows)
     frames = [tile_rows([np.stack([r[i] for r in rows])]) for i in range(n)]
-    imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+    imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
 
 
 def save_loss_curves(path: str | os.PathLike, records: Sequence[dict], terms: Sequence[str]) -> None:
