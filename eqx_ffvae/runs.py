@@ -209,6 +209,11 @@ def resolve(
         if notes is not None:
             notes.append(f"no --data-dir given for {p.dataset}: using the {dataset} dataset ({data.dataset_info(dataset).about})")
         info = data.dataset_info(dataset)
+    if data_dir is None and info.data_dir == "optional" and p.full_data and notes is not None:
+        notes.append(
+            f"NOTICE: preset {preset} is sized for the full {dataset} data, but no --data-dir was given, so it trains "
+            f"on the small subset embedded in the package; pass --data-dir with the full {dataset} files"
+        )
     if data_dir is None and info.data_dir == "required":
         raise RunError(f"preset {preset} needs --data-dir pointing at the {dataset} data ({info.about}; see the README)")
     if data_dir is not None:

@@ -197,6 +197,14 @@ def test_a_garbage_shapes3d_file_is_named(tmp_path, capsys):
                     "3dshapes.h5 is not a readable HDF5 file")
 
 
+@pytest.mark.parametrize("preset, loud", [("mnist", True), ("mnist-weak", True), ("quick", False)])
+def test_a_full_data_preset_on_the_embedded_subset_says_so(preset, loud):
+    notes = []
+    runs.resolve(preset, notes=notes)
+    said = [n for n in notes if n.startswith("NOTICE") and "embedded" in n and "--data-dir" in n]
+    assert len(said) == (1 if loud else 0), notes
+
+
 def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path, capsys):
     path = tmp_path / "mnist.gz"
     path.write_bytes(b"x")
