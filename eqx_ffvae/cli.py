@@ -11,6 +11,7 @@ import ctypes.util
 import dataclasses
 import inspect
 import json
+import shlex
 import signal
 import sys
 import time
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None, *, share_compilation_cache: bool = False
         prog=f"run.py {name}",
         description=f"{inspect.cleandoc(cls.__doc__ or '')}\n\n{EPILOG}",
     )
-    stop = {"reason": None, "training": False}
+    stop = {"reason": None, "training": False, "resume": "rerun the same command to continue"}
 
     def on_signal(signum, frame):
         stop["reason"] = signal.Signals(signum).name
@@ -232,21 +233,21 @@ def main(argv: list[str] | None = None, *, share_compilation_cache: bool = False
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _dispatch(name, args, stop, share_compilation_cache)
+        return _dispatch(name, args, stop, share_compilation_cache, argv)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Interrupted as why:
-        print(f"{why}: stopped; nothing partial was written (rerun the same command to continue)", file=sys.stderr)
+        print(f"{why}: stopped; nothing partial was written ({stop['resume']})", file=sys.stderr)
         return 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool) -> int:
+def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: list[str]) -> int:
     if name == "train":
-        return _train(args, stop)
+        return _train(args, stop, argv)
     if name == "compare":
         out = args.out or Path("runs") / f"compare-{args.preset}"
         if share_compilation_cache and not jax.config.jax_compilation_cache_dir:
@@ -266,12 +267,23 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool) -> int
     return 0
 
 
-def _train(args: Train, stop: dict) -> int:
+def resume_command(argv: list[str], out: Path) -> str:
+    """The command line that continues the run of `argv` in `out`: the same arguments with `--out`
+    made explicit (the default has a timestamp) and without `--fresh` (which would start over)."""
+    prog = "python train/run.py" if Path(sys.argv[0]).name == "run.py" else "eqx-ffvae"
+    args = [a for a in argv if a != "--fresh"]
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    return f"{prog} {shlex.join(args)}"
+
+
+def _train(args: Train, stop: dict, argv: list[str]) -> int:
     if args.coordinator is not None:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     notes: list[str] = []
     spec = spec_from(args, notes=notes)
     out = args.out or Path("runs") / f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stop["resume"] = f"to continue: {resume_command(argv, out)}"
     main_process = jax.process_index() == 0
     say = print if main_process else (lambda *a, **k: None)
     for note in notes:
@@ -297,7 +309,7 @@ def _train(args: Train, stop: dict) -> int:
                 bar.set_postfix(loss=f"{event.terms['loss']:.1f}", seq_s=f"{event.sequences_per_s:.0f}", refresh=False)
                 bar.update(1)
             elif isinstance(event, runs.Stopped):
-                bar.write(f"{event.reason}: saved step {event.step} in {out / 'checkpoints'}; rerun the same command to resume")
+                bar.write(f"{event.reason}: saved step {event.step} in {out / 'checkpoints'}; {stop['resume']}")
                 return 0
     finally:
         stop["training"] = False

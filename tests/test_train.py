@@ -4,6 +4,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -132,16 +134,34 @@ def test_killed_run_resumes_bit_identically(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_zero(tmp_path):
-    run_dir = tmp_path / "term"
-    proc = _start(["--steps", "100000", "--checkpoint-every", "5", "--skip-eval", *TINY, "--out", str(run_dir)])
-    _wait_for_checkpoint(run_dir, proc)
+def test_sigterm_saves_a_checkpoint_and_prints_the_command_that_resumes(tmp_path):
+    """No --out (the default has a timestamp, so "the same command" would start over): the message
+    names the command with the run directory made explicit, and that command resumes the run."""
+    args = ["--steps", "40", "--checkpoint-every", "5", "--skip-eval", *TINY]
+    proc = subprocess.Popen([sys.executable, str(RUN), *args], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while not list(tmp_path.glob("runs/*/checkpoints/[0-9]*")) and proc.poll() is None and time.time() - start < 240:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "SIGTERM: saved step" in out + err
+    (run_dir,) = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
     step, leaves, record = _checkpoint_leaves(run_dir)
-    assert 0 < step < 100000 and leaves and record["step"] == step
+    assert 0 < step < 40 and leaves and record["step"] == step
+    said = re.search(r"SIGTERM: saved step (\d+) in .*; to continue: python train/run\.py (.*)", out + err)
+    assert said and int(said.group(1)) == step, (out + err)[-2000:]
+    command = shlex.split(said.group(2))
+    assert command[-2:] == ["--out", str(Path("runs") / run_dir.name)]
+    resumed = subprocess.run([sys.executable, str(RUN), *command], env=_env(), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"from step {step}" in resumed.stdout and _checkpoint_leaves(run_dir)[0] == 40
+
+
+def test_the_resume_command_drops_fresh_and_names_the_out():
+    assert cli.resume_command(["--fresh", "--steps", "5"], Path("runs/x")).endswith("--steps 5 --out runs/x")
+    assert cli.resume_command(["--out", "my run"], Path("my run")).endswith("--out 'my run'")
 
 
 def _poison_batch(index):
