@@ -321,23 +321,6 @@ def invert_map_step(
     return z, jnp.linalg.norm(z + h * grad(z) - y)
 
 
-def _step_back(pot: AbstractPotential, h: float, iterations: int):
-    """One step of the map backwards: (z_prev, log|det(I + h∇²u(z_prev))|, residual, the inverse of
-    I + h∇²u(z_prev) — the chord Jacobian of the next step back) from (y, a chord inverse, t)."""
-
-    def step(y, inv, t):
-        z_prev, residual = invert_map_step(pot, t, y, h, iterations=iterations, inverse_jacobian=inv)
-        eye = jnp.eye(y.shape[0], dtype=y.dtype)
-        lu_piv = jax.scipy.linalg.lu_factor(eye + h * pot.grad_and_hessian(t, z_prev)[1])
-        return z_prev, _lu_log_abs_det(lu_piv[0]), residual, jax.scipy.linalg.lu_solve(lu_piv, eye)
-
-    return step
-
-
-def _chord_inverse(pot: AbstractPotential, t: ScalarLike, y: Float[Array, " d"], h: float) -> Float[Array, "d d"]:
-    return jnp.linalg.inv(jnp.eye(y.shape[0], dtype=y.dtype) + h * pot.grad_and_hessian(t, y)[1])
-
-
 def map_log_density(
     pot: AbstractPotential,
     y: Float[Array, " d"],
@@ -353,76 +336,28 @@ def map_log_density(
 
     Each step back forms one Hessian and one LU factorisation, at the preimage: its log-det, and the
     inverse that is the chord Jacobian of the next step back. A fixed number of steps (the whole
-    horizon) runs under `lax.scan`; steps after frame t's are identity, so frames vmap together (but
-    `map_log_densities` scores one point per frame at half the cost).
+    horizon) runs under `lax.scan`; steps after frame t's are identity, so frames vmap together.
     """
     h = 1.0 / steps_per_frame
     num_steps = (num_frames - 1) * steps_per_frame
     used = jnp.asarray(frame) * steps_per_frame
-    step = _step_back(pot, h, iterations)
+    eye = jnp.eye(y.shape[0], dtype=y.dtype)
 
     def back(carry, s):
         z, acc, worst, inv = carry
-        z_prev, logdet, residual, inv_prev = step(z, inv, s * h)
+        t = s * h
+        z_prev, residual = invert_map_step(pot, t, z, h, iterations=iterations, inverse_jacobian=inv)
+        lu_piv = jax.scipy.linalg.lu_factor(eye + h * pot.grad_and_hessian(t, z_prev)[1])
         active = s < used
         return (
             jnp.where(active, z_prev, z),
-            acc + jnp.where(active, logdet, 0.0),
+            acc + jnp.where(active, _lu_log_abs_det(lu_piv[0]), 0.0),
             jnp.maximum(worst, jnp.where(active, residual, 0.0)),
-            jnp.where(active, inv_prev, inv),
+            jnp.where(active, jax.scipy.linalg.lu_solve(lu_piv, eye), inv),
         ), None
 
+    steps = jnp.arange(num_steps - 1, -1, -1)
+    inv0 = jnp.linalg.inv(eye + h * pot.grad_and_hessian((num_steps - 1) * h, y)[1])
     zero = jnp.zeros((), y.dtype)
-    init = (y, zero, zero, _chord_inverse(pot, (num_steps - 1) * h, y, h))
-    (z0, acc, worst, _), _ = jax.lax.scan(back, init, jnp.arange(num_steps - 1, -1, -1))
+    (z0, acc, worst, _), _ = jax.lax.scan(back, (y, zero, zero, inv0), steps)
     return log_q0(z0) - acc, worst
-
-
-def map_log_densities(
-    pot: AbstractPotential,
-    ys: Float[Array, "n d"],
-    log_q0: Callable[[Float[Array, " d"]], Scalar],
-    steps_per_frame: int = 1,
-    *,
-    iterations: int = 8,
-) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
-    """`map_log_density` of one point per frame (`ys[t]` at frame t of n), with its residuals.
-
-    Frame t needs t·steps_per_frame steps back, frame n−1−t the rest of the horizon: each such pair
-    runs as one chain of the horizon's length that restarts from the second point half-way, so the n
-    frames cost ⌈n/2⌉ horizons of steps, not n (the middle frame of an odd n is scored twice)."""
-    n = ys.shape[0]
-    h = 1.0 / steps_per_frame
-    num_steps = (n - 1) * steps_per_frame
-    if num_steps == 0:
-        return jax.vmap(log_q0)(ys), jnp.zeros(n, ys.dtype)
-    step = _step_back(pot, h, iterations)
-    firsts = jnp.arange((n + 1) // 2)
-    seconds = n - 1 - firsts
-
-    def pair(ya, yb, a):
-        switch_at = a * steps_per_frame  # chain A: frame a's steps back; then frame n−1−a's
-        zero = jnp.zeros((), ys.dtype)
-        inv_b = _chord_inverse(pot, (num_steps - switch_at - 1) * h, yb, h)
-
-        def back(carry, j):
-            (z, acc, worst, inv), done = carry
-            switch = j == switch_at
-            done = jax.tree.map(lambda new, old: jnp.where(switch, new, old), (z, acc, worst), done)
-            z, acc, worst, inv = jax.tree.map(
-                lambda new, old: jnp.where(switch, new, old), (yb, zero, zero, inv_b), (z, acc, worst, inv)
-            )
-            s = jnp.where(j < switch_at, switch_at - 1 - j, num_steps - 1 - j)
-            z, logdet, residual, inv = step(z, inv, s * h)
-            return ((z, acc + logdet, jnp.maximum(worst, residual), inv), done), None
-
-        inv_a = _chord_inverse(pot, jnp.maximum(switch_at - 1, 0) * h, ya, h)
-        init = ((ya, zero, zero, inv_a), (ya, zero, zero))
-        ((zb, acc_b, worst_b, _), (za, acc_a, worst_a)), _ = jax.lax.scan(back, init, jnp.arange(num_steps))
-        return jnp.stack([log_q0(za) - acc_a, log_q0(zb) - acc_b]), jnp.stack([worst_a, worst_b])
-
-    logq, worst = jax.vmap(pair)(ys[firsts], ys[seconds], firsts)
-    frames = jnp.concatenate([firsts, seconds])
-    out_logq = jnp.zeros(n, ys.dtype).at[frames].set(jnp.concatenate([logq[:, 0], logq[:, 1]]))
-    out_worst = jnp.zeros(n, ys.dtype).at[frames].set(jnp.concatenate([worst[:, 0], worst[:, 1]]))
-    return out_logq, out_worst

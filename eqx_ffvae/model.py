@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from . import distributions as dist
 from . import objectives as obj
 from .conv import ConvImpl
-from .flows import FlowSettings, LaplacianMethod, MapDensity, frame_times, map_density, map_log_densities
+from .flows import FlowSettings, LaplacianMethod, MapDensity, frame_times, map_density, map_log_density
 from .interfaces import AbstractTransportModel, Terms, mean_sequence_loss
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import PotentialBank
@@ -183,7 +183,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
     def proposal_log_prob(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n d"]
     ) -> Float[Array, " n"]:
-        """log q_t(z_t) of `importance_proposal` at any z_t: the map inverted back to z_0 (`map_log_densities`)."""
+        """log q_t(z_t) of `importance_proposal` at any z_t: the map inverted back to z_0 (`map_log_density`)."""
         return self.proposal_log_prob_and_residual(x_seq, k, zs)[0]
 
     def proposal_log_prob_and_residual(
@@ -192,7 +192,12 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         """`proposal_log_prob` and, per frame, the largest residual ‖z + h∇u(z) − y‖ of the inversion."""
         mu, logvar = self.encode(x_seq[0])
         pot, steps = self.flows.potential(k), self.proposal_steps_per_frame
-        return map_log_densities(pot, zs, lambda z0: dist.gaussian_log_prob(z0, mu, logvar), steps)
+        frames = jnp.arange(x_seq.shape[0])
+        return jax.vmap(
+            lambda z, t: map_log_density(
+                pot, z, t, lambda z0: dist.gaussian_log_prob(z0, mu, logvar), x_seq.shape[0], steps
+            )
+        )(zs, frames)
 
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
         return dist.gaussian_draw(*self.encode(x), key)

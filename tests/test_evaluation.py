@@ -79,18 +79,6 @@ def test_the_inverse_map_recovers_the_path_and_its_density(pot, steps):
         assert residual < 1e-4
 
 
-@pytest.mark.parametrize("frames", [4, 5])
-def test_paired_frames_score_like_one_frame_at_a_time(pot, frames):
-    """map_log_densities (frames t and n−1−t in one chain) = map_log_density of each frame alone."""
-    ys = jr.normal(jr.key(5), (frames, D))
-    log_q0 = lambda z: dist.gaussian_log_prob(z, jnp.zeros(D), jnp.zeros(D))  # noqa: E731
-    logq, residual = flows.map_log_densities(pot, ys, log_q0, 2)
-    for t in range(frames):
-        one, worst = flows.map_log_density(pot, ys[t], t, log_q0, frames, 2)
-        np.testing.assert_allclose(logq[t], one, rtol=1e-5, atol=1e-5)
-        assert residual[t] < 1e-4 and worst < 1e-4  # both converged (round-off differs with the chord)
-
-
 def test_defensive_mixture_is_unbiased_on_a_linear_gaussian_model():
     """z ~ N(0, 1), x | z ~ N(a z, s²): p(x) = N(0, a² + s²). Two poor proposals, mixed in fixed numbers."""
     a, s, x = 2.0, 0.5, 1.3
