@@ -1,4 +1,5 @@
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -29,6 +30,16 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compiled_programs():
+    """Each test module starts with no compiled programs held: an xdist worker runs ~100 tests, and
+    what they compiled otherwise stays in its memory for the whole session (CI workers late in the
+    suite died inside XLA compiles)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
