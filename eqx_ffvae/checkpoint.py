@@ -61,10 +61,11 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
-        step_dir = self.directory / str(step)
-        tmp = step_dir / f".{_MANIFEST}.tmp"
-        tmp.write_text(json.dumps(_file_digests(step_dir), indent=1, sort_keys=True))
-        os.replace(tmp, step_dir / _MANIFEST)  # a kill mid-write leaves no manifest, not a damaged one
+        if jax.process_index() == 0:  # one writer of the manifest when processes share the directory
+            step_dir = self.directory / str(step)
+            tmp = step_dir / f".{_MANIFEST}.tmp-{os.getpid()}"
+            tmp.write_text(json.dumps(_file_digests(step_dir), indent=1, sort_keys=True))
+            os.replace(tmp, step_dir / _MANIFEST)  # a kill mid-write leaves no manifest, not a damaged one
 
     def restore(self, template: Any, *, step: int | None = None) -> tuple[Any, jax.Array, dict, int]:
         """(state, key, record, step) of checkpoint `step` (default: the newest), shaped like `template`.
