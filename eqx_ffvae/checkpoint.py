@@ -84,7 +84,7 @@ class Checkpointer:
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(like), record=ocp.args.JsonRestore()),
             )
         except Exception as err:  # Orbax/TensorStore raise many types for damaged files
-            raise UnreadableCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+            raise UnreadableCheckpoint(_first_line(err)) from None
         arrays = restored["state"]
         params, static = eqx.partition(template, eqx.is_array)
         treedef = jax.tree.structure(params)
@@ -103,8 +103,9 @@ class Checkpointer:
                 saved = json.loads(manifest.read_text())
             except (OSError, ValueError) as err:
                 raise UnreadableCheckpoint(f"{manifest} cannot be read ({err})") from None
-            changed = sorted(name for name, digest in _file_digests(step_dir).items() if saved.get(name) != digest)
-            missing = sorted(set(saved) - set(_file_digests(step_dir)))
+            found = _file_digests(step_dir)
+            changed = sorted(name for name, digest in found.items() if saved.get(name) != digest)
+            missing = sorted(set(saved) - set(found))
             if changed or missing:
                 raise UnreadableCheckpoint(
                     f"files differ from those saved: {', '.join(changed + missing)}"
@@ -113,7 +114,7 @@ class Checkpointer:
             stored = self._manager.item_metadata(step)["state"]
             shapes = {name: tuple(meta.shape) for name, meta in stored.items()}
         except Exception as err:  # no or damaged metadata
-            raise UnreadableCheckpoint(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+            raise UnreadableCheckpoint(_first_line(err)) from None
         wanted = {f"{i:05d}": tuple(leaf.shape) for i, leaf in enumerate(leaves)}
         if set(shapes) != set(wanted):
             raise ValueError(
@@ -135,6 +136,10 @@ class Checkpointer:
 
 
 _MANIFEST = "files.json"
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def _file_digests(step_dir: Path) -> dict[str, list]:

@@ -68,38 +68,9 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     seed_idx = rng.integers(0, seeds, size=(resamples, seeds))
     seq_idx = rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))
-    means = np.array([diff[s][:, q].mean() for s, q in zip(seed_idx, seq_idx)])
+    means = diff[seed_idx[:, :, None], seq_idx[:, None, :]].mean(axis=(1, 2))
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"mean": float(diff.mean()), "ci95": [float(lo), float(hi)]}
-
-
-def _columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
-    """Every scored number of one run's eval.json: column id → (the run's value, its per-sequence
-    values or None). Column ids: `<metric>/<transformation or pair>` and `log_likelihood`."""
-    per = result.get("per_sequence")
-    names = list(result["transformations"])
-    ks = np.asarray(per["k"]) if per else None
-    cols: dict[str, tuple[float, np.ndarray | None]] = {}
-    for metric in PROBES:
-        for k, t in enumerate(names):
-            entry = result["transformations"][t]
-            if metric in entry:
-                seqs = np.asarray(per[metric])[ks == k] if per and metric in per else None
-                cols[f"{metric}/{t}"] = (entry[metric], seqs)
-    for pair, entry in result.get("equivariance_error_composition", {}).items():
-        i = list(result["equivariance_error_composition"]).index(pair)
-        for metric, value in entry.items():
-            name = metric.replace("equivariance_error", "equivariance_error_composition")
-            seqs = np.asarray(per[name])[:, i] if per and name in per else None
-            cols[f"{name}/{pair}"] = (value, seqs)
-    ll = np.asarray(per["log_likelihood"]) if per else None
-    cols["log_likelihood"] = (result["log_likelihood"], ll)
-    cols["effective_sample_size"] = (result["effective_sample_size"], None) if "effective_sample_size" in result else None
-    for flow, f in result.get("flows", {}).items():
-        for metric in ("min_eigenvalue", "logdet_gap"):
-            if f.get(metric) is not None:
-                cols[f"{metric}/{flow}"] = (f[metric], None)
-    return {name: c for name, c in cols.items() if c is not None}
 
 
 PROBES = (
@@ -110,6 +81,35 @@ PROBES = (
     "equivariance_error_extrapolation_linear",
     "equivariance_error_extrapolation_identity",
 )
+
+
+def _columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
+    """Every scored number of one run's eval.json: column id → (the run's value, its per-sequence
+    values or None). Column ids: `<metric>/<transformation or pair>` and `log_likelihood`."""
+    per = result.get("per_sequence", {})
+    ks = np.asarray(per.get("k", []))
+
+    def seqs(name: str, select) -> np.ndarray | None:
+        return select(np.asarray(per[name])) if name in per else None
+
+    cols: dict[str, tuple[float, np.ndarray | None]] = {}
+    for metric in PROBES:
+        for k, t in enumerate(result["transformations"]):
+            entry = result["transformations"][t]
+            if metric in entry:
+                cols[f"{metric}/{t}"] = (entry[metric], seqs(metric, lambda v, k=k: v[ks == k]))
+    for i, (pair, entry) in enumerate(result.get("equivariance_error_composition", {}).items()):
+        for metric, value in entry.items():
+            name = metric.replace("equivariance_error", "equivariance_error_composition")
+            cols[f"{name}/{pair}"] = (value, seqs(name, lambda v, i=i: v[:, i]))
+    cols["log_likelihood"] = (result["log_likelihood"], seqs("log_likelihood", lambda v: v))
+    if "effective_sample_size" in result:
+        cols["effective_sample_size"] = (result["effective_sample_size"], None)
+    for flow, f in result.get("flows", {}).items():
+        for metric in ("min_eigenvalue", "logdet_gap"):
+            if f.get(metric) is not None:
+                cols[f"{metric}/{flow}"] = (f[metric], None)
+    return cols
 
 
 def summarise(results: dict[str, list[dict]]) -> dict:
@@ -127,12 +127,12 @@ def summarise(results: dict[str, list[dict]]) -> dict:
             "seeds": len(runs),
             "columns": {},
         }
+        ref = columns.get(REFERENCE) if name != REFERENCE else None
         for col in columns[name][0]:
             if not all(col in c for c in columns[name]):
                 continue
             stats = _stats([c[col][0] for c in columns[name]])
-            ref = columns.get(REFERENCE)
-            if name != REFERENCE and ref and all(col in c and c[col][1] is not None for c in columns[name] + ref):
+            if ref and all(col in c and c[col][1] is not None for c in columns[name] + ref):
                 stats["difference_to_ffvae"] = paired_bootstrap([c[col][1] for c in columns[name]], [c[col][1] for c in ref])
             row["columns"][col] = stats
         if all("flow_assignment" in r for r in runs):
@@ -141,7 +141,7 @@ def summarise(results: dict[str, list[dict]]) -> dict:
     return rows
 
 
-def _bold(rows: dict, results: dict[str, list[dict]], col: str, lowest: bool) -> str | None:
+def _bold(rows: dict, columns: dict[str, list[dict]], col: str, lowest: bool) -> str | None:
     """The method with the best mean in column `col`, if the paired interval of its difference to the
     runner-up excludes zero (None if not, if fewer than two methods have it, or without per-sequence values)."""
     have = [n for n in rows if col in rows[n]["columns"]]
@@ -149,8 +149,8 @@ def _bold(rows: dict, results: dict[str, list[dict]], col: str, lowest: bool) ->
         return None
     ranked = sorted(have, key=lambda n: rows[n]["columns"][col]["mean"], reverse=not lowest)
     best, runner_up = ranked[:2]
-    a = [_columns(r)[col][1] for r in results[best]]
-    b = [_columns(r)[col][1] for r in results[runner_up]]
+    a = [c[col][1] for c in columns[best]]
+    b = [c[col][1] for c in columns[runner_up]]
     if any(v is None for v in a + b):
         return None
     lo, hi = paired_bootstrap(a, b)["ci95"]
@@ -183,7 +183,8 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
     new.append(("ESS", "effective_sample_size", None))
     new = [c for c in new if any(c[1] in r["columns"] for r in rows.values())]
     cols = paper + new
-    winners = {col: (_bold(rows, results, col, low) if low is not None else None) for _, col, low in cols}
+    columns = {name: [_columns(r) for r in runs] for name, runs in results.items()}
+    winners = {col: (_bold(rows, columns, col, low) if low is not None else None) for _, col, low in cols}
 
     def table(columns, cell):
         out = ["| Method | Supervision | " + " | ".join(c[0] for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
