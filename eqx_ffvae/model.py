@@ -191,13 +191,11 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
     ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
         """`proposal_log_prob` and, per frame, the largest residual ‖z + h∇u(z) − y‖ of the inversion."""
         mu, logvar = self.encode(x_seq[0])
-        pot, steps = self.flows.potential(k), self.proposal_steps_per_frame
-        frames = jnp.arange(x_seq.shape[0])
-        return jax.vmap(
-            lambda z, t: map_log_density(
-                pot, z, t, lambda z0: dist.gaussian_log_prob(z0, mu, logvar), x_seq.shape[0], steps
-            )
-        )(zs, frames)
+        pot, steps, n = self.flows.potential(k), self.proposal_steps_per_frame, x_seq.shape[0]
+        log_q0 = lambda z0: dist.gaussian_log_prob(z0, mu, logvar)  # noqa: E731
+        # Frame 0 is q_0 itself: only frames 1 … n − 1 are inverted.
+        logq, residual = jax.vmap(lambda z, t: map_log_density(pot, z, t, log_q0, n, steps))(zs[1:], jnp.arange(1, n))
+        return jnp.concatenate([log_q0(zs[0])[None], logq]), jnp.concatenate([jnp.zeros((1,), zs.dtype), residual])
 
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
         return dist.gaussian_draw(*self.encode(x), key)

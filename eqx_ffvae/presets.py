@@ -39,7 +39,7 @@ PRESETS = {
     "quick": Preset(
         dataset="mnist", latent_dim=32, width=32, potential_width=128, steps=1500, batch_size=32,
         learning_rate=2e-3, checkpoint_every=250, hj_weight=0.1, flow_kl_weight=0.1,
-        eval_sequences=300, ll_samples=20, shift_batches=10,
+        eval_sequences=150, ll_samples=10, shift_batches=10,
         slice_size=16,  # at width 32, 12% faster steps than 32 on a 2-core EPYC (1 MB L2 per core)
         full_data=False,
         about="embedded MNIST, small latent: trains, evaluates and draws in minutes on a laptop CPU",
