@@ -28,6 +28,7 @@ from .compare import run_compare
 from .evaluation import format_table
 from .presets import PRESETS
 from .runs import RunError
+from .tensorboard import log_evaluation
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 ModelName = Literal[tuple(methods.METHODS)]  # type: ignore[valid-type]
@@ -260,7 +261,7 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: 
     model, step = runs.restore_model(spec, args.run)
     print(f"loaded {args.run} at step {step}")
     if name == "eval":
-        _evaluate(spec, model, args.run)
+        _evaluate(spec, model, args.run, step)
     else:
         out = figures.draw_samples(spec, model, args.run, num=args.num, seed=args.seed)
         print(f"wrote {len(spec.transforms)} sample grids to {out}")
@@ -320,12 +321,13 @@ def _train(args: Train, stop: dict, argv: list[str]) -> int:
     if run.trained_steps:
         say(f"trained {run.trained_steps} steps in {time.perf_counter() - start_time:.0f} s")
     if main_process and not args.skip_eval:
-        _evaluate(spec, runs.local_copy(run.model), out)
+        _evaluate(spec, runs.local_copy(run.model), out, run.step)
         say(f"wrote {out / 'eval.json'} and {out / 'figures'}; total {time.perf_counter() - start_time:.0f} s")
     return 0
 
 
-def _evaluate(spec: runs.RunSpec, model, run_dir: Path) -> dict:
+def _evaluate(spec: runs.RunSpec, model, run_dir: Path, step: int) -> dict:
+    """eval.json, the printed table, the figures, and all of them in TensorBoard at `step`."""
     with runs.locked(Path(run_dir)):
         tic = time.perf_counter()
         result, test, shifts = runs.evaluate_with_batches(spec, model)
@@ -336,6 +338,7 @@ def _evaluate(spec: runs.RunSpec, model, run_dir: Path) -> dict:
             spec, model, test, Path(run_dir) / "figures", shifts, figures.matched_flows(result, len(spec.transforms))
         )
         print(f"evaluated in {evaluated - tic:.0f} s, figures in {time.perf_counter() - evaluated:.0f} s")
+        log_evaluation(run_dir, step, result, Path(run_dir) / "figures")
     return result
 
 

@@ -40,12 +40,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from . import data, methods
-from ._events import SummaryWriter
 from ._version import __version__
 from .checkpoint import Checkpointer, UnreadableCheckpoint
 from .evaluation import evaluate, fit_linear_shifts
 from .interfaces import AbstractSequenceModel
 from .presets import PRESETS
+from .provenance import provenance
+from .tensorboard import training_writer
 from .training import (
     MATMUL_PRECISIONS,
     compile_step,
@@ -149,7 +150,7 @@ class RunSpec:
     @classmethod
     def from_json(cls, blob: dict) -> RunSpec:
         """The spec of a config.json (also one written before slice_size left the model config)."""
-        blob = {k: v for k, v in blob.items() if k != MARKER}
+        blob = {k: v for k, v in blob.items() if k not in (MARKER, "provenance")}
         model = dict(blob.pop("model"))
         slice_size = model.pop("slice_size", None)
         if slice_size is not None and "slice_size" not in blob:
@@ -349,6 +350,15 @@ def build(spec: RunSpec):
 
 def train_key(spec: RunSpec) -> jax.Array:
     return jr.split(jr.key(spec.seed), 3)[2]
+
+
+def _provenance_history(run_dir: Path) -> list[dict]:
+    """The `provenance` records of an existing config.json (one per start of the run), else []."""
+    try:
+        history = json.loads((run_dir / "config.json").read_text()).get("provenance", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) else []
 
 
 def read_spec(run_dir: str | os.PathLike) -> RunSpec:
@@ -601,6 +611,7 @@ class TrainingRun:
         self.should_stop, self.wrap_batches = should_stop, wrap_batches
         self.model: AbstractSequenceModel | None = None
         self.trained_steps = 0
+        self.step = 0  # the step the model is at
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"--out {self.run_dir} is a file, not a directory; choose another --out")
 
@@ -630,7 +641,7 @@ class TrainingRun:
                 run_dir, spec, (model, opt_state), move_damaged=is_main
             )
             data_state, notes = record["data_state"][process_index], tuple(skipped)
-        self.model = model
+        self.model, self.step = model, start
         if start >= spec.steps:
             yield Started(start, spec.steps, True, (*notes, f"already trained for {start} ≥ {spec.steps} steps; nothing to do"))
             return
@@ -642,7 +653,9 @@ class TrainingRun:
             iterator.set_state(data_state)
         if is_main:
             try:
-                atomic_write(run_dir / "config.json", json.dumps(spec.to_json(), indent=2))
+                history = _provenance_history(run_dir)
+                blob = {**spec.to_json(), "provenance": [*history, {"start_step": start, **provenance()}]}
+                atomic_write(run_dir / "config.json", json.dumps(blob, indent=2))
             except OSError as err:
                 raise RunError(f"cannot write to --out {run_dir} ({err.strerror}); choose a writable directory") from None
             _cut_metrics(run_dir / "metrics.jsonl", start)
@@ -655,7 +668,7 @@ class TrainingRun:
         model, opt_state = replicate((model, opt_state), mesh)
         step_fn = make_step(optimizer, slice_size=spec.slice_size, mesh=mesh, matmul_precision=spec.matmul_precision)
         ckpt = Checkpointer(run_dir / "checkpoints")
-        writer = SummaryWriter(run_dir / "tensorboard") if is_main else None
+        writer = training_writer(run_dir) if is_main else None
         metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1) if is_main else None
         batches = iterator if self.wrap_batches is None else self.wrap_batches(iterator)
         last_saved = start
@@ -692,11 +705,12 @@ class TrainingRun:
                     raise RunError(
                         f"non-finite loss at step {step + 1} in {', '.join(bad)} (loss={terms['loss']}); stopped, {where}"
                     )
-                self.model, self.trained_steps = model, self.trained_steps + 1
+                self.model, self.trained_steps, self.step = model, self.trained_steps + 1, step + 1
                 record = StepRecord(step + 1, terms, rate)
                 if is_main:
                     metrics_file.write(json.dumps({"step": step + 1, **terms, "sequences_per_s": rate}) + "\n")
-                    writer.scalars(step + 1, {**terms, "sequences_per_s": rate})
+                    for name, value in {**terms, "sequences_per_s": rate}.items():
+                        writer.add_scalar(f"train/{name}", value, step + 1)
                 yield record
                 done = step + 1
                 reason = self.should_stop()

@@ -257,6 +257,39 @@ def test_run_directory_holds_everything(trained_run):
     assert any((trained_run / "tensorboard").iterdir())
 
 
+def test_tensorboard_shows_training_scalars_eval_metrics_and_figures(trained_run):
+    """Read back with TensorBoard's own reader: what `tensorboard --logdir` would show."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/sequences_per_s"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    result = json.loads((trained_run / "eval.json").read_text())
+    scale = events.Scalars("eval/scale/equivariance_error")
+    assert [e.step for e in scale] == [3]
+    assert scale[0].value == pytest.approx(result["transformations"]["scale"]["equivariance_error"], rel=1e-6)
+    assert "eval/composition/scale_rotation/equivariance_error" in tags["scalars"]
+    assert "eval/flows/hue/min_eigenvalue" in tags["scalars"]
+    from eqx_ffvae.tensorboard import eval_scalars, tag
+
+    assert set(eval_scalars(result)) <= set(tags["scalars"])
+    pngs = {p.stem for p in (trained_run / "figures").glob("*.png")}
+    assert {tag(f"figures/{name}") for name in pngs} <= set(tags["images"])
+    image = events.Images("figures/flow_scale")[0]
+    assert image.step == 3 and image.width > 0 and image.height > 0
+
+
+def test_config_records_what_produced_the_run(trained_run):
+    import jax
+
+    record = json.loads((trained_run / "config.json").read_text())["provenance"]
+    assert len(record) == 1 and record[0]["start_step"] == 0
+    assert record[0]["packages"]["jax"] == jax.__version__
+    assert record[0]["devices"] == [str(d) for d in jax.devices()]
+    assert record[0]["git_commit"] is None or len(record[0]["git_commit"]) == 40
+
+
 def test_eval_rewrites_the_same_eval_json(run_module, trained_run):
     before = (trained_run / "eval.json").read_text()
     (trained_run / "eval.json").unlink()
