@@ -54,25 +54,37 @@ def main() -> None:
     rows = []
     for num_samples, (ll, ess) in per_s.items():
         diff = ll.mean(1) - per_s[top][0].mean(1)
-        rows.append({
-            "S": num_samples,
-            "log p(x)": float(ll.mean()),
-            "mean ESS": float(ess.mean()),
-            f"mean |Δ| to S={top}": float(np.abs(diff).mean()),
-            f"max |Δ| to S={top}": float(np.abs(diff).max()),
-        })
+        rows.append(
+            {
+                "S": num_samples,
+                "log p(x)": float(ll.mean()),
+                "mean ESS": float(ess.mean()),
+                f"mean |Δ| to S={top}": float(np.abs(diff).mean()),
+                f"max |Δ| to S={top}": float(np.abs(diff).max()),
+            }
+        )
     print(f"{spec.method} ({args.run}), {len(frames)} held-out sequences, nats per image (mean over frames)")
     print_table(rows, list(rows[0]))
     per_frame = [
         {"frame": t}
-        | {f"|Δ| S={s}": float(np.abs(ll[:, t] - per_s[top][0][:, t]).mean()) for s, (ll, _) in per_s.items() if s != top}
+        | {
+            f"|Δ| S={s}": float(np.abs(ll[:, t] - per_s[top][0][:, t]).mean())
+            for s, (ll, _) in per_s.items()
+            if s != top
+        }
         | {f"ESS S={s}": float(ess[:, t].mean()) for s, (_, ess) in per_s.items()}
         for t in range(frames.shape[1])
     ]
     print(f"per frame: mean |Δ| to S={top} over sequences, and mean ESS")
     print_table(per_frame, list(per_frame[0]))
     out = args.json or args.run / "likelihood_convergence.json"
-    record = {"run": str(args.run), "method": spec.method, "sequences": len(frames), "rows": rows, "per_frame": per_frame}
+    record = {
+        "run": str(args.run),
+        "method": spec.method,
+        "sequences": len(frames),
+        "rows": rows,
+        "per_frame": per_frame,
+    }
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")
 

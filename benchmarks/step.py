@@ -44,8 +44,13 @@ CONFIGS = {
     "a": {"d": 324, "batch": 128},
     "b": {"d": 64, "batch": 128},
     "c": {"d": 64, "batch": 32},
-    "quick": {"d": _QUICK.latent_dim, "batch": _QUICK.batch_size, "width": _QUICK.width,
-              "potential_width": _QUICK.potential_width, "slice_size": _QUICK.slice_size},
+    "quick": {
+        "d": _QUICK.latent_dim,
+        "batch": _QUICK.batch_size,
+        "width": _QUICK.width,
+        "potential_width": _QUICK.potential_width,
+        "slice_size": _QUICK.slice_size,
+    },
 }
 DEFAULT_CONFIGS = ["a", "b", "c"]
 T, K = 8, 3
@@ -99,8 +104,13 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     spec = CONFIGS[config]
     d, batch = spec["d"], spec["batch"]
     cfg = ff.FFVAEConfig(
-        image_shape=(3, 28, 28), num_frames=T + 1, latent_dim=d, num_flows=K, width=spec.get("width", d),
-        potential_width=spec.get("potential_width", d), laplacian=laplacian,
+        image_shape=(3, 28, 28),
+        num_frames=T + 1,
+        latent_dim=d,
+        num_flows=K,
+        width=spec.get("width", d),
+        potential_width=spec.get("potential_width", d),
+        laplacian=laplacian,
     )
     slice_size = next(s for s in (slice_size, spec.get("slice_size"), DEFAULT_SLICE_SIZE) if s is not None)
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
@@ -135,7 +145,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     # decoder chunk (`features` of rows·(T+1) frames) with one slice in it (the spatial layers of `rows`
     # frames). Add the rest: T flow steps, and T + 1 frames of the whole batch through both parts.
     rows = slice_rows(batch, slice_size)
-    cost = lambda f, *args: _cpu_flops(eqx.filter_jit(eqx.filter_value_and_grad(f)), *args)
+    cost = lambda f, *args: _cpu_flops(eqx.filter_jit(eqx.filter_value_and_grad(f)), *args)  # noqa: E731
     flow_b = cost(one_flow_step, pot, zs, jr.key(4))
     features_b = cost(one_frame_features, model, zs)
     pixels_b = cost(one_frame_decode, model, zs, data["frames"][:, 0]) - features_b
@@ -178,8 +188,12 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--laplacians", nargs="+", default=["exact", "hutchinson"], choices=["exact", "hutchinson"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compile (median reported)")
-    parser.add_argument("--matmul-precision", default="float32", choices=["float32", "tensorfloat32", "bfloat16"],
-                        help="precision of the step's matmuls/convs and of the matmul yardstick (GPUs/TPUs)")
+    parser.add_argument(
+        "--matmul-precision",
+        default="float32",
+        choices=["float32", "tensorfloat32", "bfloat16"],
+        help="precision of the step's matmuls/convs and of the matmul yardstick (GPUs/TPUs)",
+    )
     parser.add_argument("--slice-size", type=int, default=None, help="override the step's slice_size")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
@@ -195,10 +209,21 @@ def main() -> None:
     for config in args.configs:
         for lap in args.laplacians:
             out = subprocess.run(
-                [sys.executable, __file__, "--one", config, lap, "--steps", str(args.steps),
-                 "--matmul-precision", args.matmul_precision,
-                 *([] if args.slice_size is None else ["--slice-size", str(args.slice_size)])],
-                capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    config,
+                    lap,
+                    "--steps",
+                    str(args.steps),
+                    "--matmul-precision",
+                    args.matmul_precision,
+                    *([] if args.slice_size is None else ["--slice-size", str(args.slice_size)]),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if out.returncode != 0:
                 raise SystemExit(f"config {config}/{lap} failed:\n{out.stderr[-3000:]}")
@@ -207,8 +232,20 @@ def main() -> None:
             rows.append(row)
             print(f"{config}/{lap}: {row['median_s']:.3f} s/step", file=sys.stderr)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
-    columns = ["config", "laplacian", "d", "batch", "slice_size", "median_s", "compile_s", "flops", "gflops_per_s",
-               "matmul_gflops_per_s", "fraction_of_matmul", "peak_rss_mb"]
+    columns = [
+        "config",
+        "laplacian",
+        "d",
+        "batch",
+        "slice_size",
+        "median_s",
+        "compile_s",
+        "flops",
+        "gflops_per_s",
+        "matmul_gflops_per_s",
+        "fraction_of_matmul",
+        "peak_rss_mb",
+    ]
     if any(row["device_peak_mb"] is not None for row in rows):
         columns += ["device_peak_mb"]
     print(f"matmul precision {args.matmul_precision}")

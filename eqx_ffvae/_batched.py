@@ -59,7 +59,12 @@ def batched_loss(
 
 
 def _ffvae_supervised(
-    model: FlowFactorizedVAE, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, slice_size: int
+    model: FlowFactorizedVAE,
+    frames: Float[Array, "b n c h w"],
+    ks: Int[Array, " b"],
+    *,
+    key: PRNGKeyArray,
+    slice_size: int,
 ) -> tuple[Scalar, Terms]:
     """The mean of `model.loss` over the batch (key split into one per sequence)."""
     b, n = frames.shape[:2]
@@ -73,7 +78,8 @@ def _ffvae_supervised(
 
     by_rows = lambda a: rearrange(a, "(s r) ... -> s r ...", r=rows)  # noqa: E731
     zs, logqs = jax.tree.map(
-        lambda a: rearrange(a, "s r ... -> (s r) ..."), jax.lax.map(lambda a: solve(*a), jax.tree.map(by_rows, (ks, z0, logq0, probe_keys)))
+        lambda a: rearrange(a, "s r ... -> (s r) ..."),
+        jax.lax.map(lambda a: solve(*a), jax.tree.map(by_rows, (ks, z0, logq0, probe_keys))),
     )
     terms = jax.vmap(model.latent_terms)(mu, logvar, zs, logqs, ks)
     by_slice = lambda a: rearrange(a, "(s r) n ... -> s (r n) ...", r=rows)  # noqa: E731
@@ -129,7 +135,9 @@ def flow_rows(
         grad, lap = rows(pots, t, y[0], probes)
         return grad, -lap
 
-    zs, logqs = integrate(vector_field, z0, logq0, probes, ts, dt0=settings.dt0, stepsize_controller=stepsize_controller)
+    zs, logqs = integrate(
+        vector_field, z0, logq0, probes, ts, dt0=settings.dt0, stepsize_controller=stepsize_controller
+    )
     return jnp.swapaxes(zs, 0, 1), jnp.swapaxes(logqs, 0, 1)
 
 

@@ -107,9 +107,7 @@ class Checkpointer:
             changed = sorted(name for name, digest in found.items() if saved.get(name) != digest)
             missing = sorted(set(saved) - set(found))
             if changed or missing:
-                raise UnreadableCheckpoint(
-                    f"files differ from those saved: {', '.join(changed + missing)}"
-                )
+                raise UnreadableCheckpoint(f"files differ from those saved: {', '.join(changed + missing)}")
         try:
             stored = self._manager.item_metadata(step)["state"]
             shapes = {name: tuple(meta.shape) for name, meta in stored.items()}

@@ -72,7 +72,9 @@ class Shared:
 
     preset: PresetName = "quick"
     """the named configuration (the presets table above)"""
-    data_dir: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: embedded or procedural data)")] = None
+    data_dir: Annotated[
+        Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: embedded or procedural data)")
+    ] = None
     """dataset folder (MNIST IDX files, 3dshapes.h5, or the PNG folder)"""
     steps: Annotated[int | None, _override("training steps", "steps")] = None
     latent_dim: Annotated[int | None, _override("latent dimension d", "latent_dim")] = None
@@ -83,7 +85,8 @@ class Shared:
     workers: Annotated[int | None, _override("data-loading processes (0 = in the main process)", "workers")] = None
     eval_sequences: Annotated[int | None, _override("held-out sequences scored", "eval_sequences")] = None
     ll_samples: Annotated[
-        int | None, _override("importance samples per frame for the log-likelihood (SPEC: 100 for tables)", "ll_samples")
+        int | None,
+        _override("importance samples per frame for the log-likelihood (SPEC: 100 for tables)", "ll_samples"),
     ] = None
 
 
@@ -99,7 +102,9 @@ class Train(Shared):
     per batch) or a baseline"""
     seed: int = 0
     """seeds the model, the data order and the training noise"""
-    out: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/<preset>-<time>/)")] = None
+    out: Annotated[
+        Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/<preset>-<time>/)")
+    ] = None
     """run directory; one holding a checkpoint is resumed"""
     fresh: bool = False
     """delete what an earlier run wrote in --out (only in a run directory) and start over"""
@@ -116,20 +121,27 @@ class Train(Shared):
     Hutchinson's estimator"""
     slice_size: Annotated[
         int | None,
-        _override("sequences per flow slice and decoder chunk (memory and speed, never the numbers; "
-                  "on a GPU pass the batch size)", "slice_size"),
+        _override(
+            "sequences per flow slice and decoder chunk (memory and speed, never the numbers; "
+            "on a GPU pass the batch size)",
+            "slice_size",
+        ),
     ] = None
     factor_sizes: Annotated[
         tuple[int, ...] | None, tyro.conf.arg(metavar="INT…", help_behavior_hint="(default: the dataset's grid)")
     ] = None
     """override the dataset's factor grid (a reduced grid of a factor dataset, e.g. for tests)"""
-    num_frames: Annotated[int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: the dataset's)")] = None
+    num_frames: Annotated[int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: the dataset's)")] = (
+        None
+    )
     """frames per sequence T+1"""
     matmul_precision: Literal["float32", "tensorfloat32", "bfloat16"] = "float32"
     """precision of the step's matmuls/convs on GPUs/TPUs (tensorfloat32, bfloat16: faster); CPUs use float32"""
     skip_eval: bool = False
     """train only; run `eval --run DIR` later"""
-    coordinator: Annotated[str | None, tyro.conf.arg(metavar="HOST:PORT", help_behavior_hint="(default: one host)")] = None
+    coordinator: Annotated[str | None, tyro.conf.arg(metavar="HOST:PORT", help_behavior_hint="(default: one host)")] = (
+        None
+    )
     """multi-host: address of process 0 (jax.distributed); also needs --num-processes/--process-id"""
     num_processes: int = 1
     """multi-host: number of processes"""
@@ -168,7 +180,9 @@ class Compare(Shared):
     """seeds 0 … N−1 per method"""
     models: tuple[ModelName, ...] = tuple(methods.METHODS)
     """methods to compare (rows of the table)"""
-    out: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/compare-<preset>)")] = None
+    out: Annotated[
+        Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/compare-<preset>)")
+    ] = None
     """where the runs and the table go"""
 
 
@@ -180,17 +194,26 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM outside the training loop."""
 
 
-def spec_from(args: Train | Compare, *, model: str | None = None, seed: int = 0, notes: list[str] | None = None) -> runs.RunSpec:
+def spec_from(
+    args: Train | Compare, *, model: str | None = None, seed: int = 0, notes: list[str] | None = None
+) -> runs.RunSpec:
     """The RunSpec the options describe (`model`/`seed` for a comparison's runs)."""
     shared = {name: getattr(args, name) for name in _SHARED}
-    model_fields = {"latent_dim": shared.pop("latent_dim"), "width": shared.pop("width"),
-                    "potential_width": shared.pop("potential_width")}
+    model_fields = {
+        "latent_dim": shared.pop("latent_dim"),
+        "width": shared.pop("width"),
+        "potential_width": shared.pop("potential_width"),
+    }
     if isinstance(args, Train):
         model, seed = args.model, args.seed
         model_fields.update(laplacian=args.laplacian, num_frames=args.num_frames)
         shared.update(
-            batch_size=args.batch_size, learning_rate=args.learning_rate, checkpoint_every=args.checkpoint_every,
-            slice_size=args.slice_size, factor_sizes=args.factor_sizes, matmul_precision=args.matmul_precision,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            checkpoint_every=args.checkpoint_every,
+            slice_size=args.slice_size,
+            factor_sizes=args.factor_sizes,
+            matmul_precision=args.matmul_precision,
         )
     return runs.resolve(model=model, seed=seed, notes=notes, **shared, **model_fields)
 
@@ -253,8 +276,13 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: 
         out = args.out or Path("runs") / f"compare-{args.preset}"
         if share_compilation_cache and not jax.config.jax_compilation_cache_dir:
             jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
-        run_compare(list(args.models), args.seeds, out, lambda m, s: spec_from(args, model=m, seed=s),
-                    log=lambda line: print(line, flush=True))
+        run_compare(
+            list(args.models),
+            args.seeds,
+            out,
+            lambda m, s: spec_from(args, model=m, seed=s),
+            log=lambda line: print(line, flush=True),
+        )
         print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
         return 0
     spec = runs.read_spec(args.run)
@@ -302,7 +330,9 @@ def _train(args: Train, stop: dict, argv: list[str]) -> int:
                     say(note)
                 if event.resumed and event.start < event.total:
                     say(f"resuming {out} from step {event.start}")
-                bar = tqdm(total=event.total, initial=event.start, disable=not main_process, desc="train", dynamic_ncols=True)
+                bar = tqdm(
+                    total=event.total, initial=event.start, disable=not main_process, desc="train", dynamic_ncols=True
+                )
             elif isinstance(event, runs.Compiled):
                 release_free_memory()
                 bar.write(f"compiled the training step in {event.seconds:.1f} s")
@@ -348,4 +378,3 @@ def entry() -> None:
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     sys.exit(main(share_compilation_cache=True))
-

@@ -54,9 +54,7 @@ REFERENCE = "ffvae"  # the paired differences are to FFVAE (supervised)
 RESAMPLES = 2000
 
 
-def paired_bootstrap(
-    a: list[np.ndarray], b: list[np.ndarray], *, resamples: int = RESAMPLES, seed: int = 0
-) -> dict:
+def paired_bootstrap(a: list[np.ndarray], b: list[np.ndarray], *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """Mean of a − b over seeds and held-out sequences, with a 95% percentile bootstrap interval.
 
     `a[s]`, `b[s]`: per-sequence values of seed s of two methods on the same held-out sequences (the
@@ -133,7 +131,9 @@ def summarise(results: dict[str, list[dict]]) -> dict:
                 continue
             stats = _stats([c[col][0] for c in columns[name]])
             if ref and all(col in c and c[col][1] is not None for c in columns[name] + ref):
-                stats["difference_to_ffvae"] = paired_bootstrap([c[col][1] for c in columns[name]], [c[col][1] for c in ref])
+                stats["difference_to_ffvae"] = paired_bootstrap(
+                    [c[col][1] for c in columns[name]], [c[col][1] for c in ref]
+                )
             row["columns"][col] = stats
         if all("flow_assignment" in r for r in runs):
             row["columns"]["flow_assignment_accuracy"] = _stats([r["flow_assignment"]["accuracy"] for r in runs])
@@ -176,8 +176,17 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
     new columns (extrapolation, composition, ESS); then every probe (own, linear shift, identity) and
     the paired differences to FFVAE with their 95% intervals. Bold: the best mean, only where the
     paired interval of its difference to the runner-up excludes zero."""
-    pairs = sorted({c.split("/", 1)[1] for r in rows.values() for c in r["columns"] if c.startswith("equivariance_error_composition/")})
-    paper = [(f"E {t} ↓", f"equivariance_error/{t}", True) for t in transforms] + [("log p(x) ↑", "log_likelihood", False)]
+    pairs = sorted(
+        {
+            c.split("/", 1)[1]
+            for r in rows.values()
+            for c in r["columns"]
+            if c.startswith("equivariance_error_composition/")
+        }
+    )
+    paper = [(f"E {t} ↓", f"equivariance_error/{t}", True) for t in transforms] + [
+        ("log p(x) ↑", "log_likelihood", False)
+    ]
     new = [(f"E {t} extrap. ↓", f"equivariance_error_extrapolation/{t}", True) for t in transforms]
     new += [(f"E {p} ↓", f"equivariance_error_composition/{p}", True) for p in pairs]
     new.append(("ESS", "effective_sample_size", None))
@@ -187,7 +196,10 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
     winners = {col: (_bold(rows, columns, col, low) if low is not None else None) for _, col, low in cols}
 
     def table(columns, cell):
-        out = ["| Method | Supervision | " + " | ".join(c[0] for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+        out = [
+            "| Method | Supervision | " + " | ".join(c[0] for c in columns) + " |",
+            "|---|---|" + "---:|" * len(columns),
+        ]
         for name, r in rows.items():
             label = r["label"] + (" †" if r["transformation"] == "linear shift" else "")
             cells = [cell(name, r, col) for _, col, _ in columns]
@@ -201,11 +213,19 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
         for t in transforms
         for probe, metric in (("linear", "equivariance_error_linear"), ("identity", "equivariance_error_identity"))
     ]
-    lines += ["", "Every probe for every model (E_k with the best linear shift and with the identity, z_t = μ(x_0)):", ""]
+    lines += [
+        "",
+        "Every probe for every model (E_k with the best linear shift and with the identity, z_t = μ(x_0)):",
+        "",
+    ]
     lines += table(probes, lambda name, r, col: _cell(r["columns"].get(col), False))
     if REFERENCE in rows:
         diffs = [c for c in cols + probes if c[2] is not None]
-        lines += ["", "Paired difference to FFVAE (method − FFVAE; mean [95% bootstrap interval] over seeds and held-out sequences):", ""]
+        lines += [
+            "",
+            "Paired difference to FFVAE (method − FFVAE; mean [95% bootstrap interval] over seeds and held-out sequences):",
+            "",
+        ]
         lines += table(diffs, lambda name, r, col: _interval(r["columns"].get(col)))
     lines += [
         "",
@@ -217,7 +237,11 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
         ),
         "† no learned transformation: z_t = μ(x_0) + Δ_{k,t}, the best linear shift fitted on training sequences.",
     ]
-    inferred = [(r["label"], r["columns"]["flow_assignment_accuracy"]) for r in rows.values() if "flow_assignment_accuracy" in r["columns"]]
+    inferred = [
+        (r["label"], r["columns"]["flow_assignment_accuracy"])
+        for r in rows.values()
+        if "flow_assignment_accuracy" in r["columns"]
+    ]
     if inferred:
         accuracies = "; ".join(f"{label} {s['mean']:.3f} ± {s['std']:.3f}" for label, s in inferred)
         lines.append(

@@ -155,7 +155,7 @@ def _col2im(u: Array) -> Array:
     """
     h, w = u.shape[:2]
 
-    phase = lambda r, q: _shifted_sum(u, _PHASE_TAP_SHIFTS[r], _PHASE_TAP_SHIFTS[q])
+    phase = lambda r, q: _shifted_sum(u, _PHASE_TAP_SHIFTS[r], _PHASE_TAP_SHIFTS[q])  # noqa: E731
     rows = [jnp.stack([phase(r, q) for q in range(2)], axis=2) for r in range(2)]
     return jnp.stack(rows, axis=1).reshape(2 * h, 2 * w, u.shape[-1])
 
@@ -173,8 +173,8 @@ def _im2col(g: Array) -> Array:
     gp = jnp.pad(g, ((1, 1), (1, 1), (0, 0))).reshape(h + 1, 2, w + 1, 2, o)
 
     def tap(ty: int, tx: int) -> Array:
-        (by, j), (bx, l) = divmod(ty, 2), divmod(tx, 2)
-        return gp[by : by + h, j, bx : bx + w, l]
+        (by, j), (bx, m) = divmod(ty, 2), divmod(tx, 2)
+        return gp[by : by + h, j, bx : bx + w, m]
 
     return jnp.stack([jnp.stack([tap(ty, tx) for tx in range(4)], axis=2) for ty in range(4)], axis=2)
 

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 
 @jax.custom_jvp
-def bernoulli_log_likelihood(logits: Float[Array, "..."], x: Float[Array, "..."]) -> Scalar:
+def bernoulli_log_likelihood(logits: Float[Array, ...], x: Float[Array, ...]) -> Scalar:
     """Σ_pixels log Bernoulli(x | sigmoid(logits)), for targets x ∈ [0, 1].
 
     Its derivative rule shares one exp(−|logits|) between the softplus and ∂/∂logits = x − sigmoid:

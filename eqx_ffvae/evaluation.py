@@ -232,11 +232,16 @@ def evaluate(
 def _per_sequence(data: dict, ks: np.ndarray) -> dict:
     """Each held-out sequence's numbers (the order of the run's fixed evaluation set, the same for
     every method and seed): what `compare` pairs across methods for its bootstrap intervals."""
+
     def col(values):
         return [float(v) for v in values]
 
     per = {"k": [int(k) for k in ks]}
-    names = {"own": "equivariance_error", "linear": "equivariance_error_linear", "identity": "equivariance_error_identity"}
+    names = {
+        "own": "equivariance_error",
+        "linear": "equivariance_error_linear",
+        "identity": "equivariance_error_identity",
+    }
     if "extrapolation" in data:
         names |= {
             "extrapolation": "equivariance_error_extrapolation",

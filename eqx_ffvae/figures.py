@@ -18,7 +18,18 @@ from .interfaces import AbstractSequenceModel, AbstractTransportModel
 from .runs import RunError, RunSpec, read_metrics
 
 LOSS_TERMS = (
-    "loss", "recon", "kl0", "kl", "kl_flow", "hj", "q_distill", "agreement", "tc", "kl_slow", "wave", "classifier"
+    "loss",
+    "recon",
+    "kl0",
+    "kl",
+    "kl_flow",
+    "hj",
+    "q_distill",
+    "agreement",
+    "tc",
+    "kl_slow",
+    "wave",
+    "classifier",
 )
 
 
@@ -73,7 +84,9 @@ def draw_figures(
         flow = flows[k] if moves else k
         z_path = transport(model, jnp.int32(flow), encode(model, jnp.asarray(x[0])))  # traced: one compile
         model_frames = np.asarray(_decode_path(model, z_path))
-        viz.save_rows(out / f"flow_{name}.png", [x, model_frames], ["data", "model"], flow_label(k, flow, name, inferred))
+        viz.save_rows(
+            out / f"flow_{name}.png", [x, model_frames], ["data", "model"], flow_label(k, flow, name, inferred)
+        )
         viz.save_gif(out / f"flow_{name}.gif", [x, model_frames])
     if len(transforms) >= 2 and moves:
         _draw_composition(spec, model, jnp.asarray(frames[0, 0]), flows, out, encode)
@@ -104,7 +117,9 @@ def draw_samples(spec: RunSpec, model: AbstractSequenceModel, run_dir: Path, *, 
     `eval` first); without an eval.json its flows are drawn and named by index only.
     """
     if not isinstance(model, AbstractTransportModel):
-        raise RunError(f"model {spec.method!r} learns no transformation to sample along; sample needs ffvae, poflow or tvae")
+        raise RunError(
+            f"model {spec.method!r} learns no transformation to sample along; sample needs ffvae, poflow or tvae"
+        )
     if num < 1:
         raise RunError(f"--num must be ≥ 1, got {num}")
     out = run_dir / "figures"

@@ -124,8 +124,16 @@ def flow(
         return grad, -lap
 
     return integrate(
-        vector_field, z0, logq0, probes, ts,
-        solver=solver, dt0=dt0, stepsize_controller=stepsize_controller, adjoint=adjoint, max_steps=max_steps,
+        vector_field,
+        z0,
+        logq0,
+        probes,
+        ts,
+        solver=solver,
+        dt0=dt0,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
     )
 
 

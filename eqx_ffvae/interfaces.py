@@ -51,7 +51,12 @@ class AbstractSequenceModel(eqx.Module):
 
     @abc.abstractmethod
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         """The training objective of a batch: `mean_sequence_loss` for a per-sequence objective; a model
         whose objective couples the batch (a total-correlation estimate, an E-step over the batch, a

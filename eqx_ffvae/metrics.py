@@ -29,7 +29,11 @@ def _l1_after_first(model: AbstractSequenceModel, zs: Float[Array, "n d"], x_seq
 
 
 def equivariance_error(
-    model: AbstractTransportModel, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray | None = None
+    model: AbstractTransportModel,
+    x_seq: Float[Array, "n c h w"],
+    k: Int[ArrayLike, ""],
+    *,
+    key: PRNGKeyArray | None = None,
 ) -> Scalar:
     """E_k of one sequence: start at μ(x_0), follow the model's own flow k, compare frames 1…T."""
     mu, _ = model.encode(x_seq[0])

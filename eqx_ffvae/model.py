@@ -66,7 +66,9 @@ class FFVAEConfig:
         if self.steps_per_frame < 1:
             raise ValueError(f"steps_per_frame must be ≥ 1, got {self.steps_per_frame}")
         if not 0.0 <= self.min_flow_share <= 1.0:
-            raise ValueError(f"min_flow_share must be in [0, 1] (a fraction of each flow's fair share B/K), got {self.min_flow_share}")
+            raise ValueError(
+                f"min_flow_share must be in [0, 1] (a fraction of each flow's fair share B/K), got {self.min_flow_share}"
+            )
         if self.weakly_supervised and self.group_supervised:
             raise ValueError("weakly_supervised and group_supervised exclude each other: pick one way to infer k")
 
@@ -294,13 +296,20 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         """The training objective of a batch: the mean of `loss` (k observed), `weak_batch_loss` (k
         inferred; `ks` ignored) or `group_batch_loss` (the authors' variant; `ks` ignored)."""
         if self.config.group_supervised:
             if step is None:
-                raise ValueError("the group-supervised objective needs the training step (its Gumbel temperature): pass step=")
+                raise ValueError(
+                    "the group-supervised objective needs the training step (its Gumbel temperature): pass step="
+                )
             return self.group_batch_loss(frames, step, key=key)
         if self.config.weakly_supervised:
             return self.weak_batch_loss(frames, key=key)
@@ -442,9 +451,9 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
         ts = self.frame_times
         zs, logqs = self.flow_settings.density(self.flows.combined(weights), z0, logq0, ts, probe_key)
-        per_flow = jax.vmap(
-            lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
-        )(jnp.arange(self.config.num_flows))
+        per_flow = jax.vmap(lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:]))(
+            jnp.arange(self.config.num_flows)
+        )
         terms = self._weighted_terms(mu, logvar, zs, logqs, weights, weights @ per_flow)
         return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 

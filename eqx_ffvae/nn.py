@@ -220,7 +220,9 @@ class SequenceEncoder(eqx.Module):
         c, h, _ = image_shape
         net = ConvNet(num_frames * c, h, width, num_flows, impl=impl, key=key)
         last = net.heads[-1]
-        zeroed = eqx.tree_at(lambda m: (m.weight, m.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        zeroed = eqx.tree_at(
+            lambda m: (m.weight, m.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias))
+        )
         self.net = eqx.tree_at(lambda n: n.heads[-1], net, zeroed)
 
     def __call__(self, x_seq: Float[Array, "t c h w"]) -> Float[Array, " k"]:

@@ -181,7 +181,7 @@ class Force(eqx.Module):
         self.mlp = _TimeMLP(latent_dim, width, depth, time_dim, activation, True, key=key)
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
-        return -self.mlp(t, z) ** 2
+        return -(self.mlp(t, z) ** 2)
 
 
 def select_stacked(stacked: eqx.Module, k: Int[ArrayLike, ""]) -> eqx.Module:

@@ -14,7 +14,18 @@ import jax
 
 from ._version import __version__
 
-STACK = ("jax", "jaxlib", "equinox", "diffrax", "optax", "jaxtyping", "grain", "orbax-checkpoint", "numpy", "tensorboardX")
+STACK = (
+    "jax",
+    "jaxlib",
+    "equinox",
+    "diffrax",
+    "optax",
+    "jaxtyping",
+    "grain",
+    "orbax-checkpoint",
+    "numpy",
+    "tensorboardX",
+)
 
 
 def _git(*args: str) -> str | None:

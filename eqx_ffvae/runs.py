@@ -119,13 +119,19 @@ class RunSpec:
         _check_int("--checkpoint-every", self.checkpoint_every, 1)
         _check_int("--workers", self.workers, 0)
         _check_int("--slice-size", self.slice_size, 1)
-        if not (isinstance(self.learning_rate, float | int) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        if not (
+            isinstance(self.learning_rate, float | int) and math.isfinite(self.learning_rate) and self.learning_rate > 0
+        ):
             raise RunError(f"--learning-rate must be a finite number > 0, got {self.learning_rate!r}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise RunError(f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
+            raise RunError(
+                f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
+            )
         method = methods.get_method(self.method)
         if not isinstance(self.model, method.config_cls):
-            raise RunError(f"model {self.method!r} needs a {method.config_cls.__name__}, got {type(self.model).__name__}")
+            raise RunError(
+                f"model {self.method!r} needs a {method.config_cls.__name__}, got {type(self.model).__name__}"
+            )
         if self.factor_sizes is not None and any(s < 1 for s in self.factor_sizes):
             raise RunError(f"--factor-sizes must all be ≥ 1, got {self.factor_sizes}")
 
@@ -208,7 +214,9 @@ def resolve(
     if data_dir is None and info.offline is not None:
         dataset = info.offline
         if notes is not None:
-            notes.append(f"no --data-dir given for {p.dataset}: using the {dataset} dataset ({data.dataset_info(dataset).about})")
+            notes.append(
+                f"no --data-dir given for {p.dataset}: using the {dataset} dataset ({data.dataset_info(dataset).about})"
+            )
         info = data.dataset_info(dataset)
     if data_dir is None and info.data_dir == "optional" and p.full_data and notes is not None:
         notes.append(
@@ -216,7 +224,9 @@ def resolve(
             f"on the small subset embedded in the package; pass --data-dir with the full {dataset} files"
         )
     if data_dir is None and info.data_dir == "required":
-        raise RunError(f"preset {preset} needs --data-dir pointing at the {dataset} data ({info.about}; see the README)")
+        raise RunError(
+            f"preset {preset} needs --data-dir pointing at the {dataset} data ({info.about}; see the README)"
+        )
     if data_dir is not None:
         path = Path(data_dir)
         if not path.exists():
@@ -643,7 +653,9 @@ class TrainingRun:
             data_state, notes = record["data_state"][process_index], tuple(skipped)
         self.model, self.step = model, start
         if start >= spec.steps:
-            yield Started(start, spec.steps, True, (*notes, f"already trained for {start} ≥ {spec.steps} steps; nothing to do"))
+            yield Started(
+                start, spec.steps, True, (*notes, f"already trained for {start} ≥ {spec.steps} steps; nothing to do")
+            )
             return
         dataset = sequences(spec, grouped=spec.grouped)
         iterator = data.batch_iterator(
@@ -657,7 +669,9 @@ class TrainingRun:
                 blob = {**spec.to_json(), "provenance": [*history, {"start_step": start, **provenance()}]}
                 atomic_write(run_dir / "config.json", json.dumps(blob, indent=2))
             except OSError as err:
-                raise RunError(f"cannot write to --out {run_dir} ({err.strerror}); choose a writable directory") from None
+                raise RunError(
+                    f"cannot write to --out {run_dir} ({err.strerror}); choose a writable directory"
+                ) from None
             _cut_metrics(run_dir / "metrics.jsonl", start)
         yield Started(start, spec.steps, has_ckpt, notes)
         yield from self._loop(model, optimizer, opt_state, key, start, iterator, mesh, is_main)

@@ -223,7 +223,7 @@ def test_classifier_loss_falls_on_separable_flows(getkey):
         return eqx.apply_updates(cls, updates), state, loss
 
     first = float(eqx.filter_jit(batch_loss)(classifier, getkey()))
-    for i in range(150):
+    for _ in range(150):
         classifier, state, _ = step(classifier, state, getkey())
     last = float(eqx.filter_jit(batch_loss)(classifier, getkey()))
     assert abs(first - math.log(3)) < 0.5 and last < 0.1 * first, (first, last)
@@ -246,9 +246,19 @@ BASELINES = [name for name in ff.methods.METHODS if not name.startswith("ffvae")
 def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
     """(The FFVAE and its weak variant take two steps at every preset in test_train.py.)"""
     for dataset, (shape, frames, num_flows) in PRESET_SHAPES.items():
-        settings = dict(image_shape=shape, num_frames=frames, latent_dim=12, num_flows=num_flows, width=2,
-                        potential_width=8, classifier_width=8, disc_width=8)
-        config = ff.methods.make_config(name, **{k: v for k, v in settings.items() if k in ff.methods.config_fields(name)})
+        settings = dict(
+            image_shape=shape,
+            num_frames=frames,
+            latent_dim=12,
+            num_flows=num_flows,
+            width=2,
+            potential_width=8,
+            classifier_width=8,
+            disc_width=8,
+        )
+        config = ff.methods.make_config(
+            name, **{k: v for k, v in settings.items() if k in ff.methods.config_fields(name)}
+        )
         model = ff.methods.get_method(name).model_cls(config, key=getkey())  # eager: shapes repeat, compiles cached
         optimizer = make_optimizer(1e-3)
         opt_state = init_opt_state(model, optimizer)
@@ -282,7 +292,7 @@ def test_poflow_proposal_is_its_flow_with_density(getkey):
     z, logq = zs[0], logqs[0]
     for step in range(3 * n):
         grad, _ = pot.grad_and_laplacian(step * h, z)
-        hess = jax.hessian(lambda v: pot(step * h, v))(z)
+        hess = jax.hessian(lambda v: pot(step * h, v))(z)  # noqa: B023 (called inside the loop)
         z, logq = z + h * grad, logq - jnp.linalg.slogdet(jnp.eye(5) + h * hess)[1]
         if (step + 1) % n == 0:
             t = (step + 1) // n
@@ -303,7 +313,7 @@ def test_make_model_draws_the_weights_of_eager_construction(name, getkey):
     compiled = ff.methods.make_model(name, config, key=key)
     eager = ff.methods.get_method(name).model_cls(config, key=key)
     assert jax.tree.structure(compiled) == jax.tree.structure(eager)
-    arrays = lambda model: jax.tree.leaves(eqx.filter(model, eqx.is_array))
+    arrays = lambda model: jax.tree.leaves(eqx.filter(model, eqx.is_array))  # noqa: E731
     for a, b in zip(arrays(compiled), arrays(eager), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

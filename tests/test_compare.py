@@ -32,7 +32,9 @@ def _methods(rng, n=200):
     base = rng.normal(20.0, 5.0, size=(2, n))
     noise = rng.normal(0.0, 5.0, size=(2, n))
     ll, ll_noise = rng.normal(-100.0, 1.0, size=(2, n)), rng.normal(0.0, 1.0, size=(2, n))
-    vae = [_result([base[s] + 2.0, base[s] + noise[s] + 0.1], ll[s] + ll_noise[s] + 3.0, "linear shift") for s in range(2)]
+    vae = [
+        _result([base[s] + 2.0, base[s] + noise[s] + 0.1], ll[s] + ll_noise[s] + 3.0, "linear shift") for s in range(2)
+    ]
     ffvae = [_result([base[s], base[s] + noise[s][::-1]], ll[s]) for s in range(2)]
     return {"vae": vae, "ffvae": ffvae}
 

@@ -31,8 +31,14 @@ def blob_sequences(key, n):
 @pytest.mark.slow
 def test_flows_learn_blob_translations():
     config = ff.FFVAEConfig(
-        image_shape=(1, SIZE, SIZE), num_frames=FRAMES, latent_dim=8, num_flows=2, width=8,
-        potential_width=32, hj_weight=0.1, flow_kl_weight=0.1,
+        image_shape=(1, SIZE, SIZE),
+        num_frames=FRAMES,
+        latent_dim=8,
+        num_flows=2,
+        width=8,
+        potential_width=32,
+        hj_weight=0.1,
+        flow_kl_weight=0.1,
     )
     model_key, data_key, train_key, test_key = jr.split(jr.key(0), 4)
     model = ff.FlowFactorizedVAE(config, key=model_key)

@@ -87,14 +87,16 @@ def test_defensive_mixture_is_unbiased_on_a_linear_gaussian_model():
 
     def estimate(key, num_own, num_frame):
         ko, kf = jr.split(key)
-        z = jnp.concatenate([own[0] + own[1] * jr.normal(ko, (num_own,)), frame[0] + frame[1] * jr.normal(kf, (num_frame,))])
+        z = jnp.concatenate(
+            [own[0] + own[1] * jr.normal(ko, (num_own,)), frame[0] + frame[1] * jr.normal(kf, (num_frame,))]
+        )
         logq_own, logq_frame = jss.norm.logpdf(z, *own), jss.norm.logpdf(z, *frame)
         log_q = metrics.defensive_log_q(logq_own[:, None], logq_frame[:, None], num_own)
         log_w = jss.norm.logpdf(x, a * z, s) + jss.norm.logpdf(z)
         return metrics.importance_estimate(log_w[:, None] - log_q)
 
     for num_own, num_frame in ((2, 2), (3, 1), (1, 0)):
-        est, ess = jax.vmap(lambda k: estimate(k, num_own, num_frame))(jr.split(jr.key(5), 200_000))
+        est, ess = jax.vmap(lambda k: estimate(k, num_own, num_frame))(jr.split(jr.key(5), 200_000))  # noqa: B023 (called inside the loop)
         ratio = jnp.exp(est[:, 0] - exact)
         stderr = jnp.std(ratio) / jnp.sqrt(ratio.size)
         assert abs(float(jnp.mean(ratio)) - 1.0) < 4 * float(stderr) + 1e-3, (num_own, num_frame)

@@ -58,7 +58,16 @@ def test_a_lock_left_by_a_dead_process_is_taken(tmp_path):
 def test_two_simultaneous_processes_one_trains(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, str(ROOT / "train" / "run.py"), "--steps", "100000", *TINY, "--skip-eval", "--out", str(out)]
+    args = [
+        sys.executable,
+        str(ROOT / "train" / "run.py"),
+        "--steps",
+        "100000",
+        *TINY,
+        "--skip-eval",
+        "--out",
+        str(out),
+    ]
     first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         start = time.time()
@@ -163,10 +172,11 @@ def test_a_run_that_never_checkpointed_leaves_no_records(tmp_path):
 def _mnist_dir(folder: Path, broken: str | None = None, how: str = "truncated") -> Path:
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for split, (images, labels) in _SPLIT_FILES.items():
+    for _split, (images, labels) in _SPLIT_FILES.items():
         n = 16
         blobs = {
-            images: bytes([0, 0, 8, 3]) + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28))
+            images: bytes([0, 0, 8, 3])
+            + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28))
             + rng.integers(0, 255, n * 784, dtype=np.uint8).tobytes(),
             labels: bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + rng.integers(0, 10, n, dtype=np.uint8).tobytes(),
         }
@@ -183,8 +193,11 @@ def test_a_broken_mnist_test_file_is_named_before_training(tmp_path, capsys, how
     broken = _SPLIT_FILES["test"][0]
     folder = _mnist_dir(tmp_path / "mnist", broken, how)
     out = tmp_path / "run"
-    line = _one_line_error(capsys, ["--preset", "mnist", "--data-dir", str(folder), "--steps", "1", *TINY,
-                                    "--workers", "0", "--out", str(out)], broken)
+    line = _one_line_error(
+        capsys,
+        ["--preset", "mnist", "--data-dir", str(folder), "--steps", "1", *TINY, "--workers", "0", "--out", str(out)],
+        broken,
+    )
     assert "truncated or not gzip" in line
     assert not out.exists()  # checked before the lock, the config, anything
 
@@ -193,8 +206,11 @@ def test_a_garbage_shapes3d_file_is_named(tmp_path, capsys):
     folder = tmp_path / "shapes"
     folder.mkdir()
     (folder / "3dshapes.h5").write_bytes(b"\x00garbage" * 100)
-    _one_line_error(capsys, ["--preset", "shapes3d", "--data-dir", str(folder), "--steps", "1", *TINY],
-                    "3dshapes.h5 is not a readable HDF5 file")
+    _one_line_error(
+        capsys,
+        ["--preset", "shapes3d", "--data-dir", str(folder), "--steps", "1", *TINY],
+        "3dshapes.h5 is not a readable HDF5 file",
+    )
 
 
 @pytest.mark.parametrize("preset, loud", [("mnist", True), ("mnist-weak", True), ("quick", False)])
@@ -219,8 +235,17 @@ def test_a_bad_learning_rate_is_refused_before_anything_is_written(tmp_path, cap
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--eval-sequences", "0"), ("--seed", "-1"), ("--ll-samples", "0"),
-                                             ("--checkpoint-every", "0"), ("--slice-size", "0"), ("--workers", "-1")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--eval-sequences", "0"),
+        ("--seed", "-1"),
+        ("--ll-samples", "0"),
+        ("--checkpoint-every", "0"),
+        ("--slice-size", "0"),
+        ("--workers", "-1"),
+    ],
+)
 def test_every_numeric_flag_is_checked_by_name(tmp_path, capsys, flag, value):
     out = tmp_path / "run"
     _one_line_error(capsys, [f"{flag}={value}", "--steps", "1", *TINY, "--out", str(out)], flag)
@@ -235,7 +260,9 @@ def test_a_shapes3d_count_error_names_the_flag(tmp_path, capsys):
     with h5py.File(folder / "3dshapes.h5", "w") as f:
         f["images"] = np.zeros((4, 64, 64, 3), np.uint8)
         f["labels"] = np.zeros((4, 6))
-    _one_line_error(capsys, ["--preset", "shapes3d", "--data-dir", str(folder), "--steps", "1", *TINY], "--factor-sizes")
+    _one_line_error(
+        capsys, ["--preset", "shapes3d", "--data-dir", str(folder), "--steps", "1", *TINY], "--factor-sizes"
+    )
 
 
 def test_resuming_with_fewer_steps_trains_nothing_and_rewrites_nothing(tiny_run, tmp_path, capsys):
@@ -262,9 +289,13 @@ def test_sigterm_during_eval_exits_like_training_and_leaves_no_partial_file(tiny
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
     (out / "eval.json").unlink()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "run.py"), "eval", "--run", str(out)],
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train" / "run.py"), "eval", "--run", str(out)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert line.startswith("loaded"), line + proc.stderr.read()
     proc.send_signal(signal.SIGTERM)

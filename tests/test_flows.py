@@ -39,8 +39,8 @@ def test_forward_laplacian_gradients_match_hvp_reference(x64, getkey):
 
     def objective(pots, zs, method):
         def one(pot, z):
-            grad, lap = pot.grad_and_laplacian(0.4, z) if method == "fast" else hvp_grad_and_laplacian(
-                lambda x: pot(0.4, x), z
+            grad, lap = (
+                pot.grad_and_laplacian(0.4, z) if method == "fast" else hvp_grad_and_laplacian(lambda x: pot(0.4, x), z)
             )
             return jnp.sum(jnp.sin(grad)) + lap**2
 

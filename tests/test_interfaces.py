@@ -24,8 +24,16 @@ from eqx_ffvae.training import init_opt_state, make_optimizer, make_step, with_s
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "eqx_ffvae"
 SHAPE, FRAMES, FLOWS = (3, 28, 28), 3, 3
-TINY = {"image_shape": SHAPE, "num_frames": FRAMES, "num_flows": FLOWS, "latent_dim": 6, "width": 2,
-        "potential_width": 8, "classifier_width": 8, "disc_width": 8}
+TINY = {
+    "image_shape": SHAPE,
+    "num_frames": FRAMES,
+    "num_flows": FLOWS,
+    "latent_dim": 6,
+    "width": 2,
+    "potential_width": 8,
+    "classifier_width": 8,
+    "disc_width": 8,
+}
 
 
 def _own_classes(cls: type) -> list[type]:
@@ -85,7 +93,9 @@ def test_every_method_trains_two_steps_and_evaluates(name, batch):
         assert math.isfinite(entry["equivariance_error"])
 
 
-@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if issubclass(m.model_cls, AbstractTransportModel)])
+@pytest.mark.parametrize(
+    "name", [n for n, m in methods.METHODS.items() if issubclass(m.model_cls, AbstractTransportModel)]
+)
 def test_transport_models_compose_one_hot_as_transport(name):
     fields = {k: v for k, v in TINY.items() if k in methods.config_fields(name)}
     model = methods.get_method(name).model_cls(methods.make_config(name, **fields), key=jr.key(3))
@@ -138,8 +148,12 @@ def _imports(path: Path) -> tuple[set[str], list[int]]:
             stem = ".".join(base + ([node.module] if node.module else []))
             for alias in node.names:
                 candidate = f"{stem}.{alias.name}"
-                targets.add(candidate if (ROOT / (candidate.replace(".", "/") + ".py")).exists()
-                            or (ROOT / candidate.replace(".", "/")).is_dir() else stem)
+                targets.add(
+                    candidate
+                    if (ROOT / (candidate.replace(".", "/") + ".py")).exists()
+                    or (ROOT / candidate.replace(".", "/")).is_dir()
+                    else stem
+                )
     return {t.removesuffix(".__init__") for t in targets}, local
 
 
@@ -188,6 +202,9 @@ def test_a_finished_run_loads_without_train(tmp_path):
     trained = ff.runs.train(spec, tmp_path / "run")
     model, loaded = ff.load_run(tmp_path / "run")
     assert loaded == spec
-    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(eqx.filter(trained, eqx.is_array)),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(model, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(trained, eqx.is_array)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -22,9 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def weak_model():
-    return ff.FlowFactorizedVAE(
-        ff.FFVAEConfig(**{**CONFIG.__dict__, "weakly_supervised": True}), key=jr.key(2)
-    )
+    return ff.FlowFactorizedVAE(ff.FFVAEConfig(**{**CONFIG.__dict__, "weakly_supervised": True}), key=jr.key(2))
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +38,7 @@ def test_shapes(model, sequences):
 
 def test_elbo_gradients_reach_every_parameter(model, sequences, getkey):
     def total(m):
-        losses, _ = jax.vmap(lambda x, k, key: m.loss(x, k, key=key))(
-            sequences, jnp.arange(3), jr.split(getkey(), 3)
-        )
+        losses, _ = jax.vmap(lambda x, k, key: m.loss(x, k, key=key))(sequences, jnp.arange(3), jr.split(getkey(), 3))
         return jnp.sum(losses)
 
     grads = eqx.filter_jit(eqx.filter_grad(total))(model)
@@ -145,9 +141,9 @@ def test_public_model_functions_jit_and_vmap(model, weak_model, sequences, getke
     losses, _ = eqx.filter_jit(jax.vmap(lambda x, k, key: model.loss(x, k, key=key)))(sequences, ks, keys)
     weak, _ = eqx.filter_jit(jax.vmap(lambda x, key: weak_model.weak_loss(x, key=key)))(sequences, keys)
     errs = eqx.filter_jit(jax.vmap(lambda x, k: metrics.equivariance_error(model, x, k)))(sequences, ks)
-    lls, _ = eqx.filter_jit(
-        jax.vmap(lambda x, k, key: metrics.log_likelihood(model, x, k, key=key, num_samples=4))
-    )(sequences, ks, keys)
+    lls, _ = eqx.filter_jit(jax.vmap(lambda x, k, key: metrics.log_likelihood(model, x, k, key=key, num_samples=4)))(
+        sequences, ks, keys
+    )
     logp = eqx.filter_jit(lambda k, z: jax.vmap(model.prior_log_prob, in_axes=(0, None, 0))(k, 2.0, z))(ks, mus)
     assert losses.shape == weak.shape == errs.shape == logp.shape == (3,) and lls.shape == (3, 4)
     assert jnp.all(jnp.isfinite(lls))

@@ -50,7 +50,9 @@ def _readme_run_commands():
     for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
-            if line.startswith("python train/run.py ") and ("--help" in line or "--steps 2" in line or " --run " in line):
+            if line.startswith("python train/run.py ") and (
+                "--help" in line or "--steps 2" in line or " --run " in line
+            ):
                 commands.append(line)
     return commands
 
@@ -62,8 +64,13 @@ def test_readme_cheap_commands_run_as_written(tmp_path):
     assert any(c.split()[2] == "eval" for c in commands) and any(c.split()[2] == "sample" for c in commands)
     for command in commands:
         args = command.split()[2:]
-        out = subprocess.run([sys.executable, str(ROOT / "train" / "run.py"), *args], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "train" / "run.py"), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
     smoke = tmp_path / "runs" / "smoke"
     assert json.loads((smoke / "eval.json").read_text())["num_sequences"] > 0

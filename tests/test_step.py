@@ -30,6 +30,7 @@ def test_fast_step_equals_plain_step(getkey):
     fast, plain = ff.FlowFactorizedVAE(FAST, key=init_key), ff.FlowFactorizedVAE(PLAIN, key=init_key)
     batch = {"frames": jr.uniform(getkey(), (3, 4, 3, 28, 28)), "k": jnp.array([0, 1, 2])}
     key = getkey()
+
     def batch_loss(model, batch, key):
         return _batched.batched_loss(model, batch["frames"], batch["k"], key=key, step=None, slice_size=16)
 
@@ -83,17 +84,24 @@ def test_weak_batched_loss_equals_the_models_weak_batch_loss(getkey):
     model = ff.FlowFactorizedVAE(dataclasses.replace(FAST, weakly_supervised=True), key=getkey())
     frames, key = jr.uniform(getkey(), (4, 4, 3, 28, 28)), getkey()
     ks = jnp.zeros(4, jnp.int32)
-    plain = eqx.filter_jit(eqx.filter_value_and_grad(lambda m: m.batch_loss(frames, ks, key=key, step=None), has_aux=True))
-    fast = eqx.filter_jit(eqx.filter_value_and_grad(
-        lambda m: _batched.batched_loss(m, frames, ks, key=key, step=None, slice_size=2), has_aux=True
-    ))
+    plain = eqx.filter_jit(
+        eqx.filter_value_and_grad(lambda m: m.batch_loss(frames, ks, key=key, step=None), has_aux=True)
+    )
+    fast = eqx.filter_jit(
+        eqx.filter_value_and_grad(
+            lambda m: _batched.batched_loss(m, frames, ks, key=key, step=None, slice_size=2), has_aux=True
+        )
+    )
     (loss_p, terms_p), grads_p = plain(model)
     (loss_f, terms_f), grads_f = fast(model)
     np.testing.assert_allclose(loss_f, loss_p, rtol=1e-5)
     for name in terms_p:
         np.testing.assert_allclose(terms_f[name], terms_p[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    for g_f, g_p in zip(jax.tree.leaves(eqx.filter(grads_f, eqx.is_inexact_array)),
-                        jax.tree.leaves(eqx.filter(grads_p, eqx.is_inexact_array)), strict=True):
+    for g_f, g_p in zip(
+        jax.tree.leaves(eqx.filter(grads_f, eqx.is_inexact_array)),
+        jax.tree.leaves(eqx.filter(grads_p, eqx.is_inexact_array)),
+        strict=True,
+    ):
         assert float(jnp.linalg.norm(g_f - g_p)) <= 1e-5 * float(jnp.linalg.norm(g_p)) + 1e-7
 
 
@@ -106,7 +114,9 @@ def test_flow_rows_equals_vmap_of_flow(divergence, getkey):
     keys, ts = jr.split(getkey(), 4), ff.frame_times(5)
     settings = FlowSettings(0.5, divergence, 2)
     zs, logqs = _batched.flow_rows(_batched.row_potentials(bank, ks), z0, logq0, ts, settings=settings, keys=keys)
-    ref_zs, ref_logqs = jax.vmap(lambda k, z, lq, kk: settings.density(bank.potential(k), z, lq, ts, kk))(ks, z0, logq0, keys)
+    ref_zs, ref_logqs = jax.vmap(lambda k, z, lq, kk: settings.density(bank.potential(k), z, lq, ts, kk))(
+        ks, z0, logq0, keys
+    )
     np.testing.assert_allclose(zs, ref_zs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logqs, ref_logqs, rtol=1e-5, atol=1e-5)
 
@@ -115,8 +125,12 @@ def test_flow_rows_refuses_an_adaptive_controller(getkey):
     bank = ff.PotentialBank(2, 3, 8, key=getkey())
     with pytest.raises(ValueError, match="fixed grid.*got PIDController"):
         _batched.flow_rows(
-            _batched.row_potentials(bank, jnp.array([0, 1])), jnp.zeros((2, 3)), jnp.zeros(2), ff.frame_times(3),
-            settings=FlowSettings(), stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3),
+            _batched.row_potentials(bank, jnp.array([0, 1])),
+            jnp.zeros((2, 3)),
+            jnp.zeros(2),
+            ff.frame_times(3),
+            settings=FlowSettings(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3),
         )
 
 
@@ -138,8 +152,11 @@ def test_sum_over_slices_vjp_equals_autodiff(getkey):
     v_s, (gm_s, gz_s) = eqx.filter_value_and_grad(lambda a: sliced(*a))((mlp, zs))
     np.testing.assert_allclose(v_s, v_p, rtol=1e-6)
     np.testing.assert_allclose(gz_s, gz_p, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(eqx.filter(gm_s, eqx.is_inexact_array)),
-                    jax.tree.leaves(eqx.filter(gm_p, eqx.is_inexact_array)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(gm_s, eqx.is_inexact_array)),
+        jax.tree.leaves(eqx.filter(gm_p, eqx.is_inexact_array)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -152,7 +169,9 @@ def test_matmul_precision_reaches_every_dot(precision, hlo):
     state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     batch = {"frames": jnp.zeros((2, 4, 3, 28, 28)), "k": jnp.array([0, 1])}
     text = make_step(optimizer, matmul_precision=precision).lower(model, state, batch, jr.key(0)).as_text()
-    dots = re.findall(r"precision = \[(\w+), (\w+)\]", text) + re.findall(r"precision (\w+)>, #stablehlo<precision (\w+)>", text)
+    dots = re.findall(r"precision = \[(\w+), (\w+)\]", text) + re.findall(
+        r"precision (\w+)>, #stablehlo<precision (\w+)>", text
+    )
     assert len(dots) > 10
     assert {p for pair in dots for p in pair} == {hlo}
 

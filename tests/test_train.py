@@ -138,8 +138,14 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_command_that_resumes(tmp_path
     """No --out (the default has a timestamp, so "the same command" would start over): the message
     names the command with the run directory made explicit, and that command resumes the run."""
     args = ["--steps", "40", "--checkpoint-every", "5", "--skip-eval", *TINY]
-    proc = subprocess.Popen([sys.executable, str(RUN), *args], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN), *args],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     start = time.time()
     while not list(tmp_path.glob("runs/*/checkpoints/[0-9]*")) and proc.poll() is None and time.time() - start < 240:
         time.sleep(0.02)
@@ -153,8 +159,9 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_command_that_resumes(tmp_path
     assert said and int(said.group(1)) == step, (out + err)[-2000:]
     command = shlex.split(said.group(2))
     assert command[-2:] == ["--out", str(Path("runs") / run_dir.name)]
-    resumed = subprocess.run([sys.executable, str(RUN), *command], env=_env(), cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, str(RUN), *command], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"from step {step}" in resumed.stdout and _checkpoint_leaves(run_dir)[0] == 40
 
@@ -210,16 +217,53 @@ def _shapes_h5(folder, sizes):
 def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
     extra = []
     if preset == "shapes3d":
-        extra = ["--data-dir", str(_shapes_h5(tmp_path / "shapes", (3, 3, 3, 3, 2, 3))), "--factor-sizes",
-                 "3", "3", "3", "3", "2", "3", "--num-frames", "3"]
+        extra = [
+            "--data-dir",
+            str(_shapes_h5(tmp_path / "shapes", (3, 3, 3, 3, 2, 3))),
+            "--factor-sizes",
+            "3",
+            "3",
+            "3",
+            "3",
+            "2",
+            "3",
+            "--num-frames",
+            "3",
+        ]
     if preset == "falcor3d":
-        extra = ["--data-dir", str(_png_grid(tmp_path / "falcor", (2,) * 7)), "--factor-sizes", *["2"] * 7,
-                 "--num-frames", "2"]
+        extra = [
+            "--data-dir",
+            str(_png_grid(tmp_path / "falcor", (2,) * 7)),
+            "--factor-sizes",
+            *["2"] * 7,
+            "--num-frames",
+            "2",
+        ]
     if preset == "isaac3d":
-        extra = ["--data-dir", str(_png_grid(tmp_path / "isaac", (1,) + (2,) * 8)), "--factor-sizes", "1",
-                 *["2"] * 8, "--num-frames", "2"]
-    rc = run_module.main(["--preset", preset, "--steps", "2", "--skip-eval", "--workers", "0", *TINY, *extra,
-                          "--out", str(tmp_path / "run")])
+        extra = [
+            "--data-dir",
+            str(_png_grid(tmp_path / "isaac", (1,) + (2,) * 8)),
+            "--factor-sizes",
+            "1",
+            *["2"] * 8,
+            "--num-frames",
+            "2",
+        ]
+    rc = run_module.main(
+        [
+            "--preset",
+            preset,
+            "--steps",
+            "2",
+            "--skip-eval",
+            "--workers",
+            "0",
+            *TINY,
+            *extra,
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0
     assert len(_losses(tmp_path / "run")) == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -242,9 +286,16 @@ def test_run_directory_holds_everything(trained_run):
     result = json.loads((trained_run / "eval.json").read_text())
     for name in ("scale", "rotation", "hue"):
         entry = result["transformations"][name]
-        for key in ("equivariance_error", "equivariance_error_identity", "equivariance_error_linear",
-                    "equivariance_error_extrapolation", "log_likelihood", "log_likelihood_per_frame",
-                    "effective_sample_size", "num_sequences"):
+        for key in (
+            "equivariance_error",
+            "equivariance_error_identity",
+            "equivariance_error_linear",
+            "equivariance_error_extrapolation",
+            "log_likelihood",
+            "log_likelihood_per_frame",
+            "effective_sample_size",
+            "num_sequences",
+        ):
             assert key in entry
         assert len(entry["log_likelihood_per_frame"]) == 9
         assert 1 <= entry["effective_sample_size"] <= 3
@@ -305,8 +356,18 @@ def test_sample_draws_every_flow(run_module, trained_run):
 def test_help_explains_flags():
     res = _run(["--help"])
     assert res.returncode == 0
-    for flag in ("--preset", "--model", "--data-dir", "--steps", "--batch-size", "--seed", "--out",
-                 "--checkpoint-every", "--fresh", "--matmul-precision"):
+    for flag in (
+        "--preset",
+        "--model",
+        "--data-dir",
+        "--steps",
+        "--batch-size",
+        "--seed",
+        "--out",
+        "--checkpoint-every",
+        "--fresh",
+        "--matmul-precision",
+    ):
         assert flag in res.stdout
     assert "factorvae" in res.stdout and "ffvae-weak" in res.stdout
     res = _run(["compare", "--help"])
@@ -335,8 +396,12 @@ def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _one_line_error(run_module, capsys, ["--steps", "1", *TINY, "--out", str(blocker / "run")], "cannot write to --out")
-    _one_line_error(run_module, capsys, ["--steps", "4", *TINY[:-2], "--batch-size", "8", "--width", "6",
-                                         "--out", str(trained_run)], "another configuration")
+    _one_line_error(
+        run_module,
+        capsys,
+        ["--steps", "4", *TINY[:-2], "--batch-size", "8", "--width", "6", "--out", str(trained_run)],
+        "another configuration",
+    )
     _one_line_error(run_module, capsys, ["eval", "--run", str(tmp_path)], "not a run directory")
 
 
@@ -356,12 +421,23 @@ def test_two_processes_agree_with_one(tmp_path, single_device_run):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
-        _start([*PARALLEL_ARGS, "--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                "--process-id", str(i)])
+        _start(
+            [
+                *PARALLEL_ARGS,
+                "--out",
+                str(tmp_path / "multi"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ]
+        )
         for i in range(2)
     ]
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     multi = _losses(tmp_path / "multi")
     assert len(multi) == 5

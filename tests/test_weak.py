@@ -12,8 +12,14 @@ from eqx_ffvae import data, objectives
 from eqx_ffvae.evaluation import evaluate, fit_linear_shifts, flow_assignment
 
 CONFIG = ff.FFVAEConfig(
-    image_shape=(3, 28, 28), num_frames=4, latent_dim=6, num_flows=3, width=4, potential_width=16,
-    weakly_supervised=True, flow_kl_weight=0.5,
+    image_shape=(3, 28, 28),
+    num_frames=4,
+    latent_dim=6,
+    num_flows=3,
+    width=4,
+    potential_width=16,
+    weakly_supervised=True,
+    flow_kl_weight=0.5,
 )
 NAMES = ("scale", "rotation", "hue")
 
@@ -215,8 +221,12 @@ def test_models_that_infer_k_train_evaluate_and_name_their_flows(name, tmp_path)
     cli = _run_cli()
     out = tmp_path / "run"
     tiny = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "6"]
-    assert cli.main(["--model", name, "--steps", "3", *tiny, "--eval-sequences", "24", "--ll-samples", "2",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["--model", name, "--steps", "3", *tiny, "--eval-sequences", "24", "--ll-samples", "2", "--out", str(out)]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(
         abs(sum(r[f"usage_{k}"] for k in range(3)) - 1) < 1e-5 and "q_entropy" in r for r in records
@@ -229,5 +239,7 @@ def test_models_that_infer_k_train_evaluate_and_name_their_flows(name, tmp_path)
     assert (out / "figures" / "flow_usage.png").exists()
     assert cli.main(["sample", "--run", str(out), "--num", "2"]) == 0
     assert {p.name for p in (out / "figures").glob("samples_*.png")} == {
-        "samples_scale.png", "samples_rotation.png", "samples_hue.png"
+        "samples_scale.png",
+        "samples_rotation.png",
+        "samples_hue.png",
     }

@@ -76,14 +76,17 @@ class FactorVAE(AbstractAdversarialModel, AbstractFrameVAE):
         self.discriminator = Discriminator(config.latent_dim, config.disc_width, config.disc_depth, key=disc_key)
         self.config = config
 
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, Terms]:
+    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """The loss of one sequence alone (its frames form the TC batch); training uses `batch_loss`."""
         return self.batch_loss(x_seq[None], jnp.asarray(k)[None], key=key, step=0)
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         """Per sequence −Σ_t ELBO_t + γ·(T+1)·TC, TC over every frame of the batch; the discriminator
         is held fixed here (its own update is `discriminator_loss`)."""

@@ -66,8 +66,13 @@ class PoFlow(AbstractPotentialFlowModel):
         c = config
         self.encoder, self.decoder = conv_pair(c, c.latent_dim, key=pair_key)
         self.flows = PotentialBank(
-            c.num_flows, c.latent_dim, c.potential_width, depth=c.potential_depth, time_dim=c.time_dim,
-            with_forces=False, key=pot_key,
+            c.num_flows,
+            c.latent_dim,
+            c.potential_width,
+            depth=c.potential_depth,
+            time_dim=c.time_dim,
+            with_forces=False,
+            key=pot_key,
         )
         inv_softplus = math.log(math.expm1(c.wave_speed_init))
         self.raw_speed = jnp.full((c.num_flows,), inv_softplus, jnp.float32)
@@ -111,7 +116,12 @@ class PoFlow(AbstractPotentialFlowModel):
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl0": kl, "wave": wave, "classifier": cls}
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         del step
         return mean_sequence_loss(self, frames, ks, key=key)

@@ -53,9 +53,7 @@ class SlowVAE(AbstractFrameVAE):
         self.encoder, self.decoder = conv_pair(config, config.latent_dim, key=key)
         self.config = config
 
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, Terms]:
+    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """−Σ_t log p(x_t|z_t) + β Σ_t KL[q_t ‖ N(0, I)] + γ Σ_{t≥1} KL[q_t ‖ Laplace(z_{t−1}, 1/α)]."""
         del k
         c = self.config
@@ -70,7 +68,12 @@ class SlowVAE(AbstractFrameVAE):
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl": kl, "kl_slow": slow}
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         del step
         return mean_sequence_loss(self, frames, ks, key=key)

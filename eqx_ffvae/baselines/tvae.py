@@ -171,14 +171,17 @@ class TVAE(AbstractTransportModel):
         return jax.vmap(lambda shift: capsule_roll(s0, shift, self.config.capsules))(shifts)
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         del step
         return mean_sequence_loss(self, frames, ks, key=key)
 
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, Terms]:
+    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """−Σ_t log p(x_t | s_t) + Σ_t KL[q(z_t)‖N] + KL[q(u_t)‖N]; s_t pools u² of frames t+δ
         (|δ| ≤ time_window, inside the sequence) rolled by −δ."""
         del k

@@ -33,9 +33,7 @@ class VAE(AbstractFrameVAE):
         self.encoder, self.decoder = conv_pair(config, config.latent_dim, key=key)
         self.config = config
 
-    def loss(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
-    ) -> tuple[Scalar, Terms]:
+    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         del k
         recon, kl, _ = jax.vmap(lambda x, kk: frame_elbo(self.encoder, self.decoder, x, kk))(
             x_seq, jr.split(key, x_seq.shape[0])
@@ -45,7 +43,12 @@ class VAE(AbstractFrameVAE):
         return loss, {"loss": loss, "elbo": recon - kl, "recon": recon, "kl": kl}
 
     def batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, step: Int[ArrayLike, ""] | None
+        self,
+        frames: Float[Array, "b n c h w"],
+        ks: Int[Array, " b"],
+        *,
+        key: PRNGKeyArray,
+        step: Int[ArrayLike, ""] | None,
     ) -> tuple[Scalar, Terms]:
         del step
         return mean_sequence_loss(self, frames, ks, key=key)

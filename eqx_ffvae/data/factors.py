@@ -45,7 +45,9 @@ class Shapes3DSource:
         try:
             f = h5py.File(self.path, "r")
         except OSError as err:
-            raise ValueError(f"{self.path} is not a readable HDF5 file ({err}); point at DeepMind's 3dshapes.h5") from None
+            raise ValueError(
+                f"{self.path} is not a readable HDF5 file ({err}); point at DeepMind's 3dshapes.h5"
+            ) from None
         with f:
             for key in ("images", "labels"):
                 if key not in f:

@@ -61,7 +61,9 @@ def load_mnist_idx(data_dir: str | os.PathLike, split: str = "train") -> tuple[n
     """Standard MNIST from `data_dir` (`train-images-idx3-ubyte.gz`, …): images (N, 28, 28), labels (N,)."""
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
-        raise FileNotFoundError(f"MNIST --data-dir {data_dir} is a file; pass the folder that holds the MNIST IDX files")
+        raise FileNotFoundError(
+            f"MNIST --data-dir {data_dir} is a file; pass the folder that holds the MNIST IDX files"
+        )
     if not data_dir.is_dir():
         raise FileNotFoundError(f"MNIST directory {data_dir} does not exist (pass the folder that holds the IDX files)")
     if split not in _SPLIT_FILES:
@@ -118,7 +120,7 @@ def download_mnist(
                     raise ValueError(f"checksum mismatch for {mirror + name}: sha256 {got}, expected {expected}")
                 os.replace(tmp, target)
                 break
-            except Exception as err:  # noqa: BLE001 - try the next mirror, report all at the end
+            except Exception as err:
                 errors.append(f"{mirror + name}: {err}")
             finally:
                 if os.path.exists(tmp):

@@ -59,7 +59,11 @@ _SHAPES = dict(
 )
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
-        MNIST_FRAMES, MNIST_TRANSFORMS, (3, 28, 28), source="mnist", data_dir="optional",
+        MNIST_FRAMES,
+        MNIST_TRANSFORMS,
+        (3, 28, 28),
+        source="mnist",
+        data_dir="optional",
         about="coloured MNIST digits scaled, rotated and hue-shifted; the embedded 5,000 without --data-dir",
     ),
     "shapes3d": DatasetInfo(**_SHAPES, source="hdf5", offline="procedural-shapes", about="DeepMind 3dshapes.h5"),
@@ -76,8 +80,16 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "isaac3d": DatasetInfo(
         4,
-        ("robot_x", "robot_y", "camera_height", "object_scale", "lighting_intensity", "lighting_y_dir",
-         "object_colour", "wall_colour"),
+        (
+            "robot_x",
+            "robot_y",
+            "camera_height",
+            "object_scale",
+            "lighting_intensity",
+            "lighting_y_dir",
+            "object_colour",
+            "wall_colour",
+        ),
         (3, 128, 128),
         tuple(range(1, 9)),
         FACTOR_SIZES["isaac3d"],
@@ -145,7 +157,9 @@ class FactorSequence(grain.transforms.RandomMap):
         sizes = source.factor_sizes
         short = [f for f in flow_factors if sizes[f] < num_frames]
         if short:
-            raise ValueError(f"factors {short} of sizes {[sizes[f] for f in short]} are too short for {num_frames} frames")
+            raise ValueError(
+                f"factors {short} of sizes {[sizes[f] for f in short]} are too short for {num_frames} frames"
+            )
 
     def random_map(self, element, rng: np.random.Generator):
         sizes = self.source.factor_sizes
@@ -282,8 +296,9 @@ def batch_iterator(
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if num_workers > 0:
         _ensure_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch_buffer))
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch_buffer)
+        )
     elif prefetch_buffer > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_buffer)
     return iter(ds)
-

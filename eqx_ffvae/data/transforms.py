@@ -29,7 +29,9 @@ def colourise(grey: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _affine_table(angles: tuple[float, ...], scales: tuple[float, ...], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _affine_table(
+    angles: tuple[float, ...], scales: tuple[float, ...], h: int, w: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat source indices (F, 4, H·W) and bilinear weights (zero outside) of each output pixel."""
     theta = np.deg2rad(np.asarray(angles, np.float64)).reshape(-1, 1, 1)
     s = np.asarray(scales, np.float64).reshape(-1, 1, 1)
