@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import http.client
 import inspect
 import json
 import shlex
@@ -25,6 +26,8 @@ from tqdm import tqdm
 
 from . import figures, methods, runs
 from .compare import run_compare
+from .data.download import download_shapes3d
+from .data.mnist import download_mnist
 from .evaluation import format_table
 from .presets import PRESETS
 from .runs import RunError
@@ -38,6 +41,7 @@ SUBCOMMANDS = """subcommands (the first argument; train when omitted):
   eval      rewrite eval.json and the figures of a run from its newest checkpoint
   sample    draw random latents pushed along every flow of a run
   compare   train and evaluate several methods over seeds; write compare.json and compare.md
+  download  fetch full MNIST or Shapes3D into --data-dir (checksummed, resumable)
 """
 
 
@@ -186,7 +190,20 @@ class Compare(Shared):
     """where the runs and the table go"""
 
 
-COMMANDS = {"train": Train, "eval": Eval, "sample": Sample, "compare": Compare}
+@dataclasses.dataclass
+class Download:
+    """Fetch a dataset into --data-dir, checked against its published checksum; an interrupted download
+    resumes when the command is run again. Then train on it with --data-dir."""
+
+    dataset: tyro.conf.Positional[Literal["mnist", "shapes3d"]]
+    """mnist: the four IDX files (SHA-256 each); shapes3d: DeepMind's 3dshapes.h5 (MD5 and size)"""
+    data_dir: Annotated[Path, tyro.conf.arg(metavar="PATH")]
+    """the folder to fill"""
+    url: Annotated[str | None, tyro.conf.arg(metavar="URL", help_behavior_hint="(default: the official source)")] = None
+    """another source: for mnist the folder URL holding the IDX files, for shapes3d the file's URL"""
+
+
+COMMANDS = {"train": Train, "eval": Eval, "sample": Sample, "compare": Compare, "download": Download}
 _SHARED = tuple(f.name for f in dataclasses.fields(Shared))
 
 
@@ -285,6 +302,8 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: 
         )
         print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
         return 0
+    if name == "download":
+        return _download(args)
     spec = runs.read_spec(args.run)
     model, step = runs.restore_model(spec, args.run)
     print(f"loaded {args.run} at step {step}")
@@ -293,6 +312,23 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: 
     else:
         out = figures.draw_samples(spec, model, args.run, num=args.num, seed=args.seed)
         print(f"wrote {len(spec.transforms)} sample grids to {out}")
+    return 0
+
+
+def _download(args: Download) -> int:
+    try:
+        if args.dataset == "mnist":
+            folder = download_mnist(args.data_dir, **({"mirrors": (args.url.rstrip("/") + "/",)} if args.url else {}))
+        else:
+            folder = download_shapes3d(args.data_dir, url=args.url)
+    except (OSError, ValueError, RuntimeError, http.client.HTTPException) as err:
+        print(f"download {args.dataset} failed: {err}", file=sys.stderr)
+        print("run the same command again to retry (a partial download resumes)", file=sys.stderr)
+        return 1
+    preset = {"mnist": "mnist", "shapes3d": "shapes3d"}[args.dataset]
+    print(
+        f"{args.dataset} verified in {folder}; train on it with: python train/run.py --preset {preset} --data-dir {folder}"
+    )
     return 0
 
 

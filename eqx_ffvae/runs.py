@@ -221,7 +221,8 @@ def resolve(
     if data_dir is None and info.data_dir == "optional" and p.full_data and notes is not None:
         notes.append(
             f"NOTICE: preset {preset} is sized for the full {dataset} data, but no --data-dir was given, so it trains "
-            f"on the small subset embedded in the package; pass --data-dir with the full {dataset} files"
+            f"on the small subset embedded in the package; fetch the full data with `python train/run.py download "
+            f"{dataset} --data-dir D` and pass --data-dir D"
         )
     if data_dir is None and info.data_dir == "required":
         raise RunError(

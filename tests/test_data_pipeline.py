@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from eqx_ffvae import data
+from eqx_ffvae.data import download
 from eqx_ffvae.data.factors import PngFolderSource
 from eqx_ffvae.data.mnist import download_mnist
 
@@ -238,10 +239,125 @@ def test_download_with_bad_checksum_leaves_no_file(mnist_server, tmp_path):
     url, checksums = mnist_server
     bad = {**checksums, "train-labels-idx1-ubyte.gz": "0" * 64}
     folder = tmp_path / "mnist"
-    with pytest.raises(RuntimeError, match="checksum mismatch"):
+    with pytest.raises(RuntimeError, match="sha256 .*, expected 0{64}"):
         download_mnist(folder, mirrors=(url,), files=bad)
     assert not (folder / "train-labels-idx1-ubyte.gz").exists()
     assert not [p for p in os.listdir(folder) if p.endswith(".part")]
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `files` (name → bytes), honouring `Range: bytes=N-` (206) when `ranges` is on; logs the
+    Range header of every request in `seen`."""
+
+    files: dict = {}
+    ranges = True
+    seen: list = []
+
+    def do_GET(self):
+        blob = self.files.get(self.path.lstrip("/"))
+        if blob is None:
+            self.send_error(404)
+            return
+        header = self.headers.get("Range")
+        self.seen.append(header)
+        start = int(header.removeprefix("bytes=").rstrip("-")) if header and self.ranges else 0
+        if start >= len(blob) and header and self.ranges:
+            self.send_error(416)
+            return
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(blob) - start))
+        self.end_headers()
+        self.wfile.write(blob[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def range_server():
+    """(base URL, handler class) of a local server on 127.0.0.1; tests set the handler's files."""
+    handler = type("Handler", (_RangeHandler,), {"files": {}, "seen": [], "ranges": True})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", handler
+    server.shutdown()
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_an_interrupted_download_resumes_or_starts_over(range_server, tmp_path, ranges):
+    """A partial file is continued with a Range request; a server that ignores Range sends the whole
+    file and the download starts over. Either way the result is the file, verified, and no part file."""
+    url, handler = range_server
+    blob = np.random.default_rng(1).bytes(300_000)
+    handler.files, handler.ranges = {"f.bin": blob}, ranges
+    target = tmp_path / "f.bin"
+    (tmp_path / ".f.bin.part").write_bytes(blob[:120_000])
+    expected = download.Expected(hashlib.sha256(blob).hexdigest(), size=len(blob))
+    assert download.fetch(url + "f.bin", target, expected, progress=False) == target
+    assert target.read_bytes() == blob and not (tmp_path / ".f.bin.part").exists()
+    assert handler.seen == ["bytes=120000-"]
+    download.fetch(url + "f.bin", target, expected, progress=False)  # already there: no request
+    assert handler.seen == ["bytes=120000-"]
+
+
+def test_a_corrupt_partial_download_is_refused_and_removed(range_server, tmp_path):
+    url, handler = range_server
+    blob = np.random.default_rng(2).bytes(50_000)
+    handler.files = {"f.bin": blob}
+    (tmp_path / ".f.bin.part").write_bytes(b"x" * 10_000)  # not the file's first bytes
+    expected = download.Expected(hashlib.sha256(blob).hexdigest(), size=len(blob))
+    with pytest.raises(ValueError, match=r"f\.bin: sha256 [0-9a-f]{64}, expected " + expected.digest):
+        download.fetch(url + "f.bin", tmp_path / "f.bin", expected, progress=False)
+    assert not list(tmp_path.iterdir())
+    download.fetch(url + "f.bin", tmp_path / "f.bin", expected, progress=False)  # the next try starts clean
+    assert (tmp_path / "f.bin").read_bytes() == blob
+
+
+def test_download_shapes3d_checks_md5_and_size_and_loads(range_server, shapes_h5, tmp_path):
+    url, handler = range_server
+    blob = shapes_h5.read_bytes()
+    handler.files = {"3dshapes.h5": blob}
+    md5 = hashlib.md5(blob).hexdigest()
+    with pytest.raises(ValueError, match=f"received {len(blob)} bytes, expected {len(blob) + 1}"):
+        download.download_shapes3d(
+            tmp_path / "bad",
+            url=url + "3dshapes.h5",
+            expected=download.Expected(md5, "md5", len(blob) + 1),
+            progress=False,
+        )
+    folder = download.download_shapes3d(
+        tmp_path / "shapes", url=url + "3dshapes.h5", expected=download.Expected(md5, "md5", len(blob)), progress=False
+    )
+    ds = data.sequence_dataset("shapes3d", data_dir=folder, factor_sizes=SHAPES_SIZES, num_frames=3)
+    assert ds[0]["frames"].shape == (3, 3, 64, 64)
+
+
+def test_download_command_fetches_and_verifies_both_datasets(
+    mnist_server, range_server, shapes_h5, tmp_path, monkeypatch, capsys
+):
+    """`run.py download mnist|shapes3d --data-dir D --url U`: the published checksums are replaced by
+    the served files' (the files are tiny stand-ins); a checksum that does not match fails loudly."""
+    from eqx_ffvae import cli
+    from eqx_ffvae.data import mnist
+
+    mnist_url, checksums = mnist_server
+    monkeypatch.setattr(mnist, "MNIST_FILES", checksums)
+    assert cli.main(["download", "mnist", "--data-dir", str(tmp_path / "m"), "--url", mnist_url]) == 0
+    assert "--preset mnist --data-dir" in capsys.readouterr().out
+    assert data.load_mnist_idx(tmp_path / "m", "test")[0].shape == (10, 28, 28)
+
+    url, handler = range_server
+    blob = shapes_h5.read_bytes()
+    handler.files = {"3dshapes.h5": blob}
+    args = ["download", "shapes3d", "--data-dir", str(tmp_path / "s"), "--url", url + "3dshapes.h5"]
+    assert cli.main(args) == 1  # the real MD5 and size do not match the stand-in
+    err = capsys.readouterr().err
+    assert f"expected {download.SHAPES3D_BYTES}" in err and "run the same command again" in err
+    assert not (tmp_path / "s" / "3dshapes.h5").exists()
+    monkeypatch.setattr(download, "SHAPES3D_MD5", hashlib.md5(blob).hexdigest())
+    monkeypatch.setattr(download, "SHAPES3D_BYTES", len(blob))
+    assert cli.main(args) == 0
+    assert (tmp_path / "s" / "3dshapes.h5").read_bytes() == blob
 
 
 # ---- bad input: one clear error naming the path and what was expected ---------------------------

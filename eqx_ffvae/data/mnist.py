@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
+import http.client
 import importlib.resources
 import os
-import tempfile
-import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .download import Expected, fetch
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -81,50 +81,27 @@ def load_mnist_idx(data_dir: str | os.PathLike, split: str = "train") -> tuple[n
     return images, labels
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_mnist(
     data_dir: str | os.PathLike,
     *,
     mirrors: tuple[str, ...] = MNIST_MIRRORS,
     files: dict[str, str] | None = None,
     timeout: float = 60.0,
+    progress: bool = True,
 ) -> Path:
-    """Fetch the MNIST IDX files into `data_dir`, each checked against its SHA-256.
-
-    A file is written to a temporary name in the same directory and renamed only once its checksum
-    matches, so an interrupted or corrupt download never leaves a file that looks complete.
-    """
+    """Fetch the MNIST IDX files into `data_dir`, each checked against its SHA-256 (`download.fetch`:
+    resumable, renamed into place only once verified); each file tries the mirrors in order.
+    Returns `data_dir`, ready for `--data-dir`."""
     files = MNIST_FILES if files is None else files
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, expected in files.items():
-        target = data_dir / name
-        if target.exists() and sha256(target) == expected:
-            continue
+    for name, digest in files.items():
         errors = []
         for mirror in mirrors:
-            fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.", suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=timeout) as resp:
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        out.write(block)
-                got = sha256(tmp)
-                if got != expected:
-                    raise ValueError(f"checksum mismatch for {mirror + name}: sha256 {got}, expected {expected}")
-                os.replace(tmp, target)
+                fetch(mirror + name, data_dir / name, Expected(digest), timeout=timeout, progress=progress)
                 break
-            except Exception as err:
+            except (OSError, ValueError, http.client.HTTPException) as err:
                 errors.append(f"{mirror + name}: {err}")
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
         else:
             raise RuntimeError(f"could not download {name} into {data_dir}:\n  " + "\n  ".join(errors))
     return data_dir
