@@ -3,7 +3,7 @@
     python benchmarks/step.py [--json PATH] [--configs a b c] [--laplacians exact hutchinson]
                               [--matmul-precision float32] [--slice-size N]
 
-Configs: (a) d=324, B=128, T=8, K=3 (SPEC §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
+Configs: (a) d=324, B=128, T=8, K=3 (docs/method.md §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
 (b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py).
 Each row runs in its own process, so `peak_rss_mb` is that configuration's own peak. `compile_s`
 is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA:CPU's cost analysis

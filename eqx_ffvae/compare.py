@@ -230,7 +230,7 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
     lines += [
         "",
         (
-            "E: equivariance error Σ_t ‖dec(z_t) − x_t‖₁ per held-out sequence (SPEC §5), lower is better; extrap.: "
+            "E: equivariance error Σ_t ‖dec(z_t) − x_t‖₁ per held-out sequence (docs/method.md §5), lower is better; extrap.: "
             "frames T+1 … 2T; a + b: two transformations together; log p(x): defensive-mixture importance-sampled "
             "nats per image, higher is better; ESS: its mean effective sample size. Mean ± std over seeds; bold: the "
             "best mean where the paired 95% bootstrap interval of its difference to the runner-up excludes zero."
@@ -246,7 +246,7 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
         accuracies = "; ".join(f"{label} {s['mean']:.3f} ± {s['std']:.3f}" for label, s in inferred)
         lines.append(
             "Models that do not observe k use the flow their q(k | sequence) infers, and their likelihood "
-            f"marginalises k (SPEC §5). Matched accuracy of the inferred flow: {accuracies}."
+            f"marginalises k (docs/method.md §5). Matched accuracy of the inferred flow: {accuracies}."
         )
     return "\n".join(lines) + "\n"
 

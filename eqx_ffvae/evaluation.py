@@ -1,4 +1,4 @@
-"""Held-out evaluation of a model over batches of sequences: SPEC §5 metrics, per transformation."""
+"""Held-out evaluation of a model over batches of sequences: docs/method.md §5 metrics, per transformation."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _inferred_flows(model, frames):
 
 @eqx.filter_jit
 def _scores(model, batch, shifts, matching, key, num_samples):
-    """Every per-sequence number of SPEC §5 for one batch (`jax.lax.map` over its sequences)."""
+    """Every per-sequence number of docs/method.md §5 for one batch (`jax.lax.map` over its sequences)."""
     frames, ks = batch["frames"], batch["k"]
     keys = jr.split(key, frames.shape[0])
     inferred, transport = infers_flow(model), has_transport(model)
@@ -93,12 +93,12 @@ def has_transport(model: AbstractSequenceModel) -> bool:
 
 
 def infers_flow(model: AbstractSequenceModel) -> bool:
-    """Whether the model does not observe k: it is scored with the flow its q(k | x̄) infers (SPEC §5)."""
+    """Whether the model does not observe k: it is scored with the flow its q(k | x̄) infers (docs/method.md §5)."""
     return isinstance(model, FlowFactorizedVAE) and model.config.infers_flow
 
 
 def flow_assignment(true_ks: np.ndarray, flows: np.ndarray, num_flows: int) -> dict:
-    """How inferred flows line up with the true transformations (SPEC §5).
+    """How inferred flows line up with the true transformations (docs/method.md §5).
 
     `confusion[k][j]`: held-out sequences of transformation k sent to flow j; `matching[k]`: the flow
     of transformation k under the one-to-one matching with the most agreements (Hungarian);
@@ -120,7 +120,7 @@ def flow_assignment(true_ks: np.ndarray, flows: np.ndarray, num_flows: int) -> d
 
 
 def fit_linear_shifts(model: AbstractSequenceModel, batches: Iterable[dict], num_flows: int) -> jax.Array:
-    """SPEC §5's best linear shift Δ_{k,t}, averaged over the given (training) batches."""
+    """docs/method.md §5's best linear shift Δ_{k,t}, averaged over the given (training) batches."""
     sums, counts = None, None
     for batch in batches:
         s, c = _shift_sums(model, jnp.asarray(batch["frames"]), jnp.asarray(batch["k"]), num_flows)
@@ -139,7 +139,7 @@ def evaluate(
     key: PRNGKeyArray,
     num_samples: int = 100,
 ) -> dict:
-    """SPEC §5 on held-out batches. Per transformation: E_k with each probe the model admits —
+    """docs/method.md §5 on held-out batches. Per transformation: E_k with each probe the model admits —
     `equivariance_error` (its own transformation; the best linear shift for a model without one),
     `equivariance_error_linear`, `equivariance_error_identity` — and past the trained horizon
     (`equivariance_error_extrapolation[_linear|_identity]`, t = T+1 … 2T); the defensive-mixture
@@ -277,7 +277,7 @@ def format_table(result: dict) -> str:
             f"{e['log_likelihood']:>10.2f} {e['effective_sample_size']:>6.1f} {e['num_sequences']:>5}"
         )
     if result.get("transformation") == "linear shift":
-        lines.append("E_k model: this model learns no transformation, so it is the best linear shift (SPEC §5)")
+        lines.append("E_k model: this model learns no transformation, so it is the best linear shift (docs/method.md §5)")
     lines.append(
         f"log-likelihood (mean over frames and sequences): {result['log_likelihood']:.2f} nats/image, "
         f"S = {result['num_importance_samples']} (defensive mixture), mean ESS {result['effective_sample_size']:.1f}"

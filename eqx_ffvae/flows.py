@@ -1,4 +1,4 @@
-"""Latent flows: dz/dt = ∇u(t, z), d log q/dt = -Δu(t, z), one Diffrax solve per example (SPEC §3)."""
+"""Latent flows: dz/dt = ∇u(t, z), d log q/dt = -Δu(t, z), one Diffrax solve per example (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def _lu_log_abs_det(lu: Array) -> Scalar:
 def map_step(
     pot: AbstractPotential, t: ScalarLike, z: Float[Array, " d"], h: ScalarLike, *, eigenvalues: bool = True
 ) -> tuple[Float[Array, " d"], Scalar, Scalar | None, Scalar]:
-    """One step of the Euler map z ↦ z + h ∇u(t, z) with its exact log-Jacobian (SPEC §3).
+    """One step of the Euler map z ↦ z + h ∇u(t, z) with its exact log-Jacobian (docs/method.md §3).
 
     Returns (the image, log|det(I + h∇²u)|, the smallest eigenvalue of I + h∇²u (None unless
     `eigenvalues`), and the trace form h Δu that an Euler step of the ODE's density uses instead).

@@ -68,19 +68,19 @@ class AbstractSequenceModel(eqx.Module):
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n e"], Float[Array, " n"]]:
         """One proposal draw per frame (possibly in a larger space than the decoder's input) and its
-        log-density, for importance-sampled log-likelihoods (SPEC §5)."""
+        log-density, for importance-sampled log-likelihoods (docs/method.md §5)."""
 
     @abc.abstractmethod
     def proposal_log_prob(
         self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n e"]
     ) -> Float[Array, " n"]:
         """log-density of `importance_proposal` at given points, one per frame: the defensive mixture
-        of SPEC §5 evaluates it at the other component's draws."""
+        of docs/method.md §5 evaluates it at the other component's draws."""
 
     @abc.abstractmethod
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
         """One draw from the image encoder on this frame alone, in `importance_proposal`'s space, and its
-        log-density: the defensive component of SPEC §5's likelihood."""
+        log-density: the defensive component of docs/method.md §5's likelihood."""
 
     @abc.abstractmethod
     def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " e"]) -> Scalar:

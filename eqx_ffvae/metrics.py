@@ -1,4 +1,4 @@
-"""Held-out metrics shared by every model (SPEC §5). Each function scores one sequence; vmap them.
+"""Held-out metrics shared by every model (docs/method.md §5). Each function scores one sequence; vmap them.
 
 A model is scored through its declared interface (`interfaces.AbstractSequenceModel`): `encode`,
 `decode`, and for the likelihood `importance_proposal`, `proposal_log_likelihood` and
@@ -82,7 +82,7 @@ def linear_shift_sums(
 
 
 def linear_shifts(sums: Float[Array, "k n d"], counts: Float[Array, " k"]) -> Float[Array, "k n d"]:
-    """Δ_{k,t} = mean over training sequences of μ(x_t) − μ(x_0) (SPEC §5's best linear shift)."""
+    """Δ_{k,t} = mean over training sequences of μ(x_t) − μ(x_0) (docs/method.md §5's best linear shift)."""
     if bool(jnp.any(counts == 0)):
         missing = [int(i) for i in jnp.flatnonzero(counts == 0)]
         raise ValueError(f"no training sequences of transformation(s) {missing}: cannot fit their linear shift")
@@ -126,7 +126,7 @@ def log_likelihood(
 ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
     """Importance-sampled log p(x_t) of every frame (nats per image) and its effective sample size.
 
-    log (1/S) Σ_s p(x_t | z^s) p_t(z^s) / q_mix(z^s), the defensive mixture of SPEC §5: ⌈S/2⌉ draws of the
+    log (1/S) Σ_s p(x_t | z^s) p_t(z^s) / q_mix(z^s), the defensive mixture of docs/method.md §5: ⌈S/2⌉ draws of the
     model's own proposal for frame t (`importance_proposal`) and ⌊S/2⌋ of its image encoder on x_t alone
     (`frame_proposal`), each weighted by the mixture's density. S = 1 is the single draw of the model's
     own proposal: log p(x|z) + log p(z) − log q(z), the proposal's ELBO-type bound.
@@ -158,7 +158,7 @@ def log_likelihood(
 def marginal_log_likelihood(
     model: AbstractTransportModel, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
-    """log p(x_t) = log Σ_k p(k) p^k(x_t) of every frame, for a model that does not observe k (SPEC §5),
+    """log p(x_t) = log Σ_k p(k) p^k(x_t) of every frame, for a model that does not observe k (docs/method.md §5),
     and the smallest effective sample size of the K estimates.
 
     Each p^k(x_t) is `log_likelihood` along flow k, all with the same key (the same draws for every

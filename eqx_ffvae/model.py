@@ -1,4 +1,4 @@
-"""The Flow Factorized VAE: encoder, decoder, K latent flows, diffusion prior (SPEC §2–§4)."""
+"""The Flow Factorized VAE: encoder, decoder, K latent flows, diffusion prior (docs/method.md §2–§4)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .prior import DiffusionPrior
 class FFVAEConfig:
     """Every architectural and objective choice of the model; hashable, so it is static under jit.
 
-    `flow_kl_weight` scales the T flow-KL terms (1 = the ELBO of SPEC §4); `hj_initial_weight` is
+    `flow_kl_weight` scales the T flow-KL terms (1 = the ELBO of docs/method.md §4); `hj_initial_weight` is
     the optional initial-condition term (the reference code uses 1; off by default here because it
     pushes ∇u(z, 0), the first Euler step, towards zero). `laplacian="hvp"` (d Hessian-vector products)
     and `"hessian"` (trace of `jax.hessian`) are exact references; "exact" is the faster forward-mode trace.
@@ -77,7 +77,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
     """A transport model whose flows are the gradients of a `PotentialBank`, starting from a Gaussian
     encoder on x_0: the FFVAE and PoFlow. Concrete (final) here: drawing z_0, the paths, composition,
     the density solve and the importance proposal "z_0 ~ q(z_0|x_0) carried along flow k with its
-    exact log-density" (SPEC §5). A subclass gives the encoder, decoder, bank and `flow_settings`
+    exact log-density" (docs/method.md §5). A subclass gives the encoder, decoder, bank and `flow_settings`
     (the abstract fields are declared in the order of the subclasses' PyTree leaves).
     """
 
@@ -167,7 +167,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         *,
         eigenvalues: bool = True,
     ) -> MapDensity:
-        """Flow k's Euler map from z0 over the frame times with its exact log-density (SPEC §3): by
+        """Flow k's Euler map from z0 over the frame times with its exact log-density (docs/method.md §3): by
         default the trained map (the positions of `transport_density`, log q_t falling by
         log|det(I + h∇²u)| instead of h Δu); `steps_per_frame` refines it."""
         steps = self.flow_settings.steps_per_frame if steps_per_frame is None else steps_per_frame
@@ -281,7 +281,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         }
 
     def objective(self, recon: Scalar, terms: Terms) -> tuple[Scalar, Terms]:
-        """−ELBO (SPEC §4) + λ_HJ · HJ residual from the summed log-likelihood and the other terms."""
+        """−ELBO (docs/method.md §4) + λ_HJ · HJ residual from the summed log-likelihood and the other terms."""
         c = self.config
         kl0, kl_flow = terms["kl0"], terms["kl_flow"]
         loss = -(recon - kl0 - c.flow_kl_weight * kl_flow) + c.hj_weight * terms["hj"]
@@ -289,7 +289,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         return loss, {"loss": loss, "elbo": recon - kl0 - kl_flow, "recon": recon, **terms}
 
     def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
-        """Supervised loss of one sequence: −ELBO (SPEC §4) + λ_HJ · HJ residual; and its terms."""
+        """Supervised loss of one sequence: −ELBO (docs/method.md §4) + λ_HJ · HJ residual; and its terms."""
         mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
         zs, logqs = self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
         terms = self.latent_terms(mu, logvar, zs, logqs, k)
@@ -326,7 +326,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
     def weak_loss(self, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """The weak bound of one sequence under the model's own q: Σ_k q(k|x̄) loss_k + KL[q(k|x̄) ‖ U(K)].
 
-        The exact expectation over k (SPEC §4); −elbo is a lower bound on log p(x̄) for any q. It is the
+        The exact expectation over k (docs/method.md §4); −elbo is a lower bound on log p(x̄) for any q. It is the
         definition that `weak_batch_loss` trains through a balanced assignment instead of through q.
         """
         c = self.config
@@ -345,7 +345,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·KL-flow of sequence i carried by flow k, with the z_0 draw
         that `mean_sequence_loss(self, frames, ks, key=key)` makes (the same key split), so every flow is scored on the
         same sample. log p(x_0|z_0) and KL[q(z_0|x_0) ‖ N(0, I)] are common to all flows and left out; so
-        is the HJ regulariser, which is not part of the bound and must not steer the assignment (SPEC §4).
+        is the HJ regulariser, which is not part of the bound and must not steer the assignment (docs/method.md §4).
         """
         c = self.config
         keys = jr.split(key, frames.shape[0])

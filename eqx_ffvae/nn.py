@@ -1,4 +1,4 @@
-"""Encoders and decoder (SPEC §7 architecture, width configurable).
+"""Encoders and decoder (docs/method.md §7 architecture, width configurable).
 
 28 and 64 px: conv k4s2 ×2, conv k(n/4) to 1×1, then 1×1 convs; widths w, 2w, 3w, 2w.
 128 px: conv k4s2 ×4 at width w, conv k8 to 1×1, then 1×1 convs. The decoder mirrors the encoder

@@ -1,4 +1,4 @@
-"""Pure pieces of the objective (SPEC §3–§4): the Hamilton–Jacobi residual and the balanced E-step.
+"""Pure pieces of the objective (docs/method.md §3–§4): the Hamilton–Jacobi residual and the balanced E-step.
 
 The likelihoods and KLs live in `distributions` (the ground floor) and are re-exported here, so
 `objectives.<name>` names every piece of the ELBO.

@@ -1,4 +1,4 @@
-"""Scalar potentials u^k(t, z), forces f^k(t, z) and the bank of K of each (SPEC §3).
+"""Scalar potentials u^k(t, z), forces f^k(t, z) and the bank of K of each (docs/method.md §3).
 
 A potential returns one scalar for one latent; its gradient is the velocity of flow k and its
 Laplacian the rate at which log-density falls along it. `MLPPotential` also computes
@@ -164,7 +164,7 @@ class MLPPotential(AbstractPotential):
 
 
 class Force(eqx.Module):
-    """f(t, z) = -(MLP([z; sinusoidal(t)]))², non-positive by construction (SPEC §3)."""
+    """f(t, z) = -(MLP([z; sinusoidal(t)]))², non-positive by construction (docs/method.md §3)."""
 
     mlp: _TimeMLP
 

@@ -1,4 +1,4 @@
-"""Named run configurations: `quick` (CPU minutes on the embedded MNIST) and the paper's (SPEC §7)."""
+"""Named run configurations: `quick` (CPU minutes on the embedded MNIST) and the paper's (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ PRESETS = {
         width=324,
         potential_width=324,
         **_PAPER,
-        about="SPEC §7 MNIST (d=324, batch 128, Adam 1e-4, 90k steps); full MNIST from --data-dir",
+        about="docs/method.md §7 MNIST (d=324, batch 128, Adam 1e-4, 90k steps); full MNIST from --data-dir",
     ),
     "mnist-weak": Preset(
         dataset="mnist",
@@ -77,7 +77,7 @@ PRESETS = {
         width=226,
         potential_width=226,
         **{**_PAPER, "steps": 100_000},
-        about="SPEC §7 Shapes3D (d=226, K=5, T=7); 3dshapes.h5 from --data-dir, else procedural shapes",
+        about="docs/method.md §7 Shapes3D (d=226, K=5, T=7); 3dshapes.h5 from --data-dir, else procedural shapes",
     ),
     "falcor3d": Preset(
         dataset="falcor3d",
@@ -85,7 +85,7 @@ PRESETS = {
         width=324,
         potential_width=324,
         **{**_PAPER, "steps": 100_000},
-        about="SPEC §7 Falcor3D (d=324, K=7, T=4), 128 px; PNG folder from --data-dir",
+        about="docs/method.md §7 Falcor3D (d=324, K=7, T=4), 128 px; PNG folder from --data-dir",
     ),
     "isaac3d": Preset(
         dataset="isaac3d",
@@ -93,6 +93,6 @@ PRESETS = {
         width=324,
         potential_width=324,
         **{**_PAPER, "steps": 100_000},
-        about="SPEC §7 Isaac3D (d=324, K=8, T=3), 128 px; PNG folder from --data-dir",
+        about="docs/method.md §7 Isaac3D (d=324, K=8, T=3), 128 px; PNG folder from --data-dir",
     ),
 }

@@ -1,4 +1,4 @@
-"""The diffusion (heat-equation) prior of each flow (SPEC §2).
+"""The diffusion (heat-equation) prior of each flow (docs/method.md §2).
 
 Flow k's prior density obeys ∂_t p = D_k ∇²p from p_0 = N(0, I), whose exact solution is
 p^k_t = N(0, (1 + 2 D_k t) I): a closed form at any time and point, no solve needed.

@@ -756,7 +756,7 @@ def train(spec: RunSpec, run_dir: str | os.PathLike, *, fresh: bool = False) -> 
 
 
 def evaluate_run(spec: RunSpec, model: AbstractSequenceModel, run_dir: str | os.PathLike | None = None) -> dict:
-    """Score `model` on the run's held-out sequences (SPEC §5); with `run_dir`, write its eval.json
+    """Score `model` on the run's held-out sequences (docs/method.md §5); with `run_dir`, write its eval.json
     (atomically). Returns the result with `test_batches` and `shifts` left out."""
     result, _, _ = evaluate_with_batches(spec, model)
     if run_dir is not None:

@@ -1,4 +1,4 @@
-"""The comparison methods (SPEC §6): each defining piece on fresh random inputs, and two training
+"""The comparison methods (docs/method.md §6): each defining piece on fresh random inputs, and two training
 steps of every method at every preset's data shape."""
 
 import math
@@ -231,7 +231,7 @@ def test_classifier_loss_falls_on_separable_flows(getkey):
 
 # ---- every method, every preset's data shape ----------------------------------------------------
 
-PRESET_SHAPES = {  # (image_shape, frames, K) of each image size the presets use (SPEC §1)
+PRESET_SHAPES = {  # (image_shape, frames, K) of each image size the presets use (docs/method.md §1)
     "mnist": ((3, 28, 28), 9, 3),
     "shapes3d": ((3, 64, 64), 8, 5),
     "isaac3d": ((3, 128, 128), 4, 8),  # falcor3d differs only in T and K (5, 7): the same layers
@@ -282,7 +282,7 @@ def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
 def test_poflow_proposal_is_its_flow_with_density(getkey):
     """PoFlow proposes like the FFVAE: z_0 from q(z_0|x_0) carried by Euler steps along ∇u^k (at the
     proposal's `proposal_steps_per_frame`), each step lowering log q by the map's exact
-    log det(I + h∇²u^k) at the step's start (SPEC §3)."""
+    log det(I + h∇²u^k) at the step's start (docs/method.md §3)."""
     config = bl.PoFlowConfig(image_shape=SHAPE, num_frames=4, latent_dim=5, num_flows=2, width=4, potential_width=16)
     model = bl.PoFlow(config, key=getkey())
     x = jr.uniform(getkey(), (4, *SHAPE))

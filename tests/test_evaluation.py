@@ -1,4 +1,4 @@
-"""SPEC §3/§5 evaluation protocol: the Euler map's exact density, the defensive-mixture likelihood,
+"""docs/method.md §3/§5 evaluation protocol: the Euler map's exact density, the defensive-mixture likelihood,
 the probes beyond training (extrapolation, composition)."""
 
 import equinox as eqx

@@ -1,4 +1,4 @@
-"""MNIST transformations against independent computations (SPEC §1)."""
+"""MNIST transformations against independent computations (docs/method.md §1)."""
 
 import colorsys
 

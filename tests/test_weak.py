@@ -1,4 +1,4 @@
-"""Weak supervision (SPEC §4, §5): the balanced assignment it trains with, and scoring by inference."""
+"""Weak supervision (docs/method.md §4, §5): the balanced assignment it trains with, and scoring by inference."""
 
 import equinox as eqx
 import jax

@@ -1,4 +1,4 @@
-"""The comparison methods of SPEC §6, each with the interface `eqx_ffvae.metrics` scores."""
+"""The comparison methods of docs/method.md §6, each with the interface `eqx_ffvae.metrics` scores."""
 
 from .base import AbstractFrameVAE as AbstractFrameVAE
 from .base import BaselineConfig as BaselineConfig

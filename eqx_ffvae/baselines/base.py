@@ -1,5 +1,5 @@
 """What the frame-wise baselines share: a Gaussian encoder per frame, the decoder, an N(0, I) prior and
-the importance proposal "encoder on x_t" (SPEC §5), with the same conv family as the FFVAE (SPEC §6)."""
+the importance proposal "encoder on x_t" (docs/method.md §5), with the same conv family as the FFVAE (docs/method.md §6)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class AbstractFrameVAE(AbstractSequenceModel):
 
 
 def conv_pair(config: BaselineConfig, latent_dim: int, *, key: PRNGKeyArray) -> tuple[ConvEncoder, ConvDecoder]:
-    """The SPEC §7 encoder/decoder pair at the config's width, for a latent of size `latent_dim`."""
+    """The docs/method.md §7 encoder/decoder pair at the config's width, for a latent of size `latent_dim`."""
     enc_key, dec_key = jr.split(key)
     c = config
     return (

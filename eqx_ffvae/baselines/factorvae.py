@@ -21,7 +21,7 @@ from .base import AbstractFrameVAE, BaselineConfig, conv_pair, frame_elbo
 
 @dataclasses.dataclass(frozen=True)
 class FactorVAEConfig(BaselineConfig):
-    """γ = 10 (SPEC §6). The discriminator (an MLP, LeakyReLU 0.2, as in the paper but narrower) has
+    """γ = 10 (docs/method.md §6). The discriminator (an MLP, LeakyReLU 0.2, as in the paper but narrower) has
     its own Adam with the FactorVAE paper's β1 = 0.5, β2 = 0.9; it is updated after each VAE update
     on latents of the same batch (alternating updates)."""
 

@@ -18,7 +18,7 @@ from .base import AbstractFrameVAE, BaselineConfig, conv_pair
 
 @dataclasses.dataclass(frozen=True)
 class SlowVAEConfig(BaselineConfig):
-    """Laplace rate α = 6, transition weight γ = 10, N(0, I) KL weight β = 1 (SPEC §6). Over a
+    """Laplace rate α = 6, transition weight γ = 10, N(0, I) KL weight β = 1 (docs/method.md §6). Over a
     sequence, every frame gets the β term and frames 1…T the γ term, with the Laplace centred at the
     (reparameterised) sample of the previous frame."""
 

@@ -17,7 +17,7 @@ from .base import AbstractFrameVAE, BaselineConfig, conv_pair, frame_elbo
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(BaselineConfig):
-    """β = 1 is the VAE; the β-VAE of the comparison uses β = 4 (SPEC §6)."""
+    """β = 1 is the VAE; the β-VAE of the comparison uses β = 4 (docs/method.md §6)."""
 
     beta: float = 1.0
 

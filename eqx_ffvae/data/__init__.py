@@ -1,4 +1,4 @@
-"""Transformation-sequence datasets (SPEC §1) as Grain pipelines, and the MNIST transforms."""
+"""Transformation-sequence datasets (docs/method.md §1) as Grain pipelines, and the MNIST transforms."""
 
 from .factors import (
     FACTOR_SIZES as FACTOR_SIZES,

@@ -1,4 +1,4 @@
-"""Grain pipelines of transformation sequences (SPEC §1).
+"""Grain pipelines of transformation sequences (docs/method.md §1).
 
 source indices → split → shard → shuffle(seed) → repeat → random_map (build one sequence) →
 batch → iterator (optionally worker processes). Every element is
@@ -215,7 +215,7 @@ def sequence_dataset(
     group_size: int | None = None,
     probes: bool = False,
 ) -> grain.MapDataset:
-    """A `grain.MapDataset` of sequences of dataset `name` (SPEC §1).
+    """A `grain.MapDataset` of sequences of dataset `name` (docs/method.md §1).
 
     k: a fixed transformation, or None for uniform k per sequence. num_epochs=None repeats forever,
     with a new shuffle and new k draws each epoch. shard_index/shard_count: this process's disjoint
@@ -224,7 +224,7 @@ def sequence_dataset(
     factor_sizes and num_frames override the dataset's table (reduced grids, shorter sequences).
     group_size: every `group_size` consecutive sequences share one k (uniform per group): batched by
     `batch_iterator` with that batch size, each batch holds one transformation (group supervision).
-    probes (MNIST only): each sequence also carries the ground truth of SPEC §5's extrapolation and
+    probes (MNIST only): each sequence also carries the ground truth of docs/method.md §5's extrapolation and
     composition probes (`transforms.mnist_probe_frames`).
     """
     info = dataset_info(name)

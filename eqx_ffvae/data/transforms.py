@@ -1,4 +1,4 @@
-"""MNIST transformations of SPEC §1, in numpy: scale, rotation and hue on fixed value grids.
+"""MNIST transformations of docs/method.md §1, in numpy: scale, rotation and hue on fixed value grids.
 
 Geometry follows kornia's `get_rotation_matrix2d` + `warp_affine` (the authors' pipeline): a
 point p of the source goes to `s R(θ) (p − c) + c` with c = (W/2, H/2) in pixel-index
@@ -103,7 +103,7 @@ def adjust_hue(image: np.ndarray, hue_deg: np.ndarray) -> np.ndarray:
 
 
 def mnist_values(k: int, ts: np.ndarray) -> np.ndarray:
-    """The value of MNIST transformation k at frames `ts` on SPEC §1's grid, continued past t = 8 for
+    """The value of MNIST transformation k at frames `ts` on docs/method.md §1's grid, continued past t = 8 for
     extrapolation (scale 1 + 0.1t, rotation 10t°, hue 20t°)."""
     ts = np.asarray(ts, np.float64)
     if ts.size and ts.min() < 0:
@@ -141,7 +141,7 @@ MNIST_PAIRS = ((0, 1), (0, 2), (1, 2))
 
 
 def mnist_probe_frames(image: np.ndarray, k: int, num_frames: int) -> dict[str, np.ndarray]:
-    """Ground truth for SPEC §5's probes beyond training, for a sequence of T + 1 = num_frames frames:
+    """Ground truth for docs/method.md §5's probes beyond training, for a sequence of T + 1 = num_frames frames:
     `extrapolation` (T, 3, H, W), frames t = T+1 … 2T of transformation k; `composition`
     (3, T+1, 3, H, W), frames t = 0 … T of each pair of `MNIST_PAIRS` applied together."""
     horizon = num_frames - 1
@@ -156,7 +156,7 @@ def mnist_probe_frames(image: np.ndarray, k: int, num_frames: int) -> dict[str, 
 
 
 def apply_transform(name: str, image: np.ndarray, k: int, t: int) -> np.ndarray:
-    """Frame t of transformation k of `image` (float32 (C, H, W) in [0, 1]), same shape (SPEC §1).
+    """Frame t of transformation k of `image` (float32 (C, H, W) in [0, 1]), same shape (docs/method.md §1).
 
     Only MNIST has analytic transformations; the other datasets' frames are rendered images, read
     from the dataset itself (`sequence_dataset`).
