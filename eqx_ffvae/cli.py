@@ -90,7 +90,9 @@ class Shared:
     eval_sequences: Annotated[int | None, _override("held-out sequences scored", "eval_sequences")] = None
     ll_samples: Annotated[
         int | None,
-        _override("importance samples per frame for the log-likelihood (docs/method.md §5: 100 for tables)", "ll_samples"),
+        _override(
+            "importance samples per frame for the log-likelihood (docs/method.md §5: 100 for tables)", "ll_samples"
+        ),
     ] = None
 
 

@@ -277,7 +277,9 @@ def format_table(result: dict) -> str:
             f"{e['log_likelihood']:>10.2f} {e['effective_sample_size']:>6.1f} {e['num_sequences']:>5}"
         )
     if result.get("transformation") == "linear shift":
-        lines.append("E_k model: this model learns no transformation, so it is the best linear shift (docs/method.md §5)")
+        lines.append(
+            "E_k model: this model learns no transformation, so it is the best linear shift (docs/method.md §5)"
+        )
     lines.append(
         f"log-likelihood (mean over frames and sequences): {result['log_likelihood']:.2f} nats/image, "
         f"S = {result['num_importance_samples']} (defensive mixture), mean ESS {result['effective_sample_size']:.1f}"
