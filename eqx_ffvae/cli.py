@@ -190,6 +190,10 @@ class Compare(Shared):
         Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: runs/compare-<preset>)")
     ] = None
     """where the runs and the table go"""
+    results: Annotated[Path | None, tyro.conf.arg(metavar="PATH")] = None
+    """a folder to commit (e.g. results/mnist): each finished run's eval.json, config.json and metrics
+    summary land in PATH/runs/<method>/seed<i>/ as it finishes, runs recorded there are not trained
+    again, and the table is written there too, so a table can be built in chunks"""
 
 
 @dataclasses.dataclass
@@ -301,8 +305,10 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: 
             out,
             lambda m, s: spec_from(args, model=m, seed=s),
             log=lambda line: print(line, flush=True),
+            results_dir=args.results,
         )
-        print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+        written = [out] if args.results is None else [out, args.results]
+        print("wrote " + " and ".join(f"{d / 'compare.json'}, {d / 'compare.md'}" for d in written))
         return 0
     if name == "download":
         return _download(args)

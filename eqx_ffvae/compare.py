@@ -28,10 +28,44 @@ def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
     return result if same and result.get("trained_steps") == spec.steps else None
 
 
-def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
-    result = _finished(run_dir, spec)
-    if result is not None:
-        return result, True
+def _metrics_summary(run_dir: Path, last: int = 100) -> dict:
+    """The training record of a run in brief: the final step's terms and each term's mean over the
+    last `last` steps (from metrics.jsonl)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return {}
+    tail = records[-last:]
+    names = [k for k in tail[-1] if k != "step"]
+    return {
+        "final_step": tail[-1]["step"],
+        "final": {k: tail[-1][k] for k in names},
+        f"mean_of_last_{len(tail)}": {k: float(np.mean([r[k] for r in tail if k in r])) for k in names},
+    }
+
+
+def _kept(results_dir: Path, name: str, seed: int) -> Path:
+    return results_dir / "runs" / name / f"seed{seed}"
+
+
+def _keep(run_dir: Path, kept: Path, result: dict) -> None:
+    """A finished run's small record under `kept`: eval.json, config.json, metrics_summary.json (no
+    checkpoints), each written atomically; eval.json last, so its presence means the record is whole."""
+    kept.mkdir(parents=True, exist_ok=True)
+    atomic_write(kept / "config.json", (run_dir / "config.json").read_text())
+    atomic_write(kept / "metrics_summary.json", json.dumps(_metrics_summary(run_dir), indent=2))
+    atomic_write(kept / "eval.json", json.dumps(result, indent=2))
+
+
+def _one_run(spec: RunSpec, run_dir: Path, kept: Path | None = None) -> tuple[dict, bool]:
+    for directory in (kept, run_dir):
+        result = None if directory is None else _finished(directory, spec)
+        if result is not None:
+            if kept is not None and directory == run_dir:
+                _keep(run_dir, kept, result)
+            return result, True
     tic = time.perf_counter()
     train(spec, run_dir)
     model, last = restore_model(spec, run_dir)
@@ -41,6 +75,8 @@ def _one_run(spec: RunSpec, run_dir: Path) -> tuple[dict, bool]:
     result["trained_steps"] = spec.steps
     result["seconds"] = time.perf_counter() - tic  # this invocation's training (or resumed part) + eval
     atomic_write(run_dir / "eval.json", json.dumps(result, indent=2))
+    if kept is not None:
+        _keep(run_dir, kept, result)
     return result, False
 
 
@@ -258,10 +294,17 @@ def run_compare(
     spec_for: Callable[[str, int], RunSpec],
     *,
     log: Callable[[str], None] = lambda line: None,
+    results_dir: Path | None = None,
 ) -> dict:
     """Train/evaluate (or reuse) every (method, seed) run under `out`, then write compare.json and
     compare.md; `spec_for(method, seed)` resolves one run's configuration as `train` would. `log`
-    receives one line per finished run and the table."""
+    receives one line per finished run and the table.
+
+    With `results_dir` (a folder meant to be committed, e.g. `results/mnist`), each finished run's
+    small record (eval.json, config.json, metrics_summary.json; never checkpoints) is kept in
+    `results_dir/runs/<method>/seed<i>/` as soon as it lands, a run whose record is there (for the same
+    configuration) is not trained again even if `out` is gone, and compare.json and compare.md are
+    written to `results_dir` too: a table can be built in chunks, across sessions and machines."""
     if seeds < 1:
         raise RunError(f"--seeds must be ≥ 1, got {seeds}")
     if not models:
@@ -274,7 +317,8 @@ def run_compare(
         spec = spec_for(name, seed)
         run_dir = out / name / f"seed{seed}"
         tic = time.perf_counter()
-        result, reused = _one_run(spec, run_dir)
+        kept = None if results_dir is None else _kept(results_dir, name, seed)
+        result, reused = _one_run(spec, run_dir, kept)
         secs = time.perf_counter() - tic
         results.setdefault(name, []).append(result)
         errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
@@ -309,9 +353,10 @@ def run_compare(
         "methods": rows,
         "runs": {n: [str(out / n / f"seed{s}") for s in range(seeds)] for n in results},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "compare.json", json.dumps(summary, indent=2))
     table = to_markdown(rows, results, transforms, header)
-    atomic_write(out / "compare.md", table)
+    for folder in (out, results_dir) if results_dir is not None else (out,):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "compare.json", json.dumps(summary, indent=2))
+        atomic_write(folder / "compare.md", table)
     log(table)
     return summary

@@ -1,6 +1,7 @@
 """`train/run.py compare`: the table's arithmetic and layout, and an end-to-end run that resumes."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -99,6 +100,8 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys):
         "2",
         "--out",
         str(out),
+        "--results",
+        str(tmp_path / "results"),
     ]
     assert run.main(args) == 0
     summary = json.loads((out / "compare.json").read_text())
@@ -119,6 +122,20 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys):
     assert run.main(args) == 0
     assert capsys.readouterr().out.count("(reused)") == 4
     assert (out / "compare.md").read_text() == table
+    # the committed records alone rebuild the table: no run directory, no training
+    kept = tmp_path / "results"
+    assert (kept / "compare.md").read_text() == table
+    for name in ("vae", "tvae"):
+        for seed in (0, 1):
+            files = {p.name for p in (kept / "runs" / name / f"seed{seed}").iterdir()}
+            assert files == {"eval.json", "config.json", "metrics_summary.json"}
+    assert json.loads((kept / "runs" / "vae" / "seed0" / "metrics_summary.json").read_text())["final_step"] == 2
+    shutil.copytree(out, tmp_path / "cmp-kept")
+    shutil.rmtree(out)
+    assert run.main(args) == 0
+    assert capsys.readouterr().out.count("(reused)") == 4
+    assert (kept / "compare.md").read_text() == table and not (out / "vae").exists()
+    out = tmp_path / "cmp-kept"
     # single-run commands on a baseline's run: figures by the linear shift / TVAE's roll; no sampling
     for name in ("vae", "tvae"):
         assert run.main(["eval", "--run", str(out / name / "seed0")]) == 0
