@@ -128,8 +128,8 @@ class Train(Shared):
     slice_size: Annotated[
         int | None,
         _override(
-            "sequences per flow slice and decoder chunk (memory and speed, never the numbers; "
-            "on a GPU pass the batch size)",
+            "sequences per flow slice and decoder chunk (memory and speed, never the numbers); "
+            "on a GPU or TPU the default is the whole batch",
             "slice_size",
         ),
     ] = None

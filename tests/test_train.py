@@ -407,6 +407,16 @@ def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run)
     _one_line_error(run_module, capsys, ["eval", "--run", str(tmp_path)], "not a run directory")
 
 
+def test_the_default_slice_size_follows_the_backend(monkeypatch):
+    """The preset's slice on a CPU, the whole batch on an accelerator; --slice-size always wins."""
+    assert runs.default_slice_size(16, 128, "cpu") == 16
+    assert runs.default_slice_size(16, 128, "gpu") == 128 and runs.default_slice_size(16, 64, "tpu") == 64
+    assert runs.resolve("quick").slice_size == 16  # this machine is a CPU
+    monkeypatch.setattr(runs.jax, "default_backend", lambda: "gpu")
+    assert runs.resolve("quick").slice_size == 32 and runs.resolve("quick", batch_size=8).slice_size == 8
+    assert runs.resolve("quick", slice_size=4).slice_size == 4
+
+
 def test_a_run_resumes_with_another_slice_size_not_another_width(trained_run):
     spec = cli.spec_from(cli.Train(steps=3, latent_dim=4, width=4, potential_width=8, batch_size=8))
     saved = runs.read_spec(trained_run)
