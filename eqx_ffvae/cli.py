@@ -333,9 +333,9 @@ def _download(args: Download) -> int:
         print(f"download {args.dataset} failed: {err}", file=sys.stderr)
         print("run the same command again to retry (a partial download resumes)", file=sys.stderr)
         return 1
-    preset = {"mnist": "mnist", "shapes3d": "shapes3d"}[args.dataset]
     print(
-        f"{args.dataset} verified in {folder}; train on it with: python train/run.py --preset {preset} --data-dir {folder}"
+        f"{args.dataset} verified in {folder}; train on it with: "
+        f"python train/run.py --preset {args.dataset} --data-dir {folder}"
     )
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import methods
-from .runs import RunError, RunSpec, atomic_write, evaluate_run, read_spec, restore_model, train
+from .runs import RunError, RunSpec, atomic_write, evaluate_run, read_metrics, read_spec, restore_model, train
 
 
 def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
@@ -31,10 +31,7 @@ def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
 def _metrics_summary(run_dir: Path, last: int = 100) -> dict:
     """The training record of a run in brief: the final step's terms and each term's mean over the
     last `last` steps (from metrics.jsonl)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
         return {}
     tail = records[-last:]
