@@ -94,6 +94,14 @@ class Shared:
             "importance samples per frame for the log-likelihood (docs/method.md §5: 100 for tables)", "ll_samples"
         ),
     ] = None
+    validation_fraction: Annotated[
+        float | None,
+        _override(
+            "share of the data held out of training as validation sequences (to choose learning rates)",
+            "validation_fraction",
+            "FLOAT",
+        ),
+    ] = None
 
 
 @dataclasses.dataclass
@@ -194,6 +202,14 @@ class Compare(Shared):
     """a folder to commit (e.g. results/mnist): each finished run's eval.json, config.json and metrics
     summary land in PATH/runs/<method>/seed<i>/ as it finishes, runs recorded there are not trained
     again, and the table is written there too, so a table can be built in chunks"""
+    lr_grid: Annotated[
+        tuple[float, ...] | None,
+        tyro.conf.arg(metavar="FLOAT…", help_behavior_hint=_per_preset("learning_rates")),
+    ] = None
+    """learning rates to choose each main method's from, by its own loss on validation sequences
+    (seed 0 at every rate; needs --validation-fraction > 0); empty: the preset's learning rate"""
+    ablation_seeds: Annotated[int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: --seeds)")] = None
+    """seeds of the ablation rows (FFVAE with objective terms removed)"""
 
 
 @dataclasses.dataclass
@@ -306,6 +322,8 @@ def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: 
             lambda m, s: spec_from(args, model=m, seed=s),
             log=lambda line: print(line, flush=True),
             results_dir=args.results,
+            learning_rates=PRESETS[args.preset].learning_rates if args.lr_grid is None else args.lr_grid,
+            ablation_seeds=args.ablation_seeds,
         )
         written = [out] if args.results is None else [out, args.results]
         print("wrote " + " and ".join(f"{d / 'compare.json'}, {d / 'compare.md'}" for d in written))

@@ -28,13 +28,21 @@ Supervision = Literal["none", "weak", "group", "full"]
 class Method:
     """`defaults` are the method's own settings (β = 4 for β-VAE), applied under the caller's values;
     `supervision` says what it sees of k: "none", "weak" (that a sequence holds one transformation),
-    "group" (also that all sequences of a batch share one) or "full" (k itself)."""
+    "group" (also that all sequences of a batch share one) or "full" (k itself).
+
+    `fixed` are the settings that define a variant (an ablation's zeroed weight, another training
+    protocol): a preset's shared settings do not override them and a caller asking for another value
+    is an error. `ablation_of` names the method an ablation removes a term from: it is labelled as an
+    ablation, trained at that method's chosen learning rate (`compare --lr-grid` tunes main methods
+    only) and over `compare --ablation-seeds` seeds."""
 
     label: str
     supervision: Supervision
     config_cls: type
     model_cls: type[AbstractSequenceModel]
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ablation_of: str | None = None
 
 
 METHODS: dict[str, Method] = {
@@ -49,7 +57,38 @@ METHODS: dict[str, Method] = {
     "ffvae-group": Method(
         "FFVAE (group, authors')", "group", FFVAEConfig, FlowFactorizedVAE, {"group_supervised": True}
     ),
+    "poflow-authors": Method(
+        "PoFlow (authors' protocol)",
+        "full",
+        PoFlowConfig,
+        PoFlow,
+        fixed={"protocol": "authors", "classifier_weight": 0.0},
+    ),
+    "ffvae-no-flow-kl": Method(
+        "FFVAE − flow KL", "full", FFVAEConfig, FlowFactorizedVAE, fixed={"flow_kl_weight": 0.0}, ablation_of="ffvae"
+    ),
+    "ffvae-no-hj": Method(
+        "FFVAE − HJ", "full", FFVAEConfig, FlowFactorizedVAE, fixed={"hj_weight": 0.0}, ablation_of="ffvae"
+    ),
+    "ffvae-rollout": Method(
+        "FFVAE − flow KL − HJ (rollout VAE)",
+        "full",
+        FFVAEConfig,
+        FlowFactorizedVAE,
+        fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0},
+        ablation_of="ffvae",
+    ),
+    "ffvae-0.1": Method(
+        "FFVAE, flow KL and HJ at 0.1",
+        "full",
+        FFVAEConfig,
+        FlowFactorizedVAE,
+        fixed={"flow_kl_weight": 0.1, "hj_weight": 0.1},
+        ablation_of="ffvae",
+    ),
 }
+"""Main methods first (PoFlow also under its authors' training protocol), then the FFVAE's objective
+ablations (`ablation_of`; docs/method.md §6)."""
 
 
 def get_method(name: str) -> Method:
@@ -64,20 +103,27 @@ def config_fields(name: str) -> tuple[str, ...]:
 
 
 def make_config(name: str, **fields: Any):
-    """The config of method `name`: its defaults, overridden by `fields` (the caller wins).
+    """The config of method `name`: its defaults, overridden by `fields` (the caller wins), and its
+    `fixed` settings (a different value for one of them is an error).
 
     A field the config does not have is an error naming it and the valid ones (`config_fields`
     selects the applicable ones from a shared set of settings).
     """
     method = get_method(name)
     valid = config_fields(name)
+    clashes = sorted(k for k in fields if k in method.fixed and fields[k] != method.fixed[k])
+    if clashes:
+        raise ValueError(
+            f"model {name!r} is defined by {', '.join(f'{k}={method.fixed[k]!r}' for k in clashes)}; "
+            f"got {', '.join(f'{k}={fields[k]!r}' for k in clashes)} (choose the method with the setting you want)"
+        )
     unknown = sorted(set(fields) - set(valid))
     if unknown:
         raise ValueError(
             f"{method.config_cls.__name__} (model {name!r}) has no field(s) {', '.join(map(repr, unknown))}; "
             f"valid fields: {', '.join(valid)}"
         )
-    chosen = {**method.defaults, **fields}
+    chosen = {**method.defaults, **fields, **method.fixed}
     if "image_shape" in chosen:
         chosen["image_shape"] = tuple(chosen["image_shape"])
     return method.config_cls(**chosen)

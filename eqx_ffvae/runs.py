@@ -35,6 +35,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jax.experimental import multihost_utils
@@ -108,9 +109,20 @@ class RunSpec:
     factor_sizes: tuple[int, ...] | None = None
     matmul_precision: str = "float32"
     slice_size: int = 16
+    validation_fraction: float = 0.0
 
     # Fields a resumed run must share with the checkpoint it continues.
-    IDENTITY = ("method", "dataset", "data_dir", "factor_sizes", "seed", "batch_size", "learning_rate", "model")
+    IDENTITY = (
+        "method",
+        "dataset",
+        "data_dir",
+        "factor_sizes",
+        "seed",
+        "batch_size",
+        "learning_rate",
+        "model",
+        "validation_fraction",
+    )
 
     def __post_init__(self):
         _check_int("--seed", self.seed, 0)
@@ -131,6 +143,11 @@ class RunSpec:
         if not isinstance(self.model, method.config_cls):
             raise RunError(
                 f"model {self.method!r} needs a {method.config_cls.__name__}, got {type(self.model).__name__}"
+            )
+        if not (isinstance(self.validation_fraction, float | int) and 0 <= self.validation_fraction < 0.9):
+            raise RunError(
+                f"--validation-fraction must be in [0, 0.9) (the share of the data held out of training "
+                f"for choosing hyper-parameters), got {self.validation_fraction!r}"
             )
         if self.factor_sizes is not None and any(s < 1 for s in self.factor_sizes):
             raise RunError(f"--factor-sizes must all be ≥ 1, got {self.factor_sizes}")
@@ -196,6 +213,7 @@ def resolve(
     ll_samples: int | None = None,
     factor_sizes: tuple[int, ...] | None = None,
     matmul_precision: str = "float32",
+    validation_fraction: float | None = None,
     notes: list[str] | None = None,
     **model_fields: Any,
 ) -> RunSpec:
@@ -255,6 +273,7 @@ def resolve(
     unknown = sorted(set(model_fields) - known)
     if unknown:
         raise RunError(f"no method has the setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}")
+    shared = {k: v for k, v in shared.items() if k not in methods.get_method(method).fixed}
     shared.update({k: v for k, v in model_fields.items() if v is not None})
     applicable = set(methods.config_fields(method))
     try:
@@ -283,6 +302,7 @@ def resolve(
         factor_sizes=None if factor_sizes is None else tuple(factor_sizes),
         matmul_precision=matmul_precision,
         slice_size=pick(slice_size, default_slice_size(p.slice_size, pick(batch_size, p.batch_size))),
+        validation_fraction=float(pick(validation_fraction, p.validation_fraction)),
     )
 
 
@@ -321,6 +341,7 @@ def sequences(
             factor_sizes=spec.factor_sizes,
             group_size=spec.batch_size if grouped else None,
             probes=probes,
+            validation_fraction=spec.validation_fraction,
         )
     except (FileNotFoundError, ValueError, OSError, EOFError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -330,7 +351,7 @@ def sequences(
 def check_data(spec: RunSpec) -> None:
     """Open the train and test splits and build one sequence of each, so a missing, truncated or
     malformed data file is reported (one line naming it) before anything is written or trained."""
-    for split in ("train", "test"):
+    for split in ("train", "test") + (("validation",) if spec.validation_fraction else ()):
         ds = sequences(spec, split=split, seed=EVAL_SEED, num_epochs=1)
         if len(ds) == 0:
             raise RunError(f"the {split} split of {spec.dataset} is empty; check --data-dir and --factor-sizes")
@@ -784,6 +805,39 @@ def evaluate_with_batches(spec: RunSpec, model: AbstractSequenceModel) -> tuple[
     result["dataset"] = spec.dataset
     result["model"] = spec.method
     return result, test, shifts
+
+
+@eqx.filter_jit
+def _validation_batch_loss(model, frames, ks, key, step):
+    return model.batch_loss(frames, ks, key=key, step=step)
+
+
+def validation_loss(spec: RunSpec, model: AbstractSequenceModel) -> dict:
+    """The model's own training objective (`batch_loss`, at the run's final step for a scheduled one)
+    on every validation sequence, in batches of the evaluation batch size with fixed keys:
+    {"validation_loss", "terms", "num_sequences"}. What `compare --lr-grid` ranks learning rates by;
+    never a test metric. Needs a run with `validation_fraction` > 0."""
+    if not spec.validation_fraction:
+        raise RunError(
+            "this run has no validation split (validation_fraction 0); train it with --validation-fraction > 0"
+        )
+    ds = sequences(spec, split="validation", seed=EVAL_SEED, num_epochs=1)
+    losses, terms, sizes = [], [], []
+    for i, batch in enumerate(data.batch_iterator(ds, spec.eval.eval_batch_size, drop_remainder=False)):
+        loss, batch_terms = _validation_batch_loss(
+            model, jnp.asarray(batch["frames"]), jnp.asarray(batch["k"]), jr.fold_in(jr.key(EVAL_SEED), i), spec.steps
+        )
+        losses.append(float(loss))
+        terms.append({name: float(v) for name, v in batch_terms.items()})
+        sizes.append(len(batch["k"]))
+    if not sizes:
+        raise RunError(f"the validation split of {spec.dataset} is empty; raise --validation-fraction")
+    w = np.asarray(sizes, np.float64) / sum(sizes)
+    return {
+        "validation_loss": float(np.dot(w, losses)),
+        "terms": {name: float(np.dot(w, [t[name] for t in terms])) for name in terms[0]},
+        "num_sequences": int(sum(sizes)),
+    }
 
 
 def local_copy(model: eqx.Module) -> eqx.Module:

@@ -238,7 +238,8 @@ PRESET_SHAPES = {  # (image_shape, frames, K) of each image size the presets use
 }
 
 
-BASELINES = [name for name in ff.methods.METHODS if not name.startswith("ffvae")]
+# variants with fixed settings (PoFlow under its authors' protocol) have their base's layers
+BASELINES = [name for name, m in ff.methods.METHODS.items() if not name.startswith("ffvae") and not m.fixed]
 
 
 @pytest.mark.slow
@@ -277,6 +278,30 @@ def test_every_baseline_trains_two_steps_at_every_preset_shape(name, getkey):
         after = eqx.filter(model, eqx.is_inexact_array)
         changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
         assert all(jax.tree.leaves(changed)), (dataset, "a parameter did not move")
+
+
+def test_poflow_authors_protocol(getkey):
+    """The authors' loss at step t depends on x_0, x_t and x_{t+1} alone, and `batch_loss` is the
+    mean of it at ONE t for the whole batch (drawn from the key), as their trainer does."""
+    model = bl.PoFlow(_tiny(bl.PoFlowConfig, potential_width=8, protocol="authors"), key=getkey())
+    one = eqx.filter_jit(lambda m, x, k, t, key: m.authors_loss(x, k, t, key=key)[0])
+    x = jr.uniform(getkey(), (4, *SHAPE))
+    key, t = getkey(), jnp.array(1)
+    k = jnp.array(2)
+    loss = one(model, x, k, t, key)
+    other = x.at[3].set(jr.uniform(getkey(), SHAPE))  # frame 3 is neither 0, t nor t+1
+    np.testing.assert_allclose(one(model, other, k, t, key), loss, rtol=1e-6)
+    moved = x.at[2].set(jr.uniform(getkey(), SHAPE))
+    assert abs(float(one(model, moved, k, t, key) - loss)) > 1e-3
+
+    frames, ks, key = jr.uniform(getkey(), (3, 4, *SHAPE)), jnp.array([0, 1, 2]), getkey()
+    batch, _ = eqx.filter_jit(lambda m, f, ks, key: m.batch_loss(f, ks, key=key, step=None))(model, frames, ks, key)
+    t_key, rest = jr.split(key)
+    drawn = jr.randint(t_key, (), 0, 3)
+    keys = jr.split(rest, 3)
+    at = {s: np.mean([one(model, frames[i], ks[i], jnp.array(s), keys[i]) for i in range(3)]) for s in range(3)}
+    np.testing.assert_allclose(batch, at[int(drawn)], rtol=1e-5)
+    assert all(abs(float(batch) - v) > 1e-3 for s, v in at.items() if s != int(drawn))
 
 
 def test_poflow_proposal_is_its_flow_with_density(getkey):

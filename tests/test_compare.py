@@ -1,13 +1,19 @@
 """`train/run.py compare`: the table's arithmetic and layout, and an end-to-end run that resumes."""
 
 import json
+import math
 import shutil
 
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
 from eqx_ffvae import cli as run
-from eqx_ffvae.compare import paired_bootstrap, summarise, to_markdown
+from eqx_ffvae import runs
+from eqx_ffvae.compare import choose_learning_rate, paired_bootstrap, run_compare, summarise, to_markdown
+from eqx_ffvae.runs import RunError, read_spec
 
 
 def _result(errors, ll, transformation="own"):
@@ -142,3 +148,64 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys):
         assert (out / name / "seed0" / "figures" / "flow_rotation.png").exists()
     assert run.main(["sample", "--run", str(out / "vae" / "seed0")]) == 2
     assert "learns no transformation" in capsys.readouterr().err
+
+
+def test_choose_learning_rate_takes_the_lowest_finite_validation_loss():
+    records = [
+        {"learning_rate": 3e-3, "validation_loss": math.inf, "failed": "non-finite loss at step 7"},
+        {"learning_rate": 1e-3, "validation_loss": 10.0},
+        {"learning_rate": 3e-4, "validation_loss": 12.0},
+    ]
+    assert choose_learning_rate(records) == 1e-3
+    with pytest.raises(RunError, match=r"every learning rate of the grid failed \(0.003: non-finite loss at step 7"):
+        choose_learning_rate(records[:1])
+
+
+@pytest.mark.slow
+def test_compare_chooses_the_learning_rate_on_validation_and_recomputes_only_a_deleted_run(tmp_path, capsys):
+    out, kept = tmp_path / "cmp", tmp_path / "results"
+    args = ["compare", "--preset", "mnist-medium", "--models", "vae", "--seeds", "2", "--steps", "2"]
+    args += ["--latent-dim", "4", "--width", "2", "--eval-sequences", "10", "--ll-samples", "2"]
+    args += ["--lr-grid", "1e-3", "3e-3", "--out", str(out), "--results", str(kept)]
+    assert run.main(args) == 0
+    grid = {p.stem: json.loads(p.read_text()) for p in (kept / "grid" / "vae").iterdir()}
+    assert set(grid) == {"lr0.001", "lr0.003"}
+    best = min(grid.values(), key=lambda r: r["validation_loss"])["learning_rate"]
+    row = json.loads((kept / "compare.json").read_text())["methods"]["vae"]
+    assert row["learning_rate"] == best and set(row["learning_rate_grid"]) == set(grid)
+    for seed in (0, 1):
+        assert read_spec(kept / "runs" / "vae" / f"seed{seed}").learning_rate == best
+    # seed 0 of the table is the grid's run at the chosen rate: trained once, then evaluated
+    assert len((out / "vae" / f"lr{best:g}" / "seed0" / "metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    shutil.rmtree(out)
+    shutil.rmtree(kept / "runs" / "vae" / "seed1")
+    assert run.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(reused)") == 3 and "vae seed 1: E" in printed  # 2 grid points + seed 0
+    assert (
+        not (out / "vae" / f"lr{best:g}" / "seed0").exists()
+        and (kept / "runs" / "vae" / "seed1" / "eval.json").exists()
+    )
+    with pytest.raises(RunError, match="--validation-fraction"):
+        run_compare(["vae"], 1, out, lambda m, s: runs.resolve("quick", model=m, seed=s), learning_rates=(1e-3,))
+
+
+def test_validation_loss_is_the_mean_own_loss_over_every_validation_sequence():
+    """65 validation sequences in batches of 50 and 15: the size-weighted mean of the batches is the
+    mean of the per-sequence loss (a VAE's batch loss is the mean of its sequences')."""
+    spec = runs.resolve("mnist-medium", model="vae", latent_dim=4, width=2, validation_fraction=0.013)
+    model = runs.build(spec)[0]
+    result = runs.validation_loss(spec, model)
+    assert result["num_sequences"] == 65
+    ds = runs.sequences(spec, split="validation", seed=runs.EVAL_SEED, num_epochs=1)
+    one = eqx.filter_jit(lambda m, x, k, key: m.loss(x, k, key=key)[0])
+    losses = []
+    for i, start in enumerate((0, 50)):
+        items = [ds[j] for j in range(start, min(start + 50, 65))]
+        keys = jr.split(jr.fold_in(jr.key(runs.EVAL_SEED), i), len(items))
+        for item, key in zip(items, keys):
+            losses.append(float(one(model, jnp.asarray(item["frames"]), jnp.asarray(item["k"]), key)))
+    np.testing.assert_allclose(result["validation_loss"], np.mean(losses), rtol=1e-5)
+    with pytest.raises(RunError, match="no validation split.*--validation-fraction"):
+        runs.validation_loss(runs.resolve("quick", model="vae"), model)

@@ -92,6 +92,25 @@ def test_mnist_split_is_disjoint():
     assert len(data.sequence_dataset("mnist", split="train")) == 4500
 
 
+def test_validation_split_is_carved_from_train_only():
+    """Three disjoint parts covering everything; the test split never changes, and without a
+    validation split the train split is the two-way partition's."""
+    parts = {split: set(data.split_indices(5000, split, validation_fraction=0.1).tolist()) for split in data.SPLITS}
+    assert [len(parts[s]) for s in ("train", "validation", "test")] == [4000, 500, 500]
+    assert not (
+        parts["train"] & parts["validation"] or parts["train"] & parts["test"] or parts["validation"] & parts["test"]
+    )
+    assert parts["train"] | parts["validation"] | parts["test"] == set(range(5000))
+    assert parts["test"] == set(data.split_indices(5000, "test").tolist())
+    assert parts["train"] | parts["validation"] == set(data.split_indices(5000, "train").tolist())
+    val = data.sequence_dataset("mnist", split="validation", validation_fraction=0.1, seed=2)
+    assert {int(val[i]["index"]) for i in range(len(val))} == parts["validation"]
+    with pytest.raises(ValueError, match="validation split is empty.*--validation-fraction"):
+        data.sequence_dataset("mnist", split="validation")
+    with pytest.raises(ValueError, match=r"split must be one of .*'validation'.*got 'val'"):
+        data.split_indices(10, "val")
+
+
 def test_shapes3d_frames_differ_in_factor_k_alone(shapes_h5):
     ds = data.sequence_dataset("shapes3d", data_dir=shapes_h5.parent, factor_sizes=SHAPES_SIZES, num_frames=3)
     source = data.Shapes3DSource(shapes_h5, SHAPES_SIZES)

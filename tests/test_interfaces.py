@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import eqx_ffvae as ff
-from eqx_ffvae import methods
+from eqx_ffvae import methods, runs
 from eqx_ffvae.evaluation import evaluate, fit_linear_shifts
 from eqx_ffvae.interfaces import AbstractAdversarialModel, AbstractSequenceModel, AbstractTransportModel
+from eqx_ffvae.runs import RunError
 from eqx_ffvae.training import init_opt_state, make_optimizer, make_step, with_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,9 @@ def batch():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(methods.METHODS))
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if not m.ablation_of])
 def test_every_method_trains_two_steps_and_evaluates(name, batch):
+    """(The FFVAE's ablations differ from it only in `fixed` weights: see the next test.)"""
     """Through the interface only: build from the registry, two steps of `make_step`, held-out metrics."""
     fields = {k: v for k, v in TINY.items() if k in methods.config_fields(name)}
     model = methods.make_model(name, methods.make_config(name, **fields), key=jr.key(1))
@@ -104,6 +106,38 @@ def test_transport_models_compose_one_hot_as_transport(name):
         np.testing.assert_allclose(
             model.compose(jax.nn.one_hot(k, model.num_flows), z0), model.transport(k, z0), rtol=1e-5, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.fixed])
+def test_variants_keep_their_fixed_settings_under_any_preset(name):
+    """A variant's defining settings survive every preset's shared values; asking for another value
+    is an error naming the setting; an ablation's base is a main method."""
+    method = methods.get_method(name)
+    for preset in ("quick", "mnist-medium"):
+        config = runs.resolve(preset, model=name).model
+        assert {k: getattr(config, k) for k in method.fixed} == method.fixed
+    key, value = next(iter(method.fixed.items()))
+    other = "sequence" if value == "authors" else 0.5
+    with pytest.raises(RunError, match=f"{key}="):
+        runs.resolve("quick", model=name, **{key: other})
+    if method.ablation_of:
+        assert not methods.get_method(method.ablation_of).ablation_of
+
+
+def test_ffvae_ablations_drop_exactly_their_terms():
+    """Each ablation's objective is the FFVAE's minus exactly its dropped terms (the same terms in)."""
+    fields = {k: v for k, v in TINY.items() if k in methods.config_fields("ffvae")}
+    full = methods.make_model("ffvae", methods.make_config("ffvae", **fields), key=jr.key(5))
+    x = jr.uniform(jr.key(6), (FRAMES, *SHAPE))
+    loss, terms = eqx.filter_jit(lambda m, x, key: m.loss(x, 1, key=key))(full, x, jr.key(7))
+    latent = {k: v for k, v in terms.items() if k not in ("loss", "elbo", "recon")}
+    np.testing.assert_allclose(full.objective(terms["recon"], latent)[0], loss, rtol=1e-6)
+    dropped = {"ffvae-no-hj": ("hj",), "ffvae-no-flow-kl": ("kl_flow",), "ffvae-rollout": ("hj", "kl_flow")}
+    for name, gone in dropped.items():
+        ablated = methods.make_model(name, methods.make_config(name, **fields), key=jr.key(5))
+        ablated_loss, ablated_terms = ablated.objective(terms["recon"], latent)
+        np.testing.assert_allclose(ablated_loss, loss - sum(terms[t] for t in gone), rtol=1e-5)
+        np.testing.assert_allclose(ablated_terms["elbo"], terms["elbo"], rtol=1e-6)  # the ELBO it is scored on
 
 
 def test_make_config_lets_the_caller_win_and_names_unknown_fields():

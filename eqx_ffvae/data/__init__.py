@@ -25,6 +25,9 @@ from .pipeline import (
     DATASETS as DATASETS,
 )
 from .pipeline import (
+    SPLITS as SPLITS,
+)
+from .pipeline import (
     DatasetInfo as DatasetInfo,
 )
 from .pipeline import (

@@ -173,15 +173,42 @@ class FactorSequence(grain.transforms.RandomMap):
         return {"frames": frames, "k": np.int32(k), "index": indices, "factors": factors}
 
 
-def split_indices(n: int, split: str, *, test_fraction: float = 0.1, split_seed: int = 0) -> np.ndarray:
-    """A fixed, disjoint train/test partition of range(n) (independent of the training seed)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+SPLITS = ("train", "validation", "test")
+
+
+def split_indices(
+    n: int, split: str, *, test_fraction: float = 0.1, validation_fraction: float = 0.0, split_seed: int = 0
+) -> np.ndarray:
+    """A fixed, disjoint train/validation/test partition of range(n), independent of the training seed.
+
+    One permutation by `split_seed`: its first round(test_fraction·n) are "test", the next
+    round(validation_fraction·n) "validation", the rest "train". With no validation (the default) the
+    train and test splits are those of the two-way partition, so adding a validation split only takes
+    sequences out of "train".
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0 <= validation_fraction < 1 - test_fraction:
+        raise ValueError(
+            f"validation_fraction must be in [0, 1 - test_fraction) = [0, {1 - test_fraction:g}), got {validation_fraction}"
+        )
+    if split == "validation" and validation_fraction == 0:
+        raise ValueError("the validation split is empty: pass validation_fraction > 0 (--validation-fraction)")
     perm = np.random.default_rng(split_seed).permutation(n)
     n_test = max(1, int(round(test_fraction * n)))
-    return np.sort(perm[:n_test] if split == "test" else perm[n_test:])
+    n_val = int(round(validation_fraction * n))
+    part = {"test": perm[:n_test], "validation": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+    return np.sort(part[split])
+
+
+def _carve_validation(n: int, split: str, validation_fraction: float, split_seed: int) -> np.ndarray:
+    """The "train" or "validation" share of a dataset whose official training file is all training
+    data (full MNIST): a fixed round(validation_fraction·n) of it, by `split_seed`, is validation."""
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_val = max(1, int(round(validation_fraction * n)))
+    return np.sort(perm[:n_val] if split == "validation" else perm[n_val:])
 
 
 def _open_factor_source(name: str, data_dir: str | os.PathLike | None, factor_sizes):
@@ -208,6 +235,7 @@ def sequence_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
     test_fraction: float = 0.1,
+    validation_fraction: float = 0.0,
     split_seed: int = 0,
     download: bool = False,
     factor_sizes: tuple[int, ...] | None = None,
@@ -224,6 +252,8 @@ def sequence_dataset(
     factor_sizes and num_frames override the dataset's table (reduced grids, shorter sequences).
     group_size: every `group_size` consecutive sequences share one k (uniform per group): batched by
     `batch_iterator` with that batch size, each batch holds one transformation (group supervision).
+    split: "train", "validation" (held out of "train" when validation_fraction > 0: for choosing
+    hyper-parameters; from the official MNIST training file when data_dir is given) or "test".
     probes (MNIST only): each sequence also carries the ground truth of docs/method.md §5's extrapolation and
     composition probes (`transforms.mnist_probe_frames`).
     """
@@ -243,16 +273,32 @@ def sequence_dataset(
     if info.source == "mnist":
         if data_dir is None:
             images, _ = load_embedded_mnist()
-            indices = split_indices(len(images), split, test_fraction=test_fraction, split_seed=split_seed)
+            indices = split_indices(
+                len(images),
+                split,
+                test_fraction=test_fraction,
+                validation_fraction=validation_fraction,
+                split_seed=split_seed,
+            )
         else:
             if download:
                 download_mnist(data_dir)
-            images, _ = load_mnist_idx(data_dir, split)
+            images, _ = load_mnist_idx(data_dir, "test" if split == "test" else "train")
             indices = np.arange(len(images))
+            if split != "test" and validation_fraction > 0:
+                indices = _carve_validation(len(images), split, validation_fraction, split_seed)
+            elif split == "validation":
+                raise ValueError("the validation split is empty: pass validation_fraction > 0 (--validation-fraction)")
         builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes)
     else:
         source = _open_factor_source(name, data_dir, factor_sizes)
-        indices = split_indices(len(source), split, test_fraction=test_fraction, split_seed=split_seed)
+        indices = split_indices(
+            len(source),
+            split,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+            split_seed=split_seed,
+        )
         builder = FactorSequence(source, info.flow_factors, num_frames, k, choice=choice)
     indices = indices[shard_index::shard_count]
     ds = grain.MapDataset.source(indices).shuffle(seed=seed)
