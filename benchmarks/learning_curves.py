@@ -58,6 +58,28 @@ def draw(curves: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def save_terms(run_dir: Path, label: str, path: Path) -> None:
+    """Every 100th step's training terms of `run_dir` (metrics.jsonl) as JSON, and a figure of the
+    flow-KL term, the training ELBO, the HJ residual and the reconstruction over steps."""
+    rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["step"] % 100 == 0]
+    if not rows:
+        return
+    terms = [{k: v for k, v in r.items() if k != "sequences_per_s"} for r in rows]
+    path.with_suffix(".json").write_text(json.dumps({"run": label, "every": 100, "terms": terms}, indent=1))
+    steps = [r["step"] for r in terms]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, names in zip(axes, (("kl_flow", "elbo"), ("hj", "recon"))):
+        for name in names:
+            if name in terms[0]:
+                ax.plot(steps, [r[name] for r in terms], label=name)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(xlabel="training step", yscale="symlog", title=label)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    print(f"wrote {path.with_suffix('.png')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mnist-medium")
@@ -65,20 +87,32 @@ def main() -> None:
     parser.add_argument("--at", type=int, nargs="+", default=[500, 1000, 2000, 4000, 6000, 8000])
     parser.add_argument("--sequences", type=int, default=200, help="validation sequences scored for E_k")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings, e.g. density=map (strings)"
+    )
+    parser.add_argument("--label", default=None, help="the curves' name in the JSON (default: the method)")
+    parser.add_argument("--draw-only", action="store_true", help="draw from the JSON and the run directories")
     parser.add_argument("--out", type=Path, default=Path("runs/curves"))
     parser.add_argument("--json", type=Path, default=Path("results/mnist/learning_curves.json"))
     args = parser.parse_args()
     at = sorted(set(args.at))
     blob = json.loads(args.json.read_text()) if args.json.exists() else {"curves": {}}
-    for method in args.models:
+    fields = dict(item.split("=", 1) for item in args.set)
+    for method in [] if args.draw_only else args.models:
         spec = runs.resolve(
-            args.preset, model=method, steps=at[-1], checkpoint_every=at[0], learning_rate=args.learning_rate
+            args.preset,
+            model=method,
+            steps=at[-1],
+            checkpoint_every=at[0],
+            learning_rate=args.learning_rate,
+            **fields,
         )
         blob["setup"] = {"preset": args.preset, "learning_rate": spec.learning_rate, "sequences": args.sequences}
-        points = blob["curves"].setdefault(method, {})
+        label = args.label or method
+        points = blob["curves"].setdefault(label, {})
         if all(str(s) in points for s in at):
             continue
-        run = runs.TrainingRun(spec, args.out / method)
+        run = runs.TrainingRun(spec, args.out / label)
         tic = time.perf_counter()
         for event in run:
             if isinstance(event, runs.StepRecord) and event.step in at and str(event.step) not in points:
@@ -88,7 +122,7 @@ def main() -> None:
                 }
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(blob, indent=2))
-                print(method, event.step, json.dumps(points[str(event.step)]), flush=True)
+                print(label, event.step, json.dumps(points[str(event.step)]), flush=True)
     rows = [
         {"method": m, "step": int(s), "val loss": p["validation_loss"], **p["equivariance_error"]}
         for m, pts in blob["curves"].items()
@@ -96,6 +130,9 @@ def main() -> None:
     ]
     print_table(rows, list(rows[0]))
     draw(blob["curves"], args.json.with_suffix(".png"))
+    for label in blob["curves"]:
+        if (args.out / label / "metrics.jsonl").exists():
+            save_terms(args.out / label, label, args.json.parent / f"training_terms_{label}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ and gradients; tests check both) as follows:
   (`sum_over_slices`): the backward pass keeps no decoder activation and recomputes nothing.
 
 A weakly supervised FFVAE gets this path for its M-step (its E-step is the model's own); every other
-model trains on its own `batch_loss`. `slice_size` changes memory and speed, never the result.
+model, and an FFVAE whose density is the Euler map's (`density="map"`), trains on its own `batch_loss`. `slice_size` changes memory and speed, never the result.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def batched_loss(
     where the model has a laid-out equal (the FFVAE's supervised loss, also the weak M-step)."""
     if slice_size < 1:
         raise ValueError(f"slice_size must be ≥ 1 sequence, got {slice_size}")
-    if isinstance(model, FlowFactorizedVAE) and not model.config.group_supervised:
+    if isinstance(model, FlowFactorizedVAE) and not model.config.group_supervised and model.density == "trace":
         supervised = functools.partial(_ffvae_supervised, model, slice_size=slice_size)
         if model.config.weakly_supervised:
             return model.weak_batch_loss(frames, key=key, supervised=lambda f, k, kk: supervised(f, k, key=kk))

@@ -133,6 +133,12 @@ class Train(Shared):
     ] = None
     """divergence of the flows: exact (forward-mode trace), hvp / hessian (slower exact references), or
     Hutchinson's estimator"""
+    density: Annotated[
+        Literal["trace", "map"] | None,
+        tyro.conf.arg(metavar="{trace,map}", help_behavior_hint=_per_preset("density")),
+    ] = None
+    """how the FFVAE's training tracks log q_t: trace (the Euler step's −hΔu; fast, but exploited at
+    flow-KL weight 1) or map (the Euler map's exact log-determinant; docs/method.md §3)"""
     slice_size: Annotated[
         int | None,
         _override(
@@ -245,7 +251,7 @@ def spec_from(
     }
     if isinstance(args, Train):
         model, seed = args.model, args.seed
-        model_fields.update(laplacian=args.laplacian, num_frames=args.num_frames)
+        model_fields.update(laplacian=args.laplacian, num_frames=args.num_frames, density=args.density)
         shared.update(
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,

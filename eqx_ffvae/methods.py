@@ -65,7 +65,12 @@ METHODS: dict[str, Method] = {
         fixed={"protocol": "authors", "classifier_weight": 0.0},
     ),
     "ffvae-no-flow-kl": Method(
-        "FFVAE − flow KL", "full", FFVAEConfig, FlowFactorizedVAE, fixed={"flow_kl_weight": 0.0}, ablation_of="ffvae"
+        "FFVAE − flow KL",
+        "full",
+        FFVAEConfig,
+        FlowFactorizedVAE,
+        fixed={"flow_kl_weight": 0.0, "density": "trace"},  # no density in the loss: the fast path
+        ablation_of="ffvae",
     ),
     "ffvae-no-hj": Method(
         "FFVAE − HJ", "full", FFVAEConfig, FlowFactorizedVAE, fixed={"hj_weight": 0.0}, ablation_of="ffvae"
@@ -75,15 +80,15 @@ METHODS: dict[str, Method] = {
         "full",
         FFVAEConfig,
         FlowFactorizedVAE,
-        fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0},
+        fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0, "density": "trace"},
         ablation_of="ffvae",
     ),
     "ffvae-0.1": Method(
-        "FFVAE, flow KL and HJ at 0.1",
+        "FFVAE, flow KL and HJ at 0.1, trace density (quick's)",
         "full",
         FFVAEConfig,
         FlowFactorizedVAE,
-        fixed={"flow_kl_weight": 0.1, "hj_weight": 0.1},
+        fixed={"flow_kl_weight": 0.1, "hj_weight": 0.1, "density": "trace"},
         ablation_of="ffvae",
     ),
 }

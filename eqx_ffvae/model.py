@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -19,8 +20,10 @@ from .conv import ConvImpl
 from .flows import FlowSettings, LaplacianMethod, MapDensity, frame_times, map_density, map_log_density
 from .interfaces import AbstractTransportModel, Terms, mean_sequence_loss
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
-from .potentials import PotentialBank
+from .potentials import AbstractPotential, PotentialBank
 from .prior import DiffusionPrior
+
+DensityForm = Literal["trace", "map"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,12 @@ class FFVAEConfig:
     and `"hessian"` (trace of `jax.hessian`) are exact references; "exact" is the faster forward-mode trace.
     How the training step lays the batch out in memory is not part of the model: see
     `training.make_step(slice_size=...)`.
+
+    `density`: how training tracks log q_t along a flow. "trace" (default; fast, the batched path of
+    the training step): the Euler step of the ODE's density, −h Δu per step, which is not the Euler
+    map's density, so the flow-KL term is not a KL (docs/method.md §3) and at flow-KL weight 1 training
+    drives it to −∞ (results/mnist/learning_curves.json). "map": the Euler map's exact
+    −log|det(I + h∇²u)| (a Hessian and an LU factorisation per step; the per-sequence `loss`).
     """
 
     image_shape: tuple[int, int, int] = (3, 28, 28)
@@ -54,6 +63,7 @@ class FFVAEConfig:
     group_supervised: bool = False
     min_flow_share: float = 0.5
     conv_impl: ConvImpl = "fast"
+    density: DensityForm = "trace"
 
     @property
     def infers_flow(self) -> bool:
@@ -69,6 +79,8 @@ class FFVAEConfig:
             raise ValueError(
                 f"min_flow_share must be in [0, 1] (a fraction of each flow's fair share B/K), got {self.min_flow_share}"
             )
+        if self.density not in ("trace", "map"):
+            raise ValueError(f"density must be 'trace' or 'map', got {self.density!r}")
         if self.weakly_supervised and self.group_supervised:
             raise ValueError("weakly_supervised and group_supervised exclude each other: pick one way to infer k")
 
@@ -118,8 +130,35 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         *,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-        """(z_t, log q_t(z_t)) at each time in ts along flow k (key: Hutchinson probes, if used)."""
-        return self.flow_settings.density(self.flows.potential(k), z0, logq0, ts, key)
+        """(z_t, log q_t(z_t)) at each time in ts along flow k (key: Hutchinson probes, if used).
+
+        A model whose config asks for `density="map"` returns the Euler map's positions with its exact
+        density (`map_density`; ts must then be the frame times 0…n−1): the consistent pair of
+        docs/method.md §3 (i), at the cost of a Hessian and an LU factorisation per step."""
+        return self.potential_density(self.flows.potential(k), z0, logq0, ts, key=key)
+
+    def potential_density(
+        self,
+        pot: AbstractPotential,
+        z0: Float[Array, " d"],
+        logq0: ScalarLike,
+        ts: Float[Array, " n"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+        """(z_t, log q_t(z_t)) along any potential's flow (one of the bank's, or a combination), by
+        the model's `density`: the flow settings' solve ("trace") or the Euler map's exact density
+        ("map"; ts must be the frame times 0…n−1)."""
+        if self.density == "map":
+            path = map_density(pot, z0, logq0, ts.shape[0], self.flow_settings.steps_per_frame, eigenvalues=False)
+            return path.zs, path.logqs
+        return self.flow_settings.density(pot, z0, logq0, ts, key)
+
+    @property
+    @abc.abstractmethod
+    def density(self) -> DensityForm:
+        """How `transport_density` tracks log q_t: "trace" (the Euler step of the ODE's density, −h Δu
+        per step) or "map" (the Euler map's exact −log|det(I + h∇²u)|)."""
 
     def transport(
         self,
@@ -242,6 +281,10 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
     def flow_settings(self) -> FlowSettings:
         c = self.config
         return FlowSettings(1.0 / c.steps_per_frame, c.laplacian, c.num_probes, path_divergence=c.laplacian)
+
+    @property
+    def density(self) -> DensityForm:
+        return self.config.density
 
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
         return self.decoder(z)
@@ -450,7 +493,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         of that k, evaluated with all K potentials, so it is differentiable in w)."""
         mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
         ts = self.frame_times
-        zs, logqs = self.flow_settings.density(self.flows.combined(weights), z0, logq0, ts, probe_key)
+        zs, logqs = self.potential_density(self.flows.combined(weights), z0, logq0, ts, key=probe_key)
         per_flow = jax.vmap(lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:]))(
             jnp.arange(self.config.num_flows)
         )

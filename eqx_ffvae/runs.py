@@ -266,6 +266,7 @@ def resolve(
         "width": p.width,
         "potential_width": p.potential_width,
         "laplacian": p.laplacian,
+        "density": p.density,
         "hj_weight": p.hj_weight,
         "flow_kl_weight": p.flow_kl_weight,
     }

@@ -99,6 +99,11 @@ class PoFlow(AbstractPotentialFlowModel):
         """Euler, dt = 1: z_t = z_{t−1} + ∇u^k(t−1, z_{t−1}); paths move z only, densities use the exact Δu."""
         return FlowSettings(1.0, "exact", path_divergence="none")
 
+    @property
+    def density(self) -> str:
+        """The Euler step's trace form (PoFlow's training needs no density; its proposal uses the map)."""
+        return "trace"
+
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
         return self.decoder(z)
 
