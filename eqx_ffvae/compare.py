@@ -15,6 +15,7 @@ import numpy as np
 
 from . import methods
 from .runs import (
+    NonFiniteLoss,
     RunError,
     RunSpec,
     atomic_write,
@@ -117,9 +118,7 @@ def _grid_point(spec: RunSpec, run_dir: Path, kept: Path | None) -> tuple[dict, 
         if last != spec.steps:
             raise RunError(f"{run_dir} stopped at step {last} of {spec.steps}; rerun compare to resume it")
         record.update(validation_loss(spec, model))
-    except RunError as err:
-        if "non-finite" not in str(err):
-            raise
+    except NonFiniteLoss as err:
         record.update(validation_loss=math.inf, failed=str(err))
     record["seconds"] = time.perf_counter() - tic
     record["metrics_summary"] = _metrics_summary(run_dir)

@@ -69,6 +69,10 @@ class RunError(Exception):
     """An expected failure: its message is one line saying what is wrong and how to fix it."""
 
 
+class NonFiniteLoss(RunError):
+    """Training stopped on a non-finite loss (a learning-rate grid scores such a run as failed)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
     """How a run is scored: held-out sequences, their batch size, importance samples per frame, and
@@ -748,7 +752,7 @@ class TrainingRun:
                         if last_saved
                         else "no checkpoint was saved"
                     )
-                    raise RunError(
+                    raise NonFiniteLoss(
                         f"non-finite loss at step {step + 1} in {', '.join(bad)} (loss={terms['loss']}); stopped, {where}"
                     )
                 self.model, self.trained_steps, self.step = model, self.trained_steps + 1, step + 1

@@ -163,7 +163,7 @@ def test_a_run_that_never_checkpointed_leaves_no_records(tmp_path):
         for i, batch in enumerate(batches):
             yield {**batch, "frames": np.full_like(batch["frames"], np.nan)} if i == 2 else batch
 
-    with pytest.raises(runs.RunError, match="non-finite loss at step 3.*no checkpoint was saved"):
+    with pytest.raises(runs.NonFiniteLoss, match="non-finite loss at step 3.*no checkpoint was saved"):
         for _ in runs.TrainingRun(spec, tmp_path / "run", wrap_batches=poison):
             pass
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
