@@ -1,4 +1,4 @@
-"""S-convergence of the defensive-mixture likelihood (docs/method.md §5) on a trained run's held-out sequences.
+"""S-convergence of the mixture-proposal likelihood (docs/method.md §5) on a trained run's held-out sequences.
 
     python benchmarks/likelihood_convergence.py --run runs/quick --sequences 20 --samples 100 1000
 

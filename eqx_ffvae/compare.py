@@ -328,7 +328,7 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
         "",
         (
             "E: equivariance error Σ_t ‖dec(z_t) − x_t‖₁ per held-out sequence (docs/method.md §5), lower is better; extrap.: "
-            "frames T+1 … 2T; a + b: two transformations together; log p(x): defensive-mixture importance-sampled "
+            "frames T+1 … 2T; a + b: two transformations together; log p(x): mixture-proposal importance-sampled "
             "nats per image, higher is better; ESS: its mean effective sample size. Mean ± std over seeds; bold: the "
             "best mean where the paired 95% bootstrap interval of its difference to the runner-up excludes zero."
         ),

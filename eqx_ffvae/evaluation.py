@@ -142,7 +142,7 @@ def evaluate(
     """docs/method.md §5 on held-out batches. Per transformation: E_k with each probe the model admits —
     `equivariance_error` (its own transformation; the best linear shift for a model without one),
     `equivariance_error_linear`, `equivariance_error_identity` — and past the trained horizon
-    (`equivariance_error_extrapolation[_linear|_identity]`, t = T+1 … 2T); the defensive-mixture
+    (`equivariance_error_extrapolation[_linear|_identity]`, t = T+1 … 2T); the mixture-proposal
     log-likelihood overall and per frame with its `effective_sample_size`. Top level: E over pairs
     of transformations applied together (`equivariance_error_composition`, batches that carry the
     probes' ground truth, i.e. MNIST) and, for potential-flow models, per flow the smallest eigenvalue
@@ -201,7 +201,10 @@ def evaluate(
     out["effective_sample_size_per_frame"] = [float(v) for v in data["ess"].mean(0)]
     out["num_sequences"] = int(ks.size)
     out["num_importance_samples"] = num_samples
-    out["likelihood_proposal"] = "defensive mixture: ½ the model's own proposal for frame t, ½ its encoder on x_t"
+    out["likelihood_proposal"] = (
+        "mixture in fixed numbers: ½ the model's own proposal for frame t, ½ its encoder on x_t, "
+        "each draw weighted by its own half's density"
+    )
     if "composition" in data:
         out["equivariance_error_composition"] = {
             f"{transform_names[a]}+{transform_names[b]}": {
@@ -282,7 +285,7 @@ def format_table(result: dict) -> str:
         )
     lines.append(
         f"log-likelihood (mean over frames and sequences): {result['log_likelihood']:.2f} nats/image, "
-        f"S = {result['num_importance_samples']} (defensive mixture), mean ESS {result['effective_sample_size']:.1f}"
+        f"S = {result['num_importance_samples']} (mixture proposal), mean ESS {result['effective_sample_size']:.1f}"
     )
     for pair, e in result.get("equivariance_error_composition", {}).items():
         lines.append(

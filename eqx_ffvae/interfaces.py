@@ -71,20 +71,9 @@ class AbstractSequenceModel(eqx.Module):
         log-density, for importance-sampled log-likelihoods (docs/method.md §5)."""
 
     @abc.abstractmethod
-    def proposal_log_prob(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n e"]
-    ) -> Float[Array, " n"]:
-        """log-density of `importance_proposal` at given points, one per frame: the defensive mixture
-        of docs/method.md §5 evaluates it at the other component's draws."""
-
-    @abc.abstractmethod
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
         """One draw from the image encoder on this frame alone, in `importance_proposal`'s space, and its
-        log-density: the defensive component of docs/method.md §5's likelihood."""
-
-    @abc.abstractmethod
-    def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " e"]) -> Scalar:
-        """log-density of `frame_proposal` on this frame at z."""
+        log-density: the encoder half of docs/method.md §5's mixture proposal."""
 
     @abc.abstractmethod
     def proposal_log_likelihood(self, z: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:

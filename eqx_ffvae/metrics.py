@@ -97,19 +97,6 @@ def equivariance_error_linear(
     return _l1_after_first(model, mu[None] + shifts[k], x_seq)
 
 
-def defensive_log_q(
-    logq_own: Float[Array, "s n"], logq_frame: Float[Array, "s n"], num_own: int
-) -> Float[Array, "s n"]:
-    """log q_mix = log(α q_own + (1 − α) q_frame) with α = num_own / S, the share of draws from the
-    model's own proposal: weights p / q_mix over draws taken in exactly those numbers from each
-    component are the deterministic-mixture estimator, unbiased for p (Owen & Zhou 2000)."""
-    num = logq_own.shape[0]
-    if num_own == num:
-        return logq_own
-    alpha = num_own / num
-    return jnp.logaddexp(jnp.log(alpha) + logq_own, jnp.log1p(-alpha) + logq_frame)
-
-
 def importance_estimate(log_w: Float[Array, "s n"]) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
     """log (1/S) Σ_s w_s and the effective sample size (Σ w)² / Σ w² (1 … S) of each column."""
     lse = jax.nn.logsumexp(log_w, axis=0)
@@ -126,33 +113,30 @@ def log_likelihood(
 ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
     """Importance-sampled log p(x_t) of every frame (nats per image) and its effective sample size.
 
-    log (1/S) Σ_s p(x_t | z^s) p_t(z^s) / q_mix(z^s), the defensive mixture of docs/method.md §5: ⌈S/2⌉ draws of the
-    model's own proposal for frame t (`importance_proposal`) and ⌊S/2⌋ of its image encoder on x_t alone
-    (`frame_proposal`), each weighted by the mixture's density. S = 1 is the single draw of the model's
-    own proposal: log p(x|z) + log p(z) − log q(z), the proposal's ELBO-type bound.
+    The mixture proposal of docs/method.md §5, drawn in fixed numbers: ⌈S/2⌉ draws of the model's own
+    proposal for frame t (`importance_proposal`) and ⌊S/2⌋ of its image encoder on x_t alone
+    (`frame_proposal`), each draw weighted by the density of the component it came from:
+    log (1/S) Σ_s p(x_t | z^s) p_t(z^s) / q_{c(s)}(z^s). Each component's weights average to p(x_t), so
+    the estimate is unbiased, and it never falls more than log(S/⌊S/2⌋) below the encoder's estimate
+    alone. No density is evaluated at the other component's draws: a flow model's own density there
+    needs the map inverted, which fails where the map folds (I + h∇²u not positive definite).
+    S = 1 is the single draw of the model's own proposal: log p(x|z) + log p(z) − log q(z), the
+    proposal's ELBO-type bound.
     """
     num_frame = num_samples // 2
     num_own = num_samples - num_frame
     own_key, frame_key = jr.split(key)
-    zs, logq_own = jax.vmap(lambda kk: model.importance_proposal(x_seq, k, key=kk))(jr.split(own_key, num_own))
+    zs, logq = jax.vmap(lambda kk: model.importance_proposal(x_seq, k, key=kk))(jr.split(own_key, num_own))
     if num_frame:
-        frame_logq = jax.vmap(jax.vmap(model.frame_proposal_log_prob))
-        logq_frame = frame_logq(jnp.broadcast_to(x_seq, (num_own, *x_seq.shape)), zs)
-        n = x_seq.shape[0]
-        keys = jr.split(frame_key, (num_frame, n))
-        zf, logq_frame_f = jax.vmap(jax.vmap(lambda x, kk: model.frame_proposal(x, key=kk)))(
+        keys = jr.split(frame_key, (num_frame, x_seq.shape[0]))
+        zf, logq_f = jax.vmap(jax.vmap(lambda x, kk: model.frame_proposal(x, key=kk)))(
             jnp.broadcast_to(x_seq, (num_frame, *x_seq.shape)), keys
         )
-        logq_own_f = jax.vmap(lambda z: model.proposal_log_prob(x_seq, k, z))(zf)
-        zs = jnp.concatenate([zs, zf])
-        logq_own = jnp.concatenate([logq_own, logq_own_f])
-        logq_frame = jnp.concatenate([logq_frame, logq_frame_f])
-    else:
-        logq_frame = logq_own
+        zs, logq = jnp.concatenate([zs, zf]), jnp.concatenate([logq, logq_f])
     ts = frame_times(x_seq.shape[0])
     loglik = jax.vmap(jax.vmap(model.proposal_log_likelihood), (0, None))(zs, x_seq)
     logp = jax.vmap(jax.vmap(model.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(k, ts, zs)
-    return importance_estimate(loglik + logp - defensive_log_q(logq_own, logq_frame, num_own))
+    return importance_estimate(loglik + logp - logq)
 
 
 def marginal_log_likelihood(

@@ -17,7 +17,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from . import distributions as dist
 from . import objectives as obj
 from .conv import ConvImpl
-from .flows import FlowSettings, LaplacianMethod, MapDensity, frame_times, map_density, map_log_density
+from .flows import FlowSettings, LaplacianMethod, MapDensity, frame_times, map_density
 from .interfaces import AbstractTransportModel, Terms, mean_sequence_loss
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import AbstractPotential, PotentialBank
@@ -192,8 +192,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         eigenvalues < 0 (down to −0.38) — and then log|det| is not its density. A finer Euler map of the
         same flow is a proposal with an exact density wherever I + h∇²u stays positive definite
         (evaluation reports its smallest eigenvalue, `proposal_min_eigenvalue`); any proposal with an
-        exact density gives an unbiased likelihood. Each halving of h doubles the inversions'
-        cost, the bulk of the likelihood's; at 2 steps the quick model's inversions diverge.
+        exact density gives an unbiased likelihood. Each halving of h doubles the proposal's Hessians.
         """
         return max(4, self.flow_settings.steps_per_frame)
 
@@ -221,29 +220,8 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         path = self.map_density(k, z0, logq0, self.proposal_steps_per_frame, eigenvalues=False)
         return path.zs, path.logqs
 
-    def proposal_log_prob(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n d"]
-    ) -> Float[Array, " n"]:
-        """log q_t(z_t) of `importance_proposal` at any z_t: the map inverted back to z_0 (`map_log_density`)."""
-        return self.proposal_log_prob_and_residual(x_seq, k, zs)[0]
-
-    def proposal_log_prob_and_residual(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n d"]
-    ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
-        """`proposal_log_prob` and, per frame, the largest residual ‖z + h∇u(z) − y‖ of the inversion."""
-        mu, logvar = self.encode(x_seq[0])
-        pot, steps, n = self.flows.potential(k), self.proposal_steps_per_frame, x_seq.shape[0]
-        log_q0 = lambda z0: dist.gaussian_log_prob(z0, mu, logvar)  # noqa: E731
-        # Frame 0 is q_0 itself: only frames 1 … n − 1 are inverted.
-        logq, residual = jax.vmap(lambda z, t: map_log_density(pot, z, t, log_q0, n, steps))(zs[1:], jnp.arange(1, n))
-        return jnp.concatenate([log_q0(zs[0])[None], logq]), jnp.concatenate([jnp.zeros((1,), zs.dtype), residual])
-
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
         return dist.gaussian_draw(*self.encode(x), key)
-
-    def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " d"]) -> Scalar:
-        mu, logvar = self.encode(x)
-        return dist.gaussian_log_prob(z, mu, logvar)
 
 
 class FlowFactorizedVAE(AbstractPotentialFlowModel):

@@ -71,18 +71,8 @@ class AbstractFrameVAE(AbstractSequenceModel):
     def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
         return dist.bernoulli_log_likelihood(self.decode(z), x)
 
-    def proposal_log_prob(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n d"]
-    ) -> Float[Array, " n"]:
-        del k
-        return jax.vmap(self.frame_proposal_log_prob)(x_seq, zs)
-
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
         return dist.gaussian_draw(*self.encoder(x), key)
-
-    def frame_proposal_log_prob(self, x: Float[Array, "c h w"], z: Float[Array, " d"]) -> Scalar:
-        mu, logvar = self.encoder(x)
-        return dist.gaussian_log_prob(z, mu, logvar)
 
 
 def conv_pair(config: BaselineConfig, latent_dim: int, *, key: PRNGKeyArray) -> tuple[ConvEncoder, ConvDecoder]:

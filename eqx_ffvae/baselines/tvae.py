@@ -121,12 +121,6 @@ class TVAE(AbstractTransportModel):
         del k
         return jax.vmap(lambda x, kk: self.frame_proposal(x, key=kk))(x_seq, jr.split(key, x_seq.shape[0]))
 
-    def proposal_log_prob(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], zs: Float[Array, "n e"]
-    ) -> Float[Array, " n"]:
-        del k
-        return jax.vmap(self.frame_proposal_log_prob)(x_seq, zs)
-
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
         """(z, u) ~ q(z|x) q(u|x), concatenated, with its log-density."""
         z_key, u_key = jr.split(key)
