@@ -36,8 +36,10 @@ def _bernoulli_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) 
 
 
 def gaussian_log_prob(z: Float[Array, " d"], mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
-    """log N(z; mu, diag exp(logvar))."""
-    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z - mu) ** 2 * jnp.exp(-logvar))
+    """log N(z; mu, diag exp(logvar)). The standardised distance is formed before squaring, so a wide
+    component (an encoder's logvar ~ 100 on an image unlike its training data) gives a finite density
+    instead of inf · 0 = NaN."""
+    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + ((z - mu) * jnp.exp(-0.5 * logvar)) ** 2)
 
 
 def standard_normal_log_prob(z: Float[Array, " d"]) -> Scalar:
@@ -53,9 +55,11 @@ def gaussian_sample(mu: Float[Array, "*d"], logvar: Float[Array, "*d"], key: PRN
 def gaussian_draw(
     mu: Float[Array, " d"], logvar: Float[Array, " d"], key: PRNGKeyArray
 ) -> tuple[Float[Array, " d"], Scalar]:
-    """A reparameterised draw of N(mu, diag exp(logvar)) and its log-density."""
-    z = gaussian_sample(mu, logvar, key)
-    return z, gaussian_log_prob(z, mu, logvar)
+    """A reparameterised draw of N(mu, diag exp(logvar)) and its log-density (from the standard normal
+    draw itself, so it is finite however wide the component)."""
+    eps = jax.random.normal(key, mu.shape, mu.dtype)
+    z = mu + jnp.exp(0.5 * logvar) * eps
+    return z, -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + eps**2)
 
 
 def kl_to_standard_normal(mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:

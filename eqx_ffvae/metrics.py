@@ -120,6 +120,7 @@ def log_likelihood(
     the estimate is unbiased, and it never falls more than log(S/⌊S/2⌋) below the encoder's estimate
     alone. No density is evaluated at the other component's draws: a flow model's own density there
     needs the map inverted, which fails where the map folds (I + h∇²u not positive definite).
+    A draw where the prior's density is 0 in float32 (or that overflowed) gets weight 0.
     S = 1 is the single draw of the model's own proposal: log p(x|z) + log p(z) − log q(z), the
     proposal's ELBO-type bound.
     """
@@ -136,7 +137,10 @@ def log_likelihood(
     ts = frame_times(x_seq.shape[0])
     loglik = jax.vmap(jax.vmap(model.proposal_log_likelihood), (0, None))(zs, x_seq)
     logp = jax.vmap(jax.vmap(model.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(k, ts, zs)
-    return importance_estimate(loglik + logp - logq)
+    # A draw far out (an encoder σ of 1e18 and more, seen on frames unlike its training data) has prior
+    # density 0 in float32, so weight 0, whatever its decoder gives there (inf − inf in the logits).
+    nowhere = (logp == -jnp.inf) | ~jnp.all(jnp.isfinite(zs), axis=-1)
+    return importance_estimate(jnp.where(nowhere, -jnp.inf, loglik + logp - logq))
 
 
 def marginal_log_likelihood(

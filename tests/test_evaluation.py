@@ -161,6 +161,47 @@ def test_the_likelihood_weights_each_draw_by_its_own_component_even_where_the_ma
     np.testing.assert_allclose(ll, by_hand, rtol=1e-5)
 
 
+class _WideFrameEncoder(ff.FlowFactorizedVAE):
+    """The FFVAE with its encoder's σ raised in the frame proposal only: by e^200 (the draws overflow
+    float32) on bright frames, by e^50 elsewhere (prior 0 in float32, z² overflowing)."""
+
+    def frame_proposal(self, x, *, key):
+        mu, logvar = self.encode(x)
+        return dist.gaussian_draw(mu, logvar + jnp.where(jnp.mean(x) > 0.5, 400.0, 100.0), key)
+
+
+def test_a_draw_that_overflows_float32_has_weight_zero_not_nan():
+    """An encoder wide enough that its draws overflow (seen on frames unlike its training data) must
+    not make log p(x) NaN: those draws sit where the prior is 0, and the estimate is the own half's."""
+    config = ff.FFVAEConfig(image_shape=(3, 28, 28), num_frames=3, latent_dim=4, width=4, potential_width=8)
+    model = _WideFrameEncoder(config, key=jr.key(6))
+    x, k, key = jr.uniform(jr.key(8), (3, 3, 28, 28)), 0, jr.key(9)
+    x = x.at[0].set(0.3).at[1].set(0.9).at[2].set(0.1)
+
+    @eqx.filter_jit
+    def both(m):
+        ll, _ = metrics.log_likelihood(m, x, k, key=key, num_samples=4)
+        zs, logq = jax.vmap(lambda kk: m.importance_proposal(x, k, key=kk))(jr.split(jr.split(key)[0], 2))
+        logw = jax.vmap(jax.vmap(m.proposal_log_likelihood), (0, None))(zs, x) - logq
+        logw += jax.vmap(jax.vmap(m.prior_log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))(
+            k, flows.frame_times(3), zs
+        )
+        return ll, jax.nn.logsumexp(logw, axis=0) - jnp.log(4.0)
+
+    z, logq = dist.gaussian_draw(jnp.zeros(4), jnp.full(4, 400.0), jr.key(1))
+    assert not jnp.all(jnp.isfinite(z)) and jnp.isfinite(logq)
+    ll, own_only = both(model)
+    assert jnp.all(jnp.isfinite(ll))
+    np.testing.assert_allclose(ll, own_only, rtol=1e-5)
+
+
+def test_a_wide_gaussian_has_a_finite_log_density():
+    """logvar 150: (z − μ)² overflows and e^{−logvar} underflows in float32; their product must not be NaN."""
+    z, mu, logvar = jnp.full(3, 1e30), jnp.zeros(3), jnp.full(3, 150.0)
+    expected = -0.5 * 3 * (np.log(2 * np.pi) + 150.0 + (1e30 * np.exp(-75.0)) ** 2)
+    np.testing.assert_allclose(dist.gaussian_log_prob(z, mu, logvar), expected, rtol=1e-5)
+
+
 def test_the_likelihood_converges_in_the_number_of_samples(small_models):
     """The estimate at S = 16 and S = 256 agrees to well under a nat on a frame the encoder knows."""
     model = small_models["vae"]
