@@ -101,7 +101,7 @@ def flow_rows(
     pots: MLPPotential,
     z0: Float[Array, "b d"],
     logq0: Float[Array, " b"],
-    ts: Float[Array, " n"],
+    ts: Float[ArrayLike, " n"],
     *,
     settings: FlowSettings,
     keys: Key[Array, " b"] | None = None,

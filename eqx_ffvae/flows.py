@@ -76,7 +76,7 @@ def laplacian(
     return velocity_and_laplacian(pot, t, z, method, probes)[1]
 
 
-def _fixed_grid_steps(ts: Array, dt0: float) -> int | None:
+def _fixed_grid_steps(ts: ArrayLike, dt0: float) -> int | None:
     try:
         span = float(np.asarray(ts[-1]) - np.asarray(ts[0]))
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
@@ -84,16 +84,32 @@ def _fixed_grid_steps(ts: Array, dt0: float) -> int | None:
     return max(1, math.ceil(span / dt0 - 1e-6))
 
 
-def frame_times(num_frames: int) -> Float[Array, " n"]:
-    """The integer times 0, 1, …, T at which the frames of a sequence sit (one unit of flow time each)."""
-    return jnp.arange(num_frames, dtype=jnp.float32)
+def _grid_rows(ts: ArrayLike, dt0: float) -> tuple[float, float, np.ndarray] | None:
+    """(t0, t1, the step index of each of ts) when ts are known at trace time and every one lies on
+    the grid t0 + i·dt0; None otherwise."""
+    try:
+        times = np.asarray(ts, np.float64)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+    rows = np.round((times - times[0]) / dt0).astype(np.int64)
+    if times.ndim != 1 or np.any(np.diff(rows) < 0) or np.max(np.abs(times[0] + rows * dt0 - times)) > 1e-6:
+        return None
+    return float(times[0]), float(times[-1]), rows
+
+
+def frame_times(num_frames: int) -> Float[ArrayLike, " n"]:
+    """The integer times 0, 1, …, T at which the frames of a sequence sit (one unit of flow time each).
+
+    A NumPy array, known at trace time even inside `jit`: the solves then size their step count and
+    save times from it and compile no run-time checks of it (`integrate`)."""
+    return np.arange(num_frames, dtype=np.float32)
 
 
 def flow(
     pot: AbstractPotential,
     z0: Float[Array, " d"],
     logq0: ScalarLike,
-    ts: Float[Array, " n"],
+    ts: Float[ArrayLike, " n"],
     *,
     solver: diffrax.AbstractSolver | None = None,
     dt0: float | None = None,
@@ -147,41 +163,60 @@ def integrate(
     z0: Array,
     logq0: ScalarLike | Array,
     probes: Array | None,
-    ts: Float[Array, " n"],
+    ts: Float[ArrayLike, " n"],
     *,
     solver: diffrax.AbstractSolver | None = None,
     dt0: float | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
+    throw: bool = False,
 ) -> tuple[Array, Array]:
     """The one `diffeqsolve` of (z, log q) under `vector_field(t, (z, logq), probes)`, saved at ts.
 
     Defaults: Euler, dt0 = 1, constant steps, `RecursiveCheckpointAdjoint` sized for exactly the
     grid's steps (diffrax's default of 4096 would size the checkpointed backward for 4096).
+
+    A solve that fails (`max_steps` reached, an adaptive controller that gives up) returns NaN states:
+    a loss built on them is non-finite, which the training loop stops on. No runtime check is
+    compiled in, so a jitted step holds no host callback: it runs asynchronously and JAX's persistent
+    compilation cache can store it. That needs constant steps and ts known at trace time on the grid
+    t0 + i·dt0 (every solve of this package); otherwise diffrax checks ts at run time. `throw=True`
+    raises diffrax's error at run time instead (through a host callback).
     """
     solver = diffrax.Euler() if solver is None else solver
     dt0 = 1.0 if dt0 is None else dt0
     stepsize_controller = diffrax.ConstantStepSize() if stepsize_controller is None else stepsize_controller
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
+    grid = _grid_rows(ts, dt0) if fixed else None
     if max_steps is None:
-        fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
         max_steps = (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
-    logq0 = jnp.asarray(logq0, z0.dtype)
+    if grid is not None:
+        # Every step saved and the frames picked out: the same states as SaveAt(ts) on this grid, with
+        # t0, t1 and the save times known at trace time, so diffrax compiles no checks of them.
+        t0, t1, rows = grid
+        saveat = diffrax.SaveAt(t0=True, steps=True)
+    else:
+        t0, t1, rows = ts[0], ts[-1], None
+        saveat = diffrax.SaveAt(ts=ts)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,
-        t0=ts[0],
-        t1=ts[-1],
+        t0=t0,
+        t1=t1,
         dt0=dt0,
-        y0=(z0, logq0),
+        y0=(z0, jnp.asarray(logq0, z0.dtype)),
         args=probes,
-        saveat=diffrax.SaveAt(ts=ts),
+        saveat=saveat,
         stepsize_controller=stepsize_controller,
         adjoint=adjoint,
         max_steps=max_steps,
+        throw=throw,
     )
-    return sol.ys
+    failed = jnp.logical_not(diffrax.is_okay(sol.result))
+    ys = sol.ys if rows is None else jax.tree.map(lambda y: y[rows], sol.ys)
+    return jax.tree.map(lambda y: jnp.where(failed, jnp.nan, y), ys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,14 +250,14 @@ class FlowSettings:
         pot: AbstractPotential,
         z0: Float[Array, " d"],
         logq0: ScalarLike,
-        ts: Float[Array, " n"],
+        ts: Float[ArrayLike, " n"],
         key: PRNGKeyArray | None,
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """(z_t, log q_t(z_t)) at each time in ts (`flow` with these settings)."""
         return flow(pot, z0, logq0, ts, dt0=self.dt0, divergence=self.divergence, key=key, num_probes=self.num_probes)
 
     def path(
-        self, pot: AbstractPotential, z0: Float[Array, " d"], ts: Float[Array, " n"], key: PRNGKeyArray | None
+        self, pot: AbstractPotential, z0: Float[Array, " d"], ts: Float[ArrayLike, " n"], key: PRNGKeyArray | None
     ) -> Float[Array, "n d"]:
         """z_t at each time in ts, no density wanted."""
         divergence = self.path_divergence

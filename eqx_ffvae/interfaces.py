@@ -97,7 +97,7 @@ class AbstractTransportModel(AbstractSequenceModel):
         self,
         k: Int[ArrayLike, ""],
         z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
+        ts: Float[ArrayLike, " n"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:
@@ -108,7 +108,7 @@ class AbstractTransportModel(AbstractSequenceModel):
         self,
         weights: Float[Array, " k"],
         z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
+        ts: Float[ArrayLike, " n"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:

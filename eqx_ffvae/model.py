@@ -107,7 +107,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         return self.flows.num_flows
 
     @property
-    def frame_times(self) -> Float[Array, " n"]:
+    def frame_times(self) -> Float[ArrayLike, " n"]:
         """The integer times 0, 1, …, T at which the frames sit."""
         return frame_times(self.config.num_frames)
 
@@ -126,7 +126,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         k: Int[ArrayLike, ""],
         z0: Float[Array, " d"],
         logq0: ScalarLike,
-        ts: Float[Array, " n"],
+        ts: Float[ArrayLike, " n"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
@@ -142,7 +142,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         pot: AbstractPotential,
         z0: Float[Array, " d"],
         logq0: ScalarLike,
-        ts: Float[Array, " n"],
+        ts: Float[ArrayLike, " n"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
@@ -164,7 +164,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         self,
         k: Int[ArrayLike, ""],
         z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
+        ts: Float[ArrayLike, " n"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:
@@ -176,7 +176,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         self,
         weights: Float[Array, " k"],
         z0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
+        ts: Float[ArrayLike, " n"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, Scalar, ScalarLike
 
 from .distributions import bernoulli_log_likelihood as bernoulli_log_likelihood
 from .distributions import gaussian_log_prob as gaussian_log_prob
@@ -29,7 +29,7 @@ def hj_residual(pot: AbstractPotential, force: ForceLike, t: ScalarLike, z: Floa
     return du_dt + 0.5 * jnp.sum(grad**2) - force(t, z)
 
 
-def hj_loss(pot: AbstractPotential, force: ForceLike, ts: Float[Array, " n"], zs: Float[Array, "n d"]) -> Scalar:
+def hj_loss(pot: AbstractPotential, force: ForceLike, ts: Float[ArrayLike, " n"], zs: Float[Array, "n d"]) -> Scalar:
     """Mean squared HJ residual over collocation pairs (t_i, z_i) of one sample."""
     res = jax.vmap(hj_residual, in_axes=(None, None, 0, 0))(pot, force, ts, zs)
     return jnp.mean(res**2)

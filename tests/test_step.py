@@ -179,3 +179,42 @@ def test_matmul_precision_reaches_every_dot(precision, hlo):
 def test_unknown_precision_is_refused():
     with pytest.raises((ValueError, TypeError), match="fp8"):  # TypeError: the test suite's jaxtyping check
         make_step(make_optimizer(1e-3), matmul_precision="fp8")
+
+
+@pytest.mark.parametrize("method", ["ffvae", "ffvae-weak", "ffvae-group", "poflow", "tvae"])
+def test_the_training_step_compiles_no_host_callback(method):
+    """A host callback (a run-time check) makes every step block the host and keeps JAX's persistent
+    compilation cache from storing the step: none may be compiled into any method's step."""
+    from eqx_ffvae import runs
+
+    spec = runs.resolve("quick", model=method, batch_size=4)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, width=4))
+    model, optimizer, opt_state = runs.build(spec)
+    frames = jnp.zeros((4, spec.model.num_frames, 3, 28, 28))
+    batch = {"frames": frames, "k": jnp.arange(4) % 3, "step": jnp.zeros(4, jnp.int32)}
+    text = make_step(optimizer, slice_size=2).lower(model, opt_state, batch, jr.key(0)).as_text()
+    assert "callback" not in text
+
+
+def test_a_failed_solve_returns_nan_states_instead_of_raising():
+    """`throw=False` (the default): an adaptive solve that runs out of steps gives NaN, which a loss
+    turns non-finite and the training loop stops on; `throw=True` raises diffrax's error."""
+    from eqx_ffvae import flows
+
+    def field(t, y, args):
+        return 10.0 * y[0], jnp.zeros_like(y[1])
+
+    kwargs = dict(
+        solver=diffrax.Tsit5(),
+        dt0=0.1,
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
+        max_steps=2,
+    )
+    zs, logqs = eqx.filter_jit(lambda z: flows.integrate(field, z, 0.0, None, jnp.array([0.0, 1.0]), **kwargs))(
+        jnp.ones(3)
+    )
+    assert jnp.all(jnp.isnan(zs)) and jnp.all(jnp.isnan(logqs))
+    with pytest.raises(Exception, match="max_steps"):
+        eqx.filter_jit(lambda z: flows.integrate(field, z, 0.0, None, jnp.array([0.0, 1.0]), throw=True, **kwargs))(
+            jnp.ones(3)
+        )

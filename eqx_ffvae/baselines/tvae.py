@@ -105,7 +105,7 @@ class TVAE(AbstractTransportModel):
         self,
         k: Int[ArrayLike, ""],
         s0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
+        ts: Float[ArrayLike, " n"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:
@@ -154,7 +154,7 @@ class TVAE(AbstractTransportModel):
         self,
         weights: Float[Array, " k"],
         s0: Float[Array, " d"],
-        ts: Float[Array, " n"] | None = None,
+        ts: Float[ArrayLike, " n"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:
