@@ -18,6 +18,7 @@ Guarantees of a run directory (README "Runs and faults"):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -634,6 +635,12 @@ class Stopped:
 Event = Started | Compiled | StepRecord | Saved | Stopped
 
 
+STEPS_IN_FLIGHT = 1
+"""Training steps dispatched beyond the one whose terms the loop is reading: the host builds the next
+batch and logs while the device works. A non-finite loss is reported this many steps late, never
+after a checkpoint (each save reads every pending step first)."""
+
+
 class TrainingRun:
     """Train (or resume) `spec` in `run_dir`: iterate to run the loop; `model` is the latest model.
 
@@ -734,17 +741,18 @@ class TrainingRun:
             last_saved = step
             return Saved(step, ckpt.directory / str(step))
 
-        try:
-            for step in range(start, spec.steps):
-                tic = time.perf_counter()
-                batch = next(batches)
-                host = with_step({"frames": batch["frames"], "k": batch["k"]}, step)
-                args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
-                if step == start:
-                    yield Compiled(compile_step(step_fn, *args)[1])
-                model, opt_state, _, terms = step_fn(*args)
-                terms = {name: float(v) for name, v in jax.device_get(terms).items()}
-                rate = spec.batch_size / (time.perf_counter() - tic)
+        pending: collections.deque = collections.deque()  # (step, terms on the device) not yet read
+        last_read = time.perf_counter()
+
+        def read(keep: int) -> Iterator[StepRecord]:
+            """Read back the terms of all but the newest `keep` dispatched steps, oldest first: log
+            them, and stop on a non-finite one (naming its step)."""
+            nonlocal last_read
+            while len(pending) > keep:
+                number, device_terms = pending.popleft()
+                terms = {name: float(v) for name, v in jax.device_get(device_terms).items()}
+                now = time.perf_counter()
+                rate, last_read = spec.batch_size / (now - last_read), now
                 bad = [name for name, v in terms.items() if not math.isfinite(v)]
                 if bad:
                     where = (
@@ -753,18 +761,32 @@ class TrainingRun:
                         else "no checkpoint was saved"
                     )
                     raise NonFiniteLoss(
-                        f"non-finite loss at step {step + 1} in {', '.join(bad)} (loss={terms['loss']}); stopped, {where}"
+                        f"non-finite loss at step {number} in {', '.join(bad)} (loss={terms['loss']}); stopped, {where}"
                     )
-                self.model, self.trained_steps, self.step = model, self.trained_steps + 1, step + 1
-                record = StepRecord(step + 1, terms, rate)
                 if is_main:
-                    metrics_file.write(json.dumps({"step": step + 1, **terms, "sequences_per_s": rate}) + "\n")
+                    metrics_file.write(json.dumps({"step": number, **terms, "sequences_per_s": rate}) + "\n")
                     for name, value in {**terms, "sequences_per_s": rate}.items():
-                        writer.add_scalar(f"train/{name}", value, step + 1)
-                yield record
+                        writer.add_scalar(f"train/{name}", value, number)
+                yield StepRecord(number, terms, rate)
+
+        try:
+            for step in range(start, spec.steps):
+                batch = next(batches)
+                host = with_step({"frames": batch["frames"], "k": batch["k"]}, step)
+                args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
+                if step == start:
+                    yield Compiled(compile_step(step_fn, *args)[1])
+                    last_read = time.perf_counter()
+                # Dispatched, not waited for: the step has no host callback, so the next batch is
+                # built while it runs; its terms are read once the following step is on its way.
+                model, opt_state, _, terms = step_fn(*args)
+                pending.append((step + 1, terms))
+                self.model, self.trained_steps, self.step = model, self.trained_steps + 1, step + 1
+                yield from read(keep=STEPS_IN_FLIGHT)
                 done = step + 1
                 reason = self.should_stop()
                 if done % spec.checkpoint_every == 0 or done == spec.steps or reason:
+                    yield from read(keep=0)  # nothing non-finite is ever saved
                     yield save(done)
                 if reason:
                     yield Stopped(done, reason)

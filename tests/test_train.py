@@ -183,14 +183,20 @@ def _poison_batch(index):
     return wrap
 
 
-def test_injected_nan_stops_with_message(tmp_path):
+@pytest.mark.parametrize("bad_step", [3, 4])
+def test_injected_nan_stops_with_message(tmp_path, bad_step):
+    """Steps run ahead of the host (`STEPS_IN_FLIGHT`), so a NaN is read back at most that many steps
+    late; it still names its own step, and a checkpoint due at that step (4) is never written."""
     spec = cli.spec_from(cli.Train(steps=6, checkpoint_every=2, latent_dim=4, width=4, potential_width=8, batch_size=8))
-    run = runs.TrainingRun(spec, tmp_path / "nan", wrap_batches=_poison_batch(2))
-    with pytest.raises(RunError, match=r"non-finite loss at step 3 .*last good checkpoint is step 2") as err:
+    run = runs.TrainingRun(spec, tmp_path / "nan", wrap_batches=_poison_batch(bad_step - 1))
+    with pytest.raises(RunError, match=rf"non-finite loss at step {bad_step} .*last good checkpoint is step 2") as err:
         for _ in run:
             pass
     assert "\n" not in str(err.value)
+    assert bad_step <= run.step <= bad_step + runs.STEPS_IN_FLIGHT
     assert max(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == 2
+    logged = [json.loads(line)["step"] for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, bad_step))
 
 
 # ---- in-process runs: presets on fixture data, eval, expected errors -----------------------------
