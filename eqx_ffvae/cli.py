@@ -24,6 +24,7 @@ import tyro
 from absl import flags
 from tqdm import tqdm
 
+from . import compile_cache as compile_cache_module
 from . import figures, methods, runs
 from .compare import run_compare
 from .data.download import download_shapes3d
@@ -70,8 +71,18 @@ def _override(help_text: str, field: str, metavar: str = "INT"):
     return tyro.conf.arg(metavar=metavar, help=help_text, help_behavior_hint=_per_preset(field))
 
 
+@dataclasses.dataclass(kw_only=True)
+class Cached:
+    """Commands that compile models (train, eval, compare)."""
+
+    compile_cache: bool = True
+    """keep compiled programs in JAX's persistent compilation cache ($EQX_FFVAE_COMPILE_CACHE, else
+    ~/.cache/eqx_ffvae/jax), so a repeated or resumed run loads its training step instead of
+    compiling it again"""
+
+
 @dataclasses.dataclass
-class Shared:
+class Shared(Cached):
     """Options a training run and a comparison share."""
 
     preset: PresetName = "quick"
@@ -170,7 +181,7 @@ class Train(Shared):
 
 
 @dataclasses.dataclass
-class Eval:
+class Eval(Cached):
     """Evaluate a saved run: rewrite its eval.json and figures from its newest checkpoint."""
 
     run: Path
@@ -232,7 +243,9 @@ class Download:
 
 
 COMMANDS = {"train": Train, "eval": Eval, "sample": Sample, "compare": Compare, "download": Download}
-_SHARED = tuple(f.name for f in dataclasses.fields(Shared))
+_SHARED = tuple(
+    f.name for f in dataclasses.fields(Shared) if f.name not in {g.name for g in dataclasses.fields(Cached)}
+)
 
 
 class Interrupted(Exception):
@@ -276,11 +289,11 @@ def release_free_memory() -> bool:
     return bool(trim(0))
 
 
-def main(argv: list[str] | None = None, *, share_compilation_cache: bool = False) -> int:
+def main(argv: list[str] | None = None, *, compile_cache: bool = False) -> int:
     """Parse `argv` (default: sys.argv[1:]) and run the command; the exit status.
 
-    `share_compilation_cache`: `compare` turns on JAX's persistent compilation cache (in its --out)
-    so that the seeds of one method reuse one compiled step. It is a process-wide setting that
+    `compile_cache`: let `train`, `eval` and `compare` turn on JAX's persistent compilation cache
+    (`compile_cache.enable`) unless --no-compile-cache is given. It is a process-wide setting that
     outlives the call, so only the program (`entry`) asks for it, never a caller in a larger process.
     """
     argv = sys.argv[1:] if argv is None else argv
@@ -302,7 +315,12 @@ def main(argv: list[str] | None = None, *, share_compilation_cache: bool = False
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _dispatch(name, args, stop, share_compilation_cache, argv)
+        if compile_cache and isinstance(args, Cached) and args.compile_cache:
+            try:
+                compile_cache_module.enable(compile_cache_module.default_directory())
+            except (RuntimeError, OSError) as err:
+                raise RunError(f"cannot use the compilation cache: {err}") from None
+        return _dispatch(name, args, stop, argv)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -314,13 +332,11 @@ def main(argv: list[str] | None = None, *, share_compilation_cache: bool = False
             signal.signal(s, handler)
 
 
-def _dispatch(name: str, args, stop: dict, share_compilation_cache: bool, argv: list[str]) -> int:
+def _dispatch(name: str, args, stop: dict, argv: list[str]) -> int:
     if name == "train":
         return _train(args, stop, argv)
     if name == "compare":
         out = args.out or Path("runs") / f"compare-{args.preset}"
-        if share_compilation_cache and not jax.config.jax_compilation_cache_dir:
-            jax.config.update("jax_compilation_cache_dir", str(out / ".jax-cache"))
         run_compare(
             list(args.models),
             args.seeds,
@@ -403,7 +419,8 @@ def _train(args: Train, stop: dict, argv: list[str]) -> int:
                 )
             elif isinstance(event, runs.Compiled):
                 release_free_memory()
-                bar.write(f"compiled the training step in {event.seconds:.1f} s")
+                cached = " (loaded from the compilation cache)" if event.from_cache else ""
+                bar.write(f"compiled the training step in {event.seconds:.1f} s{cached}")
             elif isinstance(event, runs.StepRecord):
                 bar.set_postfix(loss=f"{event.terms['loss']:.1f}", seq_s=f"{event.sequences_per_s:.0f}", refresh=False)
                 bar.update(1)
@@ -445,4 +462,4 @@ def entry() -> None:
     them), then `main`."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    sys.exit(main(share_compilation_cache=True))
+    sys.exit(main(compile_cache=True))

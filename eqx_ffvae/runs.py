@@ -41,7 +41,7 @@ import jax.random as jr
 import numpy as np
 from jax.experimental import multihost_utils
 
-from . import data, methods
+from . import compile_cache, data, methods
 from ._version import __version__
 from .checkpoint import Checkpointer, UnreadableCheckpoint
 from .evaluation import evaluate, fit_linear_shifts
@@ -606,7 +606,11 @@ class Started:
 
 @dataclasses.dataclass(frozen=True)
 class Compiled:
+    """The training step was traced and compiled in `seconds`; `from_cache`: XLA's part was loaded
+    from the persistent compilation cache (`compile_cache`)."""
+
     seconds: float
+    from_cache: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -775,7 +779,9 @@ class TrainingRun:
                 host = with_step({"frames": batch["frames"], "k": batch["k"]}, step)
                 args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
                 if step == start:
-                    yield Compiled(compile_step(step_fn, *args)[1])
+                    before = compile_cache.hits()
+                    seconds = compile_step(step_fn, *args)[1]
+                    yield Compiled(seconds, compile_cache.hits() > before)
                     last_read = time.perf_counter()
                 # Dispatched, not waited for: the step has no host callback, so the next batch is
                 # built while it runs; its terms are read once the following step is on its way.

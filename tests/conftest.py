@@ -4,24 +4,23 @@ import os
 import shutil
 import tempfile
 
-# One persistent compilation cache per xdist worker, set in this process only (jax.config below),
-# never exported: training runs that tests start as subprocesses compile without it. JAX writes a
-# cache entry in place (`Path.write_bytes`, not atomically), and tests kill runs (SIGKILL, SIGTERM)
-# and start them side by side: a shared folder then holds half-written entries, and the next process
-# that deserialises one segfaults (CI workers died in compilation_cache.get_executable_and_time). Not
-# one folder for all workers, for the same reason. A fresh root per session: no run starts warm.
+# One persistent compilation cache per xdist worker, set in this process only (jax.config below).
+# JAX itself writes a cache entry in place (`Path.write_bytes`, not atomically), and a half-written
+# entry once segfaulted the worker that deserialised it (compilation_cache.get_executable_and_time):
+# so not one folder for all workers. A fresh root per session: no run starts warm from an earlier one.
 # Every program is cached, however quick to compile (JAX's default keeps only those over 1 s):
 # building a model eagerly compiles one small program per weight shape, and each test builds again.
+# Training steps hold no host callback (flows.integrate), so they are cached too.
 _CACHE_ROOT = tempfile.mkdtemp(prefix="eqx_ffvae-test-jax-cache-")
 atexit.register(shutil.rmtree, _CACHE_ROOT, ignore_errors=True)
 _CACHE_DIR = os.path.join(_CACHE_ROOT, os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.makedirs(_CACHE_DIR, exist_ok=True)
 for _name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-    os.environ.pop(_name, None)  # subprocesses must not inherit a cache (above)
-# Training steps are not cached: Equinox lowers Diffrax's runtime checks to a host callback, and JAX
-# does not cache a program with one. (With EQX_ON_ERROR=nan they were cached, and jaxlib's
-# `executable.serialize()` of a training step segfaulted a worker twice in CI, in
-# compilation_cache.put_executable_and_time under compile_step.)
+    os.environ.pop(_name, None)  # subprocesses must not inherit this worker's cache (above)
+# Runs that tests start as subprocesses (`train/run.py`) use the package's own cache
+# (`compile_cache.enable`, atomic writes, so they may share it, even when tests kill them): one folder
+# of this session's root for all of them, never the user's ~/.cache.
+os.environ["EQX_FFVAE_COMPILE_CACHE"] = os.path.join(_CACHE_ROOT, "runs")
 
 import jax
 import jax.random as jr

@@ -33,7 +33,7 @@ def run_module():
 
 
 def _env(devices=1, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EQX_FFVAE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EQX_FFVAE_") or k == "EQX_FFVAE_COMPILE_CACHE"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
@@ -460,3 +460,22 @@ def test_two_processes_agree_with_one(tmp_path, single_device_run):
     multi = _losses(tmp_path / "multi")
     assert len(multi) == 5
     np.testing.assert_allclose(multi, _losses(single_device_run), rtol=1e-4)
+
+
+def test_a_second_run_loads_its_training_step_from_the_compilation_cache(tmp_path):
+    """The persistent cache is on by default: the first run stores the step (whole entries only, no
+    partial file left), a second run loads it, and --no-compile-cache neither reads nor writes."""
+    cache = tmp_path / "cache"
+    args = ["--steps", "2", "--skip-eval", *TINY]
+    first = _run([*args, "--out", str(tmp_path / "a")], EQX_FFVAE_COMPILE_CACHE=str(cache))
+    second = _run([*args, "--out", str(tmp_path / "b")], EQX_FFVAE_COMPILE_CACHE=str(cache))
+    for proc in (first, second):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "compiled the training step" in first.stdout and "loaded from the compilation cache" not in first.stdout
+    assert "loaded from the compilation cache" in second.stdout
+    assert any(cache.iterdir()) and not list(cache.glob(".*partial"))
+    off = tmp_path / "off"
+    third = _run([*args, "--no-compile-cache", "--out", str(tmp_path / "c")], EQX_FFVAE_COMPILE_CACHE=str(off))
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "compiled the training step" in third.stdout and "loaded from the compilation cache" not in third.stdout
+    assert not off.exists()
