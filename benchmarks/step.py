@@ -20,6 +20,12 @@ two medians), so the fraction compares the step with the machine as it ran then.
 compiled as the run compiles it (`compile_step`, then the CLI's `release_free_memory`, which returns
 XLA's scratch memory to the OS).
 
+`--end-to-end PRESET` times the real training loop instead (`runs.TrainingRun`: Grain data, the
+step, metrics.jsonl and TensorBoard logging, a checkpoint every `--checkpoint-every` steps) for
+`--steps` steps after compiling, next to the step alone on one batch already on the device, in one
+process, alternating (step alone, loop, step alone, loop, …, `--repeats` each); it reports both
+rates and their ratio (the loop's share of the step-alone rate).
+
 On a GPU: `--matmul-precision tensorfloat32|bfloat16` times the step (and the matmul yardstick) at
 that precision; `--slice-size` overrides the step's `slice_size` (the sequences per flow slice and
 decoder chunk: the default 16 keeps a CPU's working set small, a GPU wants the whole batch); `device_peak_mb` is
@@ -183,6 +189,79 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     }
 
 
+def end_to_end(
+    preset: str, steps: int, checkpoint_every: int | None, repeats: int, precision: str, slice_size: int | None
+):
+    """Steps/s of the real loop and of the step alone at `preset` (see the module docstring)."""
+    import functools
+    import tempfile
+
+    import jax
+    import jax.random as jr
+    import numpy as np
+
+    from eqx_ffvae import data, runs
+    from eqx_ffvae.data import device
+    from eqx_ffvae.training import compile_step, make_mesh, make_step, shard_batch, with_step
+
+    spec = runs.resolve(
+        preset, steps=steps, checkpoint_every=checkpoint_every, slice_size=slice_size, matmul_precision=precision
+    )
+
+    def loop_rate(root: str, i: int) -> float:
+        start = None
+        for event in runs.TrainingRun(spec, f"{root}/loop{i}"):
+            if isinstance(event, runs.Compiled):
+                start = time.perf_counter()
+        return steps / (time.perf_counter() - start)
+
+    model, optimizer, opt_state = runs.build(spec)
+    mesh = make_mesh()
+    frames = functools.partial(device.frames, num_frames=spec.model.num_frames)
+    step = make_step(
+        optimizer, slice_size=spec.slice_size, mesh=mesh, matmul_precision=spec.matmul_precision, frames=frames
+    )
+    it = data.batch_iterator(runs.sequences(spec, compact=True), spec.batch_size)
+    batch = next(it)
+    host = with_step({name: v for name, v in batch.items() if name in runs.STEP_INPUTS}, 0)
+    args = [model, opt_state, shard_batch(host, mesh), jr.key(0)]
+    compiled, _ = compile_step(step, *args)
+
+    def step_rate() -> float:
+        nonlocal args
+        start = time.perf_counter()
+        for i in range(steps):
+            model, opt_state, loss, _ = compiled(args[0], args[1], args[2], jr.key(i))
+            args = [model, opt_state, shard_batch(host, mesh), args[3]]
+        jax.block_until_ready(loss)
+        return steps / (time.perf_counter() - start)
+
+    step_rate()  # warm-up
+    alone, loop = [], []
+    with tempfile.TemporaryDirectory() as root:
+        for i in range(repeats):
+            alone.append(step_rate())
+            loop.append(loop_rate(root, i))
+    return {
+        "mode": "end-to-end",
+        "preset": preset,
+        "method": spec.method,
+        "batch": spec.batch_size,
+        "steps": steps,
+        "checkpoint_every": spec.checkpoint_every,
+        "repeats": repeats,
+        "platform": jax.devices()[0].platform,
+        "matmul_precision": spec.matmul_precision,
+        "slice_size": spec.slice_size,
+        "step_alone_steps_per_s": statistics.median(alone),
+        "loop_steps_per_s": statistics.median(loop),
+        "loop_share_of_step_alone": statistics.median(loop) / statistics.median(alone),
+        "step_alone_each": alone,
+        "loop_each": loop,
+        "host_bytes_per_sequence": int(sum(np.asarray(v).nbytes for v in host.values()) // spec.batch_size),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
@@ -196,6 +275,11 @@ def main() -> None:
     )
     parser.add_argument("--slice-size", type=int, default=None, help="override the step's slice_size")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--end-to-end", metavar="PRESET", default=None, help="time the real training loop")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="(--end-to-end) steps between saves (default: the preset's)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="(--end-to-end) alternations of step and loop")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -204,6 +288,28 @@ def main() -> None:
 
     import jax
     from _util import print_table, write_json
+
+    if args.end_to_end:
+        row = end_to_end(
+            args.end_to_end, args.steps, args.checkpoint_every, args.repeats, args.matmul_precision, args.slice_size
+        )
+        print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
+        print_table(
+            [row],
+            [
+                "preset",
+                "method",
+                "batch",
+                "steps",
+                "checkpoint_every",
+                "step_alone_steps_per_s",
+                "loop_steps_per_s",
+                "loop_share_of_step_alone",
+                "host_bytes_per_sequence",
+            ],
+        )
+        write_json([row], args.json)
+        return
 
     rows = []
     for config in args.configs:

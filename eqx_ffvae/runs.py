@@ -22,6 +22,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -44,6 +45,7 @@ from jax.experimental import multihost_utils
 from . import compile_cache, data, methods
 from ._version import __version__
 from .checkpoint import Checkpointer, UnreadableCheckpoint
+from .data import device
 from .evaluation import evaluate, fit_linear_shifts
 from .interfaces import AbstractSequenceModel
 from .presets import PRESETS
@@ -333,9 +335,11 @@ def sequences(
     num_epochs: int | None = None,
     grouped: bool = False,
     probes: bool = False,
+    compact: bool = False,
 ):
     """The run's sequences of `split`; `grouped`: a group-supervised run's training order (one k per
-    batch); `probes`: with the ground truth of the extrapolation and composition probes (MNIST)."""
+    batch); `probes`: with the ground truth of the extrapolation and composition probes (MNIST);
+    `compact`: as the training step takes them (uint8, finished on the device by `data.device.frames`)."""
     try:
         return data.sequence_dataset(
             spec.dataset,
@@ -348,6 +352,7 @@ def sequences(
             group_size=spec.batch_size if grouped else None,
             probes=probes,
             validation_fraction=spec.validation_fraction,
+            compact=compact,
         )
     except (FileNotFoundError, ValueError, OSError, EOFError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -639,6 +644,9 @@ class Stopped:
 Event = Started | Compiled | StepRecord | Saved | Stopped
 
 
+STEP_INPUTS = ("digits", "frames", "k")
+"""What the host ships to the training step of each sequence: the compact data (`data.device`) and k."""
+
 STEPS_IN_FLIGHT = 1
 """Training steps dispatched beyond the one whose terms the loop is reading: the host builds the next
 batch and logs while the device works. A non-finite loss is reported this many steps late, never
@@ -704,7 +712,7 @@ class TrainingRun:
                 start, spec.steps, True, (*notes, f"already trained for {start} ≥ {spec.steps} steps; nothing to do")
             )
             return
-        dataset = sequences(spec, grouped=spec.grouped)
+        dataset = sequences(spec, grouped=spec.grouped, compact=True)
         iterator = data.batch_iterator(
             dataset, spec.batch_size, num_workers=spec.workers, process_index=process_index, process_count=process_count
         )
@@ -727,7 +735,13 @@ class TrainingRun:
         spec, run_dir = self.spec, self.run_dir
         process_count = jax.process_count()
         model, opt_state = replicate((model, opt_state), mesh)
-        step_fn = make_step(optimizer, slice_size=spec.slice_size, mesh=mesh, matmul_precision=spec.matmul_precision)
+        step_fn = make_step(
+            optimizer,
+            slice_size=spec.slice_size,
+            mesh=mesh,
+            matmul_precision=spec.matmul_precision,
+            frames=functools.partial(device.frames, num_frames=spec.model.num_frames),
+        )
         ckpt = Checkpointer(run_dir / "checkpoints")
         writer = training_writer(run_dir) if is_main else None
         metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1) if is_main else None
@@ -776,7 +790,7 @@ class TrainingRun:
         try:
             for step in range(start, spec.steps):
                 batch = next(batches)
-                host = with_step({"frames": batch["frames"], "k": batch["k"]}, step)
+                host = with_step({name: v for name, v in batch.items() if name in STEP_INPUTS}, step)
                 args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
                 if step == start:
                     before = compile_cache.hits()

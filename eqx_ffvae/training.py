@@ -79,6 +79,7 @@ def make_step(
     slice_size: int = DEFAULT_SLICE_SIZE,
     mesh: Mesh | None = None,
     matmul_precision: MatmulPrecision = "float32",
+    frames: Callable[[Batch], Array] | None = None,
 ) -> Callable:
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
@@ -96,6 +97,9 @@ def make_step(
     `matmul_precision` sets `jax.default_matmul_precision` for the step's matmuls and convolutions:
     "float32" (default, exact), or for GPUs/TPUs "tensorfloat32" or "bfloat16" (faster, fewer
     mantissa bits; CPUs compute float32 either way).
+
+    `frames(batch)`: the float32 frames of a batch, made inside the step (e.g. `data.device.frames`
+    from compact uint8 batches); by default the batch's "frames" as they are.
     """
     if matmul_precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {matmul_precision!r}")
@@ -138,6 +142,8 @@ def make_step(
         if mesh is not None:
             batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
             model, opt_state = replicate((model, opt_state), mesh)
+        if frames is not None:
+            batch = {**{name: v for name, v in batch.items() if name != "digits"}, "frames": frames(batch)}
         if _is_adversarial(model):
             model, opt_state, loss, terms = _alternating_update(model, opt_state, batch, key)
         else:

@@ -41,6 +41,15 @@ def _fresh_compiled_programs():
     gc.collect()
 
 
+def nan_frames(batch: dict) -> dict:
+    """Fault injection: a training batch of the same sequences (k) whose MNIST frames are all NaN,
+    float frames in place of the compact uint8 digits (the training step takes either)."""
+    import numpy as np
+
+    frames = np.full((len(batch["k"]), 9, 3, 28, 28), np.nan, np.float32)
+    return {"frames": frames, "k": batch["k"], "index": batch["index"]}
+
+
 @pytest.fixture
 def getkey():
     """Fresh keys on every call, seeded per test so failures reproduce."""

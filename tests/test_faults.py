@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import nan_frames
 
 from eqx_ffvae import cli, runs
 from eqx_ffvae.data.mnist import _SPLIT_FILES
@@ -161,7 +162,7 @@ def test_a_run_that_never_checkpointed_leaves_no_records(tmp_path):
 
     def poison(batches):
         for i, batch in enumerate(batches):
-            yield {**batch, "frames": np.full_like(batch["frames"], np.nan)} if i == 2 else batch
+            yield nan_frames(batch) if i == 2 else batch
 
     with pytest.raises(runs.NonFiniteLoss, match="non-finite loss at step 3.*no checkpoint was saved"):
         for _ in runs.TrainingRun(spec, tmp_path / "run", wrap_batches=poison):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import nan_frames
 from PIL import Image
 
 from eqx_ffvae import cli, runs
@@ -174,11 +175,12 @@ def test_the_resume_command_drops_fresh_and_names_the_out():
 
 
 def _poison_batch(index):
-    """Fault injection from the test side: the data iterator's batch `index` (0-based) becomes NaN."""
+    """Fault injection from the test side: the data iterator's batch `index` (0-based) becomes NaN
+    frames (float frames in place of the compact uint8 digits: the step takes either)."""
 
     def wrap(batches):
         for i, batch in enumerate(batches):
-            yield {**batch, "frames": np.full_like(batch["frames"], np.nan)} if i == index else batch
+            yield nan_frames(batch) if i == index else batch
 
     return wrap
 

@@ -106,3 +106,37 @@ def test_apply_transform_errors(digit):
         data.apply_transform("mnist", digit[0], 0, 1)
     with pytest.raises(ValueError, match=r"t = \[9\]"):
         data.apply_transform("mnist", digit, 0, 9)
+
+
+def test_device_frames_equal_the_host_frames_to_float32_rounding():
+    """`data.device.mnist_frames` (JAX, in the training step) against `MnistSequence` (NumPy, host):
+    every k, every frame, real digits; and a compact batch carries ≤ 1 KB per sequence."""
+    import jax.numpy as jnp
+
+    from eqx_ffvae.data import device
+
+    full = data.sequence_dataset("mnist", split="test", k=None, seed=3)
+    compact = data.sequence_dataset("mnist", split="test", k=None, seed=3, compact=True)
+    rows = [full[i] for i in range(12)]
+    small = [compact[i] for i in range(12)]
+    assert {int(r["k"]) for r in rows} == {0, 1, 2}
+    assert [int(r["k"]) for r in rows] == [int(r["k"]) for r in small]
+    digits = np.stack([r["digits"] for r in small])
+    made = device.mnist_frames(jnp.asarray(digits), jnp.asarray([int(r["k"]) for r in small]))
+    expected = np.stack([r["frames"] for r in rows])
+    assert made.shape == expected.shape and made.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(made), expected, rtol=0, atol=2e-6)
+    assert max(sum(np.asarray(v).nbytes for v in r.values()) for r in small) <= 1024
+    assert sum(np.asarray(v).nbytes for v in rows[0].values()) > 80_000
+
+
+def test_device_frames_of_uint8_factor_frames_are_the_hosts_bit_for_bit():
+    import jax.numpy as jnp
+
+    from eqx_ffvae.data import device
+
+    full = data.sequence_dataset("procedural-shapes", split="test", seed=1, num_frames=3)[0]
+    compact = data.sequence_dataset("procedural-shapes", split="test", seed=1, num_frames=3, compact=True)[0]
+    assert compact["frames"].dtype == np.uint8
+    made = device.frames({"frames": jnp.asarray(compact["frames"][None]), "k": jnp.zeros(1, jnp.int32)}, 3)
+    np.testing.assert_array_equal(np.asarray(made)[0], full["frames"])

@@ -129,13 +129,22 @@ class MnistSequence(grain.transforms.RandomMap):
     """Index of a digit → its colourised sequence under transformation k (given, or uniform)."""
 
     def __init__(
-        self, images: np.ndarray, k: int | None, num_frames: int = MNIST_FRAMES, *, choice=None, probes: bool = False
+        self,
+        images: np.ndarray,
+        k: int | None,
+        num_frames: int = MNIST_FRAMES,
+        *,
+        choice=None,
+        probes: bool = False,
+        compact: bool = False,
     ):
-        self.images, self.num_frames, self.probes = images, num_frames, probes
+        self.images, self.num_frames, self.probes, self.compact = images, num_frames, probes, compact
         self.choice = choice or _Transformation(len(MNIST_TRANSFORMS), k, None, 0)
 
     def random_map(self, element, rng: np.random.Generator):
         index, k = self.choice.pick(element, rng)
+        if self.compact:
+            return {"digits": np.asarray(self.images[index], np.uint8), "k": np.int32(k), "index": np.int64(index)}
         x0 = colourise(self.images[index].astype(np.float32) / 255.0)
         frames = mnist_frames(x0, k, np.arange(self.num_frames))
         out = {"frames": frames, "k": np.int32(k), "index": np.int64(index)}
@@ -151,8 +160,17 @@ class FactorSequence(grain.transforms.RandomMap):
     position that fits (it never wraps into a neighbouring factor).
     """
 
-    def __init__(self, source, flow_factors: tuple[int, ...], num_frames: int, k: int | None, *, choice=None):
-        self.source, self.flow_factors, self.num_frames = source, flow_factors, num_frames
+    def __init__(
+        self,
+        source,
+        flow_factors: tuple[int, ...],
+        num_frames: int,
+        k: int | None,
+        *,
+        choice=None,
+        compact: bool = False,
+    ):
+        self.source, self.flow_factors, self.num_frames, self.compact = source, flow_factors, num_frames, compact
         self.choice = choice or _Transformation(len(flow_factors), k, None, 0)
         sizes = source.factor_sizes
         short = [f for f in flow_factors if sizes[f] < num_frames]
@@ -169,7 +187,9 @@ class FactorSequence(grain.transforms.RandomMap):
         factors = np.tile(np.array(np.unravel_index(int(index), sizes), np.int32), (self.num_frames, 1))
         factors[:, factor] = start + np.arange(self.num_frames)
         indices = np.ravel_multi_index(tuple(factors.T), sizes).astype(np.int64)
-        frames = self.source.images(indices).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        frames = np.ascontiguousarray(self.source.images(indices).transpose(0, 3, 1, 2))
+        if not self.compact:
+            frames = frames.astype(np.float32) / 255.0
         return {"frames": frames, "k": np.int32(k), "index": indices, "factors": factors}
 
 
@@ -242,6 +262,7 @@ def sequence_dataset(
     num_frames: int | None = None,
     group_size: int | None = None,
     probes: bool = False,
+    compact: bool = False,
 ) -> grain.MapDataset:
     """A `grain.MapDataset` of sequences of dataset `name` (docs/method.md §1).
 
@@ -256,6 +277,8 @@ def sequence_dataset(
     hyper-parameters; from the official MNIST training file when data_dir is given) or "test".
     probes (MNIST only): each sequence also carries the ground truth of docs/method.md §5's extrapolation and
     composition probes (`transforms.mnist_probe_frames`).
+    compact: what the training step finishes on the device (`data.device.frames`): MNIST elements
+    carry the uint8 digit as "digits" instead of "frames", factor datasets uint8 "frames".
     """
     info = dataset_info(name)
     num_frames = info.num_frames if num_frames is None else num_frames
@@ -265,6 +288,8 @@ def sequence_dataset(
         raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
     if group_size is not None and (k is not None or group_size < 1):
         raise ValueError(f"group_size must be ≥ 1 and excludes a fixed k, got group_size={group_size}, k={k}")
+    if probes and compact:
+        raise ValueError("probes carry float frames for evaluation; compact batches are for training only")
     if probes and info.source != "mnist":
         raise ValueError(f"extrapolation and composition probes need MNIST's analytic transformations; {name} has none")
     choice = _Transformation(info.num_flows, k, group_size, seed)
@@ -289,7 +314,7 @@ def sequence_dataset(
                 indices = _carve_validation(len(images), split, validation_fraction, split_seed)
             elif split == "validation":
                 raise ValueError("the validation split is empty: pass validation_fraction > 0 (--validation-fraction)")
-        builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes)
+        builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes, compact=compact)
     else:
         source = _open_factor_source(name, data_dir, factor_sizes)
         indices = split_indices(
@@ -299,7 +324,7 @@ def sequence_dataset(
             validation_fraction=validation_fraction,
             split_seed=split_seed,
         )
-        builder = FactorSequence(source, info.flow_factors, num_frames, k, choice=choice)
+        builder = FactorSequence(source, info.flow_factors, num_frames, k, choice=choice, compact=compact)
     indices = indices[shard_index::shard_count]
     ds = grain.MapDataset.source(indices).shuffle(seed=seed)
     if num_epochs != 1:
