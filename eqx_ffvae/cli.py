@@ -25,9 +25,10 @@ from absl import flags
 from tqdm import tqdm
 
 from . import compile_cache as compile_cache_module
-from . import figures, methods, runs
+from . import data, figures, methods, runs
 from .compare import run_compare
 from .data.download import download_shapes3d
+from .data.factors import prepare_png_folder
 from .data.mnist import download_mnist
 from .evaluation import format_table
 from .presets import PRESETS
@@ -242,7 +243,27 @@ class Download:
     """another source: for mnist the folder URL holding the IDX files, for shapes3d the file's URL"""
 
 
-COMMANDS = {"train": Train, "eval": Eval, "sample": Sample, "compare": Compare, "download": Download}
+@dataclasses.dataclass
+class Prepare:
+    """Decode a PNG dataset once into a compact store next to its images (uint8 .npy at the preset's
+    size): training then reads frames from it instead of decoding and downsampling PNGs per frame."""
+
+    dataset: tyro.conf.Positional[Literal["falcor3d", "isaac3d"]]
+    """the NVlabs PNG dataset"""
+    data_dir: Annotated[Path, tyro.conf.arg(metavar="PATH")]
+    """the folder of its PNGs (the one given to --data-dir)"""
+    factor_sizes: Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="N")] = None
+    """the factor grid of a reduced folder (as in training; default: the dataset's)"""
+
+
+COMMANDS = {
+    "train": Train,
+    "eval": Eval,
+    "sample": Sample,
+    "compare": Compare,
+    "download": Download,
+    "prepare": Prepare,
+}
 _SHARED = tuple(
     f.name for f in dataclasses.fields(Shared) if f.name not in {g.name for g in dataclasses.fields(Cached)}
 )
@@ -352,6 +373,15 @@ def _dispatch(name: str, args, stop: dict, argv: list[str]) -> int:
         return 0
     if name == "download":
         return _download(args)
+    if name == "prepare":
+        info = data.dataset_info(args.dataset)
+        try:
+            sizes = info.factor_sizes if args.factor_sizes is None else args.factor_sizes
+            store = prepare_png_folder(args.data_dir, sizes, info.image_shape[-1])
+        except (OSError, ValueError) as err:
+            raise RunError(f"prepare {args.dataset}: {err}") from None
+        print(f"wrote {store}; training on --data-dir {args.data_dir} now reads it")
+        return 0
     spec = runs.read_spec(args.run)
     model, step = runs.restore_model(spec, args.run)
     print(f"loaded {args.run} at step {step}")

@@ -84,11 +84,18 @@ class Shapes3DSource:
         return {**self.__dict__, "_file": None}
 
 
+def store_path(folder: str | os.PathLike, image_size: int) -> Path:
+    """Where `prepare_png_folder` keeps a folder's images at `image_size` px: one uint8 .npy."""
+    return Path(folder) / f"eqx_ffvae-{image_size}px.npy"
+
+
 class PngFolderSource:
     """A folder of PNGs whose sorted order is row-major over the factors (the NVlabs layout).
 
     Images larger than `image_size` are downsampled on the fly (area filter); an already
-    downsampled folder is read as it is.
+    downsampled folder is read as it is. If `prepare_png_folder` has written the folder's store
+    (`store_path`), frames are read from it (memory-mapped, no PNG decoding); a store that does not
+    match the folder (another image count or size) is an error that names it.
     """
 
     def __init__(self, folder: str | os.PathLike, factor_sizes: tuple[int, ...], image_size: int = 128):
@@ -103,6 +110,15 @@ class PngFolderSource:
         self.folder, self.files = folder, [str(p) for p in files]
         self.factor_sizes, self.image_size = tuple(factor_sizes), image_size
         _check_count(folder, len(self.files), self.factor_sizes)
+        self.store = None
+        store = store_path(folder, image_size)
+        if store.exists():
+            self.store = np.load(store, mmap_mode="r")
+            if self.store.shape != (len(self.files), image_size, image_size, 3) or self.store.dtype != np.uint8:
+                raise ValueError(
+                    f"{store} holds {self.store.dtype} {self.store.shape}, not the folder's {len(self.files)} images "
+                    f"at {image_size} px; delete it or run `train/run.py prepare` again"
+                )
         self._load(0)
 
     def __len__(self) -> int:
@@ -122,7 +138,32 @@ class PngFolderSource:
             return np.asarray(img, np.uint8)
 
     def images(self, indices: np.ndarray) -> np.ndarray:
+        if self.store is not None:
+            return np.asarray(self.store[np.asarray(indices)])
         return np.stack([self._load(int(i)) for i in np.asarray(indices)])
+
+
+def prepare_png_folder(
+    folder: str | os.PathLike, factor_sizes: tuple[int, ...], image_size: int, *, progress: bool = True
+) -> Path:
+    """Decode (and downsample) every PNG of `folder` once into its store (`store_path`): uint8
+    (N, image_size, image_size, 3), written to a temporary file and renamed into place, so a store
+    is complete or absent. `PngFolderSource` then reads frames from it. Returns the store's path."""
+    from tqdm import tqdm
+
+    source = PngFolderSource(folder, factor_sizes, image_size)
+    target = store_path(source.folder, image_size)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(source), image_size, image_size, 3))
+    try:
+        for i in tqdm(range(len(source)), desc=f"prepare {source.folder.name}", unit="img", disable=not progress):
+            out[i] = source._load(i)
+        out.flush()
+        del out
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 class ProceduralShapes:
