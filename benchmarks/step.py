@@ -205,8 +205,14 @@ def end_to_end(
     from eqx_ffvae.training import compile_step, make_mesh, make_step, shard_batch, with_step
 
     spec = runs.resolve(
-        preset, steps=steps, checkpoint_every=checkpoint_every, slice_size=slice_size, matmul_precision=precision
+        preset,
+        steps=steps,
+        checkpoint_every=checkpoint_every,
+        slice_size=slice_size,
+        matmul_precision=precision,
+        frames_on=frames_on,
     )
+    on_device = runs.frames_made_on_device(spec)
 
     def loop_rate(root: str, i: int) -> float:
         start = None
@@ -217,11 +223,11 @@ def end_to_end(
 
     model, optimizer, opt_state = runs.build(spec)
     mesh = make_mesh()
-    frames = functools.partial(device.frames, num_frames=spec.model.num_frames)
+    frames = functools.partial(device.frames, num_frames=spec.model.num_frames) if on_device else None
     step = make_step(
         optimizer, slice_size=spec.slice_size, mesh=mesh, matmul_precision=spec.matmul_precision, frames=frames
     )
-    it = data.batch_iterator(runs.sequences(spec, compact=True), spec.batch_size)
+    it = data.batch_iterator(runs.sequences(spec, compact=on_device), spec.batch_size)
     batch = next(it)
     host = with_step({name: v for name, v in batch.items() if name in runs.STEP_INPUTS}, 0)
     args = [model, opt_state, shard_batch(host, mesh), jr.key(0)]
@@ -253,6 +259,7 @@ def end_to_end(
         "platform": jax.devices()[0].platform,
         "matmul_precision": spec.matmul_precision,
         "slice_size": spec.slice_size,
+        "frames_made_on_device": on_device,
         "step_alone_steps_per_s": statistics.median(alone),
         "loop_steps_per_s": statistics.median(loop),
         "loop_share_of_step_alone": statistics.median(loop) / statistics.median(alone),
@@ -280,6 +287,7 @@ def main() -> None:
         "--checkpoint-every", type=int, default=None, help="(--end-to-end) steps between saves (default: the preset's)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="(--end-to-end) alternations of step and loop")
+    parser.add_argument("--frames-on", default="auto", choices=["auto", "host", "device"], help="(--end-to-end)")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -291,7 +299,13 @@ def main() -> None:
 
     if args.end_to_end:
         row = end_to_end(
-            args.end_to_end, args.steps, args.checkpoint_every, args.repeats, args.matmul_precision, args.slice_size
+            args.end_to_end,
+            args.steps,
+            args.checkpoint_every,
+            args.repeats,
+            args.matmul_precision,
+            args.slice_size,
+            args.frames_on,
         )
         print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
         print_table(
@@ -302,6 +316,7 @@ def main() -> None:
                 "batch",
                 "steps",
                 "checkpoint_every",
+                "frames_made_on_device",
                 "step_alone_steps_per_s",
                 "loop_steps_per_s",
                 "loop_share_of_step_alone",

@@ -159,6 +159,10 @@ class Train(Shared):
             "slice_size",
         ),
     ] = None
+    frames_on: Literal["auto", "host", "device"] = "auto"
+    """where training frames are made: host (Grain builds float32 frames), device (the host ships one
+    uint8 digit or uint8 frames per sequence and the step makes the frames), auto (device on a GPU or
+    TPU, host on a CPU, where both are the same cores)"""
     factor_sizes: Annotated[
         tuple[int, ...] | None, tyro.conf.arg(metavar="INT…", help_behavior_hint="(default: the dataset's grid)")
     ] = None
@@ -293,6 +297,7 @@ def spec_from(
             slice_size=args.slice_size,
             factor_sizes=args.factor_sizes,
             matmul_precision=args.matmul_precision,
+            frames_on=args.frames_on,
         )
     return runs.resolve(model=model, seed=seed, notes=notes, **shared, **model_fields)
 

@@ -99,6 +99,9 @@ class RunSpec:
 
     `model` is the method's config dataclass (`methods.make_config`); `slice_size` lays the training
     step out in memory and does not change its numbers, so a run may resume with another.
+    `frames_on`: where training frames are made (`frames_made_on_device`): "host" (Grain builds float32
+    frames), "device" (the host ships compact uint8 data, `data.device` makes the frames inside the
+    step) or "auto" (device on a GPU/TPU, host on a CPU, whose "device" is the same cores).
     """
 
     preset: str
@@ -117,6 +120,7 @@ class RunSpec:
     matmul_precision: str = "float32"
     slice_size: int = 16
     validation_fraction: float = 0.0
+    frames_on: str = "auto"
 
     # Fields a resumed run must share with the checkpoint it continues.
     IDENTITY = (
@@ -138,6 +142,8 @@ class RunSpec:
         _check_int("--checkpoint-every", self.checkpoint_every, 1)
         _check_int("--workers", self.workers, 0)
         _check_int("--slice-size", self.slice_size, 1)
+        if self.frames_on not in FRAMES_ON:
+            raise RunError(f"--frames-on must be one of {', '.join(FRAMES_ON)}, got {self.frames_on!r}")
         if not (
             isinstance(self.learning_rate, float | int) and math.isfinite(self.learning_rate) and self.learning_rate > 0
         ):
@@ -221,6 +227,7 @@ def resolve(
     factor_sizes: tuple[int, ...] | None = None,
     matmul_precision: str = "float32",
     validation_fraction: float | None = None,
+    frames_on: str = "auto",
     notes: list[str] | None = None,
     **model_fields: Any,
 ) -> RunSpec:
@@ -311,6 +318,7 @@ def resolve(
         matmul_precision=matmul_precision,
         slice_size=pick(slice_size, default_slice_size(p.slice_size, pick(batch_size, p.batch_size))),
         validation_fraction=float(pick(validation_fraction, p.validation_fraction)),
+        frames_on=frames_on,
     )
 
 
@@ -644,6 +652,14 @@ class Stopped:
 Event = Started | Compiled | StepRecord | Saved | Stopped
 
 
+FRAMES_ON = ("auto", "host", "device")
+
+
+def frames_made_on_device(spec: RunSpec) -> bool:
+    """Whether the training step makes its own frames from compact batches (see `RunSpec.frames_on`)."""
+    return spec.frames_on == "device" or (spec.frames_on == "auto" and jax.default_backend() != "cpu")
+
+
 STEP_INPUTS = ("digits", "frames", "k")
 """What the host ships to the training step of each sequence: the compact data (`data.device`) and k."""
 
@@ -712,7 +728,7 @@ class TrainingRun:
                 start, spec.steps, True, (*notes, f"already trained for {start} ≥ {spec.steps} steps; nothing to do")
             )
             return
-        dataset = sequences(spec, grouped=spec.grouped, compact=True)
+        dataset = sequences(spec, grouped=spec.grouped, compact=frames_made_on_device(spec))
         iterator = data.batch_iterator(
             dataset, spec.batch_size, num_workers=spec.workers, process_index=process_index, process_count=process_count
         )
@@ -740,7 +756,9 @@ class TrainingRun:
             slice_size=spec.slice_size,
             mesh=mesh,
             matmul_precision=spec.matmul_precision,
-            frames=functools.partial(device.frames, num_frames=spec.model.num_frames),
+            frames=functools.partial(device.frames, num_frames=spec.model.num_frames)
+            if frames_made_on_device(spec)
+            else None,
         )
         ckpt = Checkpointer(run_dir / "checkpoints")
         writer = training_writer(run_dir) if is_main else None

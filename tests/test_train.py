@@ -481,3 +481,27 @@ def test_a_second_run_loads_its_training_step_from_the_compilation_cache(tmp_pat
     assert third.returncode == 0, third.stderr[-2000:]
     assert "compiled the training step" in third.stdout and "loaded from the compilation cache" not in third.stdout
     assert not off.exists()
+
+
+def test_frames_made_on_the_device_train_like_frames_made_on_the_host(tmp_path):
+    """--frames-on device: the host ships one uint8 digit and k per sequence, the step makes the
+    frames; the first losses equal those of host-made frames to float32 rounding."""
+    kwargs = dict(steps=3, checkpoint_every=3, latent_dim=4, width=4, potential_width=8, batch_size=8)
+    shipped = []
+
+    def record(batches):
+        for batch in batches:
+            shipped.append({name: np.asarray(v) for name, v in batch.items()})
+            yield batch
+
+    losses = {}
+    for where in ("host", "device"):
+        spec = cli.spec_from(cli.Train(**kwargs, frames_on=where))
+        run = runs.TrainingRun(spec, tmp_path / where, wrap_batches=record if where == "device" else None)
+        losses[where] = [event.terms["loss"] for event in run if isinstance(event, runs.StepRecord)]
+    assert shipped and all("digits" in b and "frames" not in b for b in shipped)
+    per_sequence = max(sum(v.nbytes for n, v in b.items() if n in runs.STEP_INPUTS) for b in shipped) / 8
+    assert per_sequence <= 1024
+    np.testing.assert_allclose(losses["device"], losses["host"], rtol=1e-5)
+    with pytest.raises(RunError, match="--frames-on"):
+        runs.resolve(frames_on="gpu")

@@ -25,56 +25,36 @@ from .transforms import HUES_DEG, MNIST_FRAMES, ROTATIONS_DEG, SCALES, _affine_t
 
 @functools.lru_cache(maxsize=8)
 def _tables(num_frames: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per k: the bilinear sampling table of each frame (indices and weights (3, n, 4, H·W); the hue
-    transformation k = 2 samples each pixel itself) and the hue shift of each frame in radians (3, n)."""
+    """Per k ∈ {scale, rotation}: the bilinear sampling table of each frame (indices and weights
+    (2, n, 4, H·W)); and per k, frame and channel the hue factor m (3, n, 3) below (zero but for hue)."""
     n = num_frames
     scale = _affine_table(tuple(0.0 for _ in range(n)), tuple(float(s) for s in SCALES[:n]), h, w)
     rotation = _affine_table(tuple(float(a) for a in ROTATIONS_DEG[:n]), tuple(1.0 for _ in range(n)), h, w)
-    same_idx = np.broadcast_to(np.arange(h * w), (n, 4, h * w))
-    same_weight = np.zeros((n, 4, h * w), np.float32)
-    same_weight[:, 0] = 1.0
-    idx = np.stack([scale[0], rotation[0], same_idx])
-    weight = np.stack([scale[1], rotation[1], same_weight])
-    hue = np.zeros((3, n))
-    hue[2] = np.deg2rad(HUES_DEG[:n])
+    idx = np.stack([scale[0], rotation[0]])
+    weight = np.stack([scale[1], rotation[1]])
+    # kornia's HSV → RGB of (h = δ, s, v): channel c is v − v·s·m_c, m_c = clip(min(k, 4 − k), 0, 1) with
+    # k = (n_c + 3δ/π) mod 6, n = (5, 3, 1) (`transforms.hsv_to_rgb`). A red-only pixel (v, 0, 0) has
+    # h = 0, so its hue-shifted colour needs only m_c(δ) of each frame.
+    delta = np.deg2rad(HUES_DEG[:n])[:, None]
+    k = np.mod(np.array([5.0, 3.0, 1.0])[None] + delta * (3 / np.pi), 6.0)
+    hue = np.zeros((3, n, 3), np.float32)
+    hue[2] = np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
     return idx, weight, hue
-
-
-def _rgb_to_hsv(rgb: Float[Array, "3 h w"], eps: float = 1e-8) -> Float[Array, "3 h w"]:
-    """`transforms.rgb_to_hsv` in JAX (kornia's convention, h in [0, 2π))."""
-    maxc, minc = rgb.max(axis=0), rgb.min(axis=0)
-    argmax = rgb.argmax(axis=0)
-    delta = maxc - minc
-    s = delta / (maxc + eps)
-    safe = jnp.where(delta == 0, 1.0, delta)
-    r, g, b = maxc[None] - rgb
-    cand = jnp.stack([b - g, (r - b) + 2.0 * safe, (g - r) + 4.0 * safe]) / safe[None]
-    hue = jnp.take_along_axis(cand, argmax[None], axis=0)[0]
-    hue = jnp.mod(hue / 6.0, 1.0) * 2 * jnp.pi
-    return jnp.stack([hue, s, maxc])
-
-
-def _hsv_to_rgb(hsv: Float[Array, "3 h w"]) -> Float[Array, "3 h w"]:
-    """`transforms.hsv_to_rgb` in JAX (kornia's six-sector table in closed form)."""
-    h, s, v = hsv[0:1], hsv[1:2], hsv[2:3]
-    k = jnp.array([5.0, 3.0, 1.0]).reshape(3, 1, 1) + h * (3 / jnp.pi)
-    k = k - 6.0 * jnp.floor(k / 6.0)
-    return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 def _one_mnist_sequence(digit: UInt8[Array, "h w"], k: Int[Array, ""], num_frames: int) -> Float[Array, "n 3 h w"]:
     h, w = digit.shape
     idx, weight, hue = _tables(num_frames, h, w)
     grey = jnp.asarray(_BYTE_VALUES)[digit].reshape(h * w)
-    red = jnp.einsum("fkp,fkp->fp", grey[jnp.asarray(idx)[k]], jnp.asarray(weight)[k]).reshape(num_frames, h, w)
-    rgb = jnp.stack([red, jnp.zeros_like(red), jnp.zeros_like(red)], axis=1)
-
-    def shifted(image, delta):
-        hsv = _rgb_to_hsv(image)
-        return _hsv_to_rgb(hsv.at[0].add(delta))
-
-    hued = jax.vmap(shifted)(rgb, jnp.asarray(hue, jnp.float32)[k])
-    return jnp.where(k == 2, hued, rgb)
+    geometric = k < 2
+    kk = jnp.minimum(k, 1)
+    warped = jnp.einsum("fkp,fkp->fp", grey[jnp.asarray(idx)[kk]], jnp.asarray(weight)[kk])
+    red = jnp.where(geometric, warped, grey[None]).reshape(num_frames, 1, h, w)
+    # the hue transformation of a red-only image: s = v / (v + 1e-8) as in `rgb_to_hsv`
+    m = jnp.asarray(hue)[k].reshape(num_frames, 3, 1, 1)
+    hued = red - red * (red / (red + 1e-8)) * m
+    zeros = jnp.zeros_like(red)
+    return jnp.where(geometric, jnp.concatenate([red, zeros, zeros], axis=1), hued)
 
 
 def mnist_frames(
