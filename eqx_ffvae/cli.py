@@ -454,8 +454,10 @@ def _train(args: Train, stop: dict, argv: list[str]) -> int:
                 )
             elif isinstance(event, runs.Compiled):
                 release_free_memory()
-                cached = " (loaded from the compilation cache)" if event.from_cache else ""
-                bar.write(f"compiled the training step in {event.seconds:.1f} s{cached}")
+                how = "loaded from the compilation cache" if event.from_cache else "compiled"
+                bar.write(
+                    f"traced the training step in {event.trace_seconds:.1f} s, {how} in {event.compile_seconds:.1f} s"
+                )
             elif isinstance(event, runs.StepRecord):
                 bar.set_postfix(loss=f"{event.terms['loss']:.1f}", seq_s=f"{event.sequences_per_s:.0f}", refresh=False)
                 bar.update(1)

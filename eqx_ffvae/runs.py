@@ -53,13 +53,13 @@ from .provenance import provenance
 from .tensorboard import training_writer
 from .training import (
     MATMUL_PRECISIONS,
-    compile_step,
     init_opt_state,
     make_mesh,
     make_optimizer,
     make_step,
     replicate,
     shard_batch,
+    trace_and_compile,
     with_step,
 )
 
@@ -619,11 +619,17 @@ class Started:
 
 @dataclasses.dataclass(frozen=True)
 class Compiled:
-    """The training step was traced and compiled in `seconds`; `from_cache`: XLA's part was loaded
-    from the persistent compilation cache (`compile_cache`)."""
+    """The training step was traced and lowered in `trace_seconds` (Python; never cached) and compiled
+    in `compile_seconds`; `from_cache`: that compilation was loaded from the persistent compilation
+    cache (`compile_cache`)."""
 
-    seconds: float
+    trace_seconds: float
+    compile_seconds: float
     from_cache: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.trace_seconds + self.compile_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -812,8 +818,8 @@ class TrainingRun:
                 args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
                 if step == start:
                     before = compile_cache.hits()
-                    seconds = compile_step(step_fn, *args)[1]
-                    yield Compiled(seconds, compile_cache.hits() > before)
+                    _, trace_s, compile_s = trace_and_compile(step_fn, *args)
+                    yield Compiled(trace_s, compile_s, compile_cache.hits() > before)
                     last_read = time.perf_counter()
                 # Dispatched, not waited for: the step has no host callback, so the next batch is
                 # built while it runs; its terms are read once the following step is on its way.

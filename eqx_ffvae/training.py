@@ -164,7 +164,15 @@ def with_step(batch: dict[str, Any], step: int) -> dict[str, Any]:
 
 def compile_step(step: Callable, *args: Any) -> tuple[Any, float]:
     """Compile `step` for these arguments without running it. Returns the compiled step (later calls
-    of `step` with like arguments reuse it too) and the seconds lowering and compilation took.
+    of `step` with like arguments reuse it too) and the seconds tracing, lowering and compilation took
+    (`trace_and_compile` gives the parts)."""
+    compiled, trace_s, compile_s = trace_and_compile(step, *args)
+    return compiled, trace_s + compile_s
+
+
+def trace_and_compile(step: Callable, *args: Any) -> tuple[Any, float, float]:
+    """`compile_step` with its two costs apart: (compiled, seconds tracing and lowering the Python
+    function, seconds XLA took, or loading it from the persistent compilation cache).
 
     XLA warns that the batch's donated buffers cannot be reused (nothing of that shape is returned);
     that warning is silenced here, for this compilation only.
@@ -172,5 +180,7 @@ def compile_step(step: Callable, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-        compiled = step.lower(*args).compile()
-    return compiled, time.perf_counter() - start
+        lowered = step.lower(*args)
+        traced = time.perf_counter()
+        compiled = lowered.compile()
+    return compiled, traced - start, time.perf_counter() - traced
