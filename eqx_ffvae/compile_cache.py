@@ -47,16 +47,22 @@ def default_directory() -> Path:
     return Path(base) / "eqx_ffvae" / "jax"
 
 
-def _atomic_file_cache():
-    from jax._src import compilation_cache, lru_cache
+try:  # JAX's private cache module: there is no public hook for how entries are written
+    from jax._src import compilation_cache as _jax_cache
+    from jax._src import lru_cache as _jax_lru
+except ImportError as _err:  # pragma: no cover (another JAX)
+    _jax_cache = _jax_lru = None
+    _MISSING = str(_err)
+else:
+    _MISSING = ""
 
-    class AtomicFileCache(lru_cache.LRUCache):
+    class AtomicFileCache(_jax_lru.LRUCache):
         """JAX's file cache, each entry written to a temporary file and renamed into place."""
 
         def put(self, key: str, value: bytes) -> None:
             if self.eviction_enabled or not key:
                 return super().put(key, value)
-            path = Path(self.path) / f"{key}{lru_cache._CACHE_SUFFIX}"
+            path = Path(self.path) / f"{key}{_jax_lru._CACHE_SUFFIX}"
             if path.exists():
                 return None
             partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -64,11 +70,9 @@ def _atomic_file_cache():
             os.replace(partial, path)
             return None
 
-    def get_file_cache(path: str):
-        max_size = jax.config.jax_compilation_cache_max_size
-        return AtomicFileCache(path, max_size=max_size), path
 
-    return compilation_cache, get_file_cache
+def _get_file_cache(path: str):
+    return AtomicFileCache(path, max_size=jax.config.jax_compilation_cache_max_size), path
 
 
 def enable(directory: str | os.PathLike) -> Path:
@@ -76,15 +80,12 @@ def enable(directory: str | os.PathLike) -> Path:
     with atomic writes, caching every program that takes over 1 s to compile. A directory the user
     already gave JAX (JAX_COMPILATION_CACHE_DIR / jax_compilation_cache_dir) is kept. Returns the
     directory in use."""
-    try:
-        compilation_cache, get_file_cache = _atomic_file_cache()
-        compilation_cache.get_file_cache  # noqa: B018 (the hook replaced below must exist)
-    except (ImportError, AttributeError) as err:
+    if _jax_cache is None or not hasattr(_jax_cache, "get_file_cache") or not hasattr(_jax_lru, "_CACHE_SUFFIX"):
         raise RuntimeError(
-            f"this JAX ({jax.__version__}) has changed the compilation cache's internals ({err}); "
+            f"this JAX ({jax.__version__}) has changed the compilation cache's internals ({_MISSING or 'get_file_cache'}); "
             "run with --no-compile-cache, or pin the JAX version in pyproject.toml"
-        ) from None
-    compilation_cache.get_file_cache = get_file_cache
+        )
+    _jax_cache.get_file_cache = _get_file_cache
     current = jax.config.jax_compilation_cache_dir
     if not current:
         directory = Path(directory)

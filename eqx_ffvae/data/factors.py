@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from .transforms import hsv_to_rgb
 
@@ -149,8 +150,6 @@ def prepare_png_folder(
     """Decode (and downsample) every PNG of `folder` once into its store (`store_path`): uint8
     (N, image_size, image_size, 3), written to a temporary file and renamed into place, so a store
     is complete or absent. `PngFolderSource` then reads frames from it. Returns the store's path."""
-    from tqdm import tqdm
-
     source = PngFolderSource(folder, factor_sizes, image_size)
     target = store_path(source.folder, image_size)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
