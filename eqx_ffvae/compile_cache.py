@@ -50,7 +50,10 @@ def default_directory() -> Path:
 try:  # JAX's private cache module: there is no public hook for how entries are written
     from jax._src import compilation_cache as _jax_cache
     from jax._src import lru_cache as _jax_lru
-except ImportError as _err:  # pragma: no cover (another JAX)
+
+    _jax_cache.get_file_cache  # noqa: B018 (the hook `enable` replaces)
+    _jax_lru._CACHE_SUFFIX  # noqa: B018
+except (ImportError, AttributeError) as _err:  # pragma: no cover (another JAX)
     _jax_cache = _jax_lru = None
     _MISSING = str(_err)
 else:
@@ -80,9 +83,9 @@ def enable(directory: str | os.PathLike) -> Path:
     with atomic writes, caching every program that takes over 1 s to compile. A directory the user
     already gave JAX (JAX_COMPILATION_CACHE_DIR / jax_compilation_cache_dir) is kept. Returns the
     directory in use."""
-    if _jax_cache is None or not hasattr(_jax_cache, "get_file_cache") or not hasattr(_jax_lru, "_CACHE_SUFFIX"):
+    if _jax_cache is None:
         raise RuntimeError(
-            f"this JAX ({jax.__version__}) has changed the compilation cache's internals ({_MISSING or 'get_file_cache'}); "
+            f"this JAX ({jax.__version__}) has changed the compilation cache's internals ({_MISSING}); "
             "run with --no-compile-cache, or pin the JAX version in pyproject.toml"
         )
     _jax_cache.get_file_cache = _get_file_cache
