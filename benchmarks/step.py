@@ -190,7 +190,13 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
 
 
 def end_to_end(
-    preset: str, steps: int, checkpoint_every: int | None, repeats: int, precision: str, slice_size: int | None
+    preset: str,
+    steps: int,
+    checkpoint_every: int | None,
+    repeats: int,
+    precision: str,
+    slice_size: int | None,
+    frames_on: str = "auto",
 ):
     """Steps/s of the real loop and of the step alone at `preset` (see the module docstring)."""
     import functools
