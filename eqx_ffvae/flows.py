@@ -191,7 +191,7 @@ def integrate(
     fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
     grid = _grid_rows(ts, dt0) if fixed else None
     if max_steps is None:
-        max_steps = (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
+        max_steps = max(1, int(grid[2][-1])) if grid else (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
     if grid is not None:
         # Every step saved and the frames picked out: the same states as SaveAt(ts) on this grid, with
         # t0, t1 and the save times known at trace time, so diffrax compiles no checks of them.
