@@ -4,6 +4,10 @@ and a JSON record (PRNG key data, data-iterator state, …) in one atomic checkp
 Arrays are stored as a flat, ordered dict of leaves; restoring fills the leaves of a template
 built from the same config, so the result is bit-identical to what was saved.
 
+With `background=True` a save returns once the arrays are copied off the device (the training step may
+then donate them); a thread writes the files and the manifest while training goes on. The next save,
+`restore`, `wait` and `close` wait for it first and raise what it raised.
+
 A checkpoint is checked before any array is read: its shapes against the template's (from Orbax's
 metadata) and its files against the size and SHA-256 recorded when it was saved (`files.json`). A
 read that fails part-way leaves TensorStore callbacks firing into Orbax's closed event loop in the
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +42,31 @@ class Checkpointer:
     """A directory of numbered checkpoints (`<dir>/<step>/`), the newest `keep` kept.
 
     Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
-    killed mid-save leaves the previous checkpoint intact.
+    killed mid-save leaves the previous checkpoint intact. `background`: saves finish in a thread
+    (see the module docstring).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, create: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, create: bool = True, background: bool = False):
         self.directory = Path(directory).absolute()
+        self.background = background
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=create, enable_async_checkpointing=background
+            ),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()},
         )
+        self._finishing: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     def latest_step(self) -> int | None:
+        self.wait()
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, key: jax.Array, record: dict) -> None:
-        """Save the array leaves of `state`, the key and a JSON-serialisable `record` at `step`."""
+        """Save the array leaves of `state`, the key and a JSON-serialisable `record` at `step`: done on
+        return, or (`background`) once `wait` returns; the arrays may be donated as soon as it returns."""
+        self.wait()
         arrays = {f"{i:05d}": leaf for i, leaf in enumerate(_leaves(state))}
         record = {**record, "key_data": np.asarray(jax.device_get(jr.key_data(key))).tolist()}
         self._manager.save(
@@ -60,6 +74,22 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)),
             force=True,
         )
+        if not self.background:
+            self._finish(step)
+            return
+        self._finishing = threading.Thread(target=self._finish_keeping_failure, args=(step,), name=f"checkpoint-{step}")
+        self._finishing.start()
+
+    def wait(self) -> None:
+        """Block until the save in progress (if any) is complete, its manifest written; raise what it raised."""
+        if self._finishing is not None:
+            self._finishing.join()
+            self._finishing = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _finish(self, step: int) -> None:
         self._manager.wait_until_finished()
         if jax.process_index() == 0:  # one writer of the manifest when processes share the directory
             step_dir = self.directory / str(step)
@@ -67,11 +97,18 @@ class Checkpointer:
             tmp.write_text(json.dumps(_file_digests(step_dir), indent=1, sort_keys=True))
             os.replace(tmp, step_dir / _MANIFEST)  # a kill mid-write leaves no manifest, not a damaged one
 
+    def _finish_keeping_failure(self, step: int) -> None:
+        try:
+            self._finish(step)
+        except BaseException as err:  # handed to the training thread by `wait`
+            self._failure = err
+
     def restore(self, template: Any, *, step: int | None = None) -> tuple[Any, jax.Array, dict, int]:
         """(state, key, record, step) of checkpoint `step` (default: the newest), shaped like `template`.
 
         Raises `UnreadableCheckpoint` if its files cannot be read, and ValueError (with the fix) if
         they hold arrays of other shapes than the template's."""
+        self.wait()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -130,7 +167,11 @@ class Checkpointer:
                 )
 
     def close(self) -> None:
-        self._manager.close()
+        """Finish the save in progress (raising what it raised), then release Orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 _MANIFEST = "files.json"

@@ -643,6 +643,9 @@ class StepRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Saved:
+    """Checkpoint `step` is being written to `path`, in the background: it is complete once the next save
+    begins or the run ends (a run killed before then resumes from the checkpoint before)."""
+
     step: int
     path: Path
 
@@ -766,7 +769,7 @@ class TrainingRun:
             if frames_made_on_device(spec)
             else None,
         )
-        ckpt = Checkpointer(run_dir / "checkpoints")
+        ckpt = Checkpointer(run_dir / "checkpoints", background=True)  # written while training goes on
         writer = training_writer(run_dir) if is_main else None
         metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1) if is_main else None
         batches = iterator if self.wrap_batches is None else self.wrap_batches(iterator)

@@ -74,6 +74,35 @@ def test_checkpoint_of_another_shape_is_refused_by_name(tmp_path):
     ckpt.close()
 
 
+def test_a_background_save_survives_donation_and_reports_its_failure(tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from eqx_ffvae import checkpoint
+
+    ckpt = Checkpointer(tmp_path / "ck", background=True)
+    state = {"w": jnp.arange(12.0).reshape(3, 4)}
+    ckpt.save(1, state, jr.key(5), {"n": 1})
+    jax.jit(lambda s: jax.tree.map(lambda x: x * 0 - 1, s), donate_argnums=0)(state)  # as the next step does
+    assert state["w"].is_deleted()
+    ckpt.wait()
+    assert (tmp_path / "ck" / "1" / "files.json").is_file()
+    restored, key, record, step = ckpt.restore({"w": jnp.zeros((3, 4))})
+    np.testing.assert_array_equal(restored["w"], np.arange(12.0).reshape(3, 4))
+    assert (step, record) == (1, {"n": 1}) and jr.key_data(key).tolist() == jr.key_data(jr.key(5)).tolist()
+
+    def broken(step_dir):
+        raise OSError(f"disk full while hashing {step_dir.name}")
+
+    monkeypatch.setattr(checkpoint, "_file_digests", broken)
+    ckpt.save(2, {"w": jnp.ones((3, 4))}, jr.key(0), {})
+    with pytest.raises(OSError, match="disk full while hashing 2"):
+        ckpt.wait()
+    ckpt.wait()  # raised once, then clear
+    ckpt.close()
+
+
 PARALLEL_ARGS = ["--steps", "5", "--skip-eval", *TINY]
 
 
