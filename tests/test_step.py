@@ -218,3 +218,24 @@ def test_a_failed_solve_returns_nan_states_instead_of_raising():
         eqx.filter_jit(lambda z: flows.integrate(field, z, 0.0, None, jnp.array([0.0, 1.0]), throw=True, **kwargs))(
             jnp.ones(3)
         )
+
+
+@pytest.mark.parametrize("steps_per_frame", [1, 4])
+def test_the_gradient_of_a_grid_solve_recomputes_no_step(steps_per_frame):
+    """The backward pass of a fixed-grid solve evaluates the vector field once per Euler step (for its
+    VJP) and never re-runs the forward from a checkpoint: every step's state is kept. Diffrax's default
+    keeps ~sqrt(2·steps) of them (3 of 8) and recomputes the rest, which made the training step 13% slower."""
+    from eqx_ffvae import flows
+
+    calls = []
+
+    def field(t, y, w):
+        jax.debug.callback(lambda: calls.append(1))
+        return -jnp.tanh(y[0]) * w, -jnp.sum(y[0])
+
+    def loss(w):
+        zs, logqs = flows.integrate(field, jnp.ones(3), 0.0, w, flows.frame_times(9), dt0=1 / steps_per_frame)
+        return jnp.sum(zs) + jnp.sum(logqs)
+
+    jax.block_until_ready(jax.jit(jax.grad(loss))(jnp.float32(0.5)))
+    assert len(calls) == 2 * 8 * steps_per_frame
