@@ -101,7 +101,7 @@ class RunSpec:
     step out in memory and does not change its numbers, so a run may resume with another.
     `frames_on`: where training frames are made (`frames_made_on_device`): "host" (Grain builds float32
     frames), "device" (the host ships compact uint8 data, `data.device` makes the frames inside the
-    step) or "auto" (device on a GPU/TPU, host on a CPU, whose "device" is the same cores).
+    step) or "auto" (the device, on every backend: on a 2-core CPU too the loop is faster so, docs/performance.md).
     """
 
     preset: str
@@ -666,11 +666,14 @@ FRAMES_ON = ("auto", "host", "device")
 
 def frames_made_on_device(spec: RunSpec) -> bool:
     """Whether the training step makes its own frames from compact batches (see `RunSpec.frames_on`)."""
-    return spec.frames_on == "device" or (spec.frames_on == "auto" and jax.default_backend() != "cpu")
+    return spec.frames_on in ("device", "auto")
 
 
 STEP_INPUTS = ("digits", "frames", "k")
 """What the host ships to the training step of each sequence: the compact data (`data.device`) and k."""
+
+_step_key = jax.jit(jr.fold_in)
+"""The key of training step n, `fold_in(run key, n)`: the same bits as the eager call, a tenth of its cost."""
 
 STEPS_IN_FLIGHT = 1
 """Training steps dispatched beyond the one whose terms the loop is reading: the host builds the next
@@ -818,15 +821,16 @@ class TrainingRun:
             for step in range(start, spec.steps):
                 batch = next(batches)
                 host = with_step({name: v for name, v in batch.items() if name in STEP_INPUTS}, step)
-                args = (model, opt_state, shard_batch(host, mesh), jr.fold_in(key, step))
+                args = (model, opt_state, shard_batch(host, mesh), _step_key(key, step))
                 if step == start:
                     before = compile_cache.hits()
-                    _, trace_s, compile_s = trace_and_compile(step_fn, *args)
+                    compiled, trace_s, compile_s = trace_and_compile(step_fn, *args)
                     yield Compiled(trace_s, compile_s, compile_cache.hits() > before)
                     last_read = time.perf_counter()
-                # Dispatched, not waited for: the step has no host callback, so the next batch is
-                # built while it runs; its terms are read once the following step is on its way.
-                model, opt_state, _, terms = step_fn(*args)
+                # Dispatched, not waited for: the compiled step returns at once (calling `step_fn`,
+                # an `eqx.filter_jit`, would wait for it to finish), so the next batch is built
+                # while it runs; its terms are read once the following step is on its way.
+                model, opt_state, _, terms = compiled(*args)
                 pending.append((step + 1, terms))
                 self.model, self.trained_steps, self.step = model, self.trained_steps + 1, step + 1
                 yield from read(keep=STEPS_IN_FLIGHT)

@@ -42,8 +42,8 @@ def _fresh_compiled_programs():
 
 
 def nan_frames(batch: dict) -> dict:
-    """Fault injection: a training batch of the same sequences (k) whose MNIST frames are all NaN,
-    float frames in place of the compact uint8 digits (the training step takes either)."""
+    """Fault injection: a training batch of the same sequences (k) whose MNIST frames are all NaN, for a
+    run with `frames_on="host"` (its compiled step takes float frames; compact digits cannot be NaN)."""
     import numpy as np
 
     frames = np.full((len(batch["k"]), 9, 3, 28, 28), np.nan, np.float32)

@@ -158,7 +158,9 @@ def test_a_partial_last_metrics_line_is_cut_on_resume(tiny_run, tmp_path):
 
 
 def test_a_run_that_never_checkpointed_leaves_no_records(tmp_path):
-    spec = cli.spec_from(cli.Train(steps=6, checkpoint_every=5, latent_dim=4, width=4, potential_width=8, batch_size=8))
+    spec = cli.spec_from(
+        cli.Train(steps=6, checkpoint_every=5, latent_dim=4, width=4, potential_width=8, batch_size=8, frames_on="host")
+    )
 
     def poison(batches):
         for i, batch in enumerate(batches):

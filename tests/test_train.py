@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import nan_frames
@@ -218,7 +219,9 @@ def _poison_batch(index):
 def test_injected_nan_stops_with_message(tmp_path, bad_step):
     """Steps run ahead of the host (`STEPS_IN_FLIGHT`), so a NaN is read back at most that many steps
     late; it still names its own step, and a checkpoint due at that step (4) is never written."""
-    spec = cli.spec_from(cli.Train(steps=6, checkpoint_every=2, latent_dim=4, width=4, potential_width=8, batch_size=8))
+    spec = cli.spec_from(
+        cli.Train(steps=6, checkpoint_every=2, latent_dim=4, width=4, potential_width=8, batch_size=8, frames_on="host")
+    )
     run = runs.TrainingRun(spec, tmp_path / "nan", wrap_batches=_poison_batch(bad_step - 1))
     with pytest.raises(RunError, match=rf"non-finite loss at step {bad_step} .*last good checkpoint is step 2") as err:
         for _ in run:
@@ -228,6 +231,27 @@ def test_injected_nan_stops_with_message(tmp_path, bad_step):
     assert max(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == 2
     logged = [json.loads(line)["step"] for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, bad_step))
+
+
+def test_the_loop_builds_the_next_batch_while_the_step_runs(tmp_path):
+    """The loop dispatches a step and returns to the host at once: when it asks for the next batch, the
+    model of the step just dispatched is still being computed. (An `eqx.filter_jit` call waits for its
+    step to finish, so a loop calling one would find every model ready.)"""
+    import equinox as eqx
+
+    spec = cli.spec_from(cli.Train(steps=8, checkpoint_every=100))
+    readiness = []
+
+    def watch(batches):
+        for i, batch in enumerate(batches):
+            if i >= 2:  # a step has been dispatched before this batch was asked for
+                readiness.append(jax.tree.leaves(eqx.filter(run.model, eqx.is_array))[-1].is_ready())
+            yield batch
+
+    run = runs.TrainingRun(spec, tmp_path / "async", wrap_batches=watch)
+    for _ in run:
+        pass
+    assert len(readiness) == 6 and not all(readiness), readiness
 
 
 # ---- in-process runs: presets on fixture data, eval, expected errors -----------------------------
