@@ -13,6 +13,7 @@ which every commit since the run-directory issue has, so pairs of commits can be
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -36,7 +37,10 @@ def main() -> None:
     overrides = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        overrides[name] = int(value) if value.isdigit() else value
+        try:
+            overrides[name] = json.loads(value)  # numbers and booleans
+        except ValueError:
+            overrides[name] = value  # anything else is a string (frames_on=host)
     spec = runs.resolve(args.preset, steps=args.steps, **overrides)
     stamps: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as root:

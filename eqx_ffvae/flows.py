@@ -189,12 +189,13 @@ def integrate(
     stepsize_controller = diffrax.ConstantStepSize() if stepsize_controller is None else stepsize_controller
     fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
     grid = _grid_rows(ts, dt0) if fixed else None
+    grid_steps = max(1, int(grid[2][-1])) if grid else None
     if max_steps is None:
-        max_steps = max(1, int(grid[2][-1])) if grid else (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
+        max_steps = grid_steps or (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
     if adjoint is None:
         # On a grid every step's state is kept for the backward pass: few, small states. Diffrax's
         # default keeps ~sqrt(2·max_steps) of them and recomputes the rest (3 of 8 steps: 13% slower).
-        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=max_steps if grid else None)
+        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=grid_steps)
     if grid is not None:
         # Every step saved and the frames picked out: the same states as SaveAt(ts) on this grid, with
         # t0, t1 and the save times known at trace time, so diffrax compiles no checks of them.

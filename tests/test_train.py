@@ -76,7 +76,6 @@ def test_checkpoint_of_another_shape_is_refused_by_name(tmp_path):
 
 
 def test_a_background_save_survives_donation_and_reports_its_failure(tmp_path, monkeypatch):
-    import jax
     import jax.numpy as jnp
     import jax.random as jr
 
