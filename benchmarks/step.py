@@ -23,8 +23,9 @@ XLA's scratch memory to the OS).
 `--end-to-end PRESET` times the real training loop instead (`runs.TrainingRun`: Grain data, the
 step, metrics.jsonl and TensorBoard logging, a checkpoint every `--checkpoint-every` steps) for
 `--steps` steps after compiling, next to the step alone on batches already on the device, in one
-process, alternating (step alone, loop, step alone, loop, …, `--repeats` each; the step alone gets
-batches put on the device before its clock starts); it reports both
+process, alternating (step alone, loop, step alone, loop, …, `--repeats` each; the step alone is
+the compiled `training.FlatStep` the loop calls, given batches and keys put on the device before
+its clock starts); it reports both
 rates and their ratio (the loop's share of the step-alone rate).
 
 On a GPU: `--matmul-precision tensorfloat32|bfloat16` times the step (and the matmul yardstick) at
@@ -209,7 +210,7 @@ def end_to_end(
 
     from eqx_ffvae import data, runs
     from eqx_ffvae.data import device
-    from eqx_ffvae.training import compile_step, make_mesh, make_step, shard_batch, with_step
+    from eqx_ffvae.training import FlatStep, make_mesh, make_step, replicate, shard_batch, with_step
 
     spec = runs.resolve(
         preset,
@@ -237,18 +238,19 @@ def end_to_end(
     it = data.batch_iterator(runs.sequences(spec, compact=on_device), spec.batch_size)
     batch = next(it)
     host = with_step({name: v for name, v in batch.items() if name in runs.STEP_INPUTS}, 0)
-    args = [model, opt_state, shard_batch(host, mesh), jr.key(0)]
-    compiled, _ = compile_step(step, *args)
+    model, opt_state = replicate((model, opt_state), mesh)
+    flat = FlatStep(step, model, opt_state, shard_batch(host, mesh), jr.key(0))  # as the loop calls it
+    leaves = flat.leaves(model, opt_state)
 
     def step_rate() -> float:
-        nonlocal args
+        nonlocal leaves
         # The step donates its batch, so each step gets its own copy, all put on the device before
-        # the clock starts: the timed loop holds no host-to-device copy.
+        # the clock starts (with the steps' keys): the timed loop holds no host-to-device copy.
         batches = jax.block_until_ready([shard_batch(host, mesh) for _ in range(steps)])
+        keys = jax.block_until_ready([jr.key(i) for i in range(steps)])
         start = time.perf_counter()
-        for i, batch in enumerate(batches):
-            model, opt_state, loss, _ = compiled(args[0], args[1], batch, jr.key(i))
-            args = [model, opt_state, None, args[3]]
+        for batch, key in zip(batches, keys):
+            leaves, loss, _ = flat(leaves, batch, key)
         jax.block_until_ready(loss)
         return steps / (time.perf_counter() - start)
 

@@ -53,13 +53,13 @@ from .provenance import provenance
 from .tensorboard import training_writer
 from .training import (
     MATMUL_PRECISIONS,
+    FlatStep,
     init_opt_state,
     make_mesh,
     make_optimizer,
     make_step,
     replicate,
     shard_batch,
-    trace_and_compile,
     with_step,
 )
 
@@ -684,6 +684,9 @@ after a checkpoint (each save reads every pending step first)."""
 class TrainingRun:
     """Train (or resume) `spec` in `run_dir`: iterate to run the loop; `model` is the latest model.
 
+    `model` is rebuilt from the loop's state when read; the next step donates its arrays, so read it
+    between events (or take `local_copy`) rather than keep it across steps.
+
     Everything is checked before anything is written: the spec (at construction), the directory lock,
     the data files, an existing checkpoint against the spec. `fresh` first deletes what an earlier run
     wrote there. `should_stop()` is polled after every step: when it returns a reason, the step is
@@ -702,11 +705,20 @@ class TrainingRun:
     ):
         self.spec, self.run_dir, self.fresh = spec, Path(run_dir), fresh
         self.should_stop, self.wrap_batches = should_stop, wrap_batches
-        self.model: AbstractSequenceModel | None = None
+        self._model: AbstractSequenceModel | None = None
+        self._flat: FlatStep | None = None  # while the loop runs: the compiled step, and
+        self._leaves: list | None = None  # the state it carries
         self.trained_steps = 0
         self.step = 0  # the step the model is at
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"--out {self.run_dir} is a file, not a directory; choose another --out")
+
+    @property
+    def model(self) -> AbstractSequenceModel | None:
+        """The model at `step` (None before the run has built one)."""
+        if self._leaves is not None:
+            return self._flat.state(self._leaves)[0]
+        return self._model
 
     def __iter__(self) -> Iterator[Event]:
         is_main = jax.process_index() == 0
@@ -734,7 +746,7 @@ class TrainingRun:
                 run_dir, spec, (model, opt_state), move_damaged=is_main
             )
             data_state, notes = record["data_state"][process_index], tuple(skipped)
-        self.model, self.step = model, start
+        self._model, self.step = model, start
         if start >= spec.steps:
             yield Started(
                 start, spec.steps, True, (*notes, f"already trained for {start} ≥ {spec.steps} steps; nothing to do")
@@ -785,7 +797,7 @@ class TrainingRun:
                 blob = np.frombuffer(json.dumps(states[0]).encode().ljust(4096), np.uint8)
                 gathered = multihost_utils.process_allgather(blob)
                 states = [json.loads(bytes(row).decode().strip()) for row in np.asarray(gathered)]
-            ckpt.save(step, (model, opt_state), key, {"data_state": states, "step": step})
+            ckpt.save(step, flat.state(leaves), key, {"data_state": states, "step": step})
             last_saved = step
             return Saved(step, ckpt.directory / str(step))
 
@@ -813,26 +825,33 @@ class TrainingRun:
                     )
                 if is_main:
                     metrics_file.write(json.dumps({"step": number, **terms, "sequences_per_s": rate}) + "\n")
-                    for name, value in {**terms, "sequences_per_s": rate}.items():
-                        writer.add_scalar(f"train/{name}", value, number)
+                    writer.add(
+                        {f"train/{name}": value for name, value in {**terms, "sequences_per_s": rate}.items()}, number
+                    )
                 yield StepRecord(number, terms, rate)
 
         try:
             for step in range(start, spec.steps):
                 batch = next(batches)
                 host = with_step({name: v for name, v in batch.items() if name in STEP_INPUTS}, step)
-                args = (model, opt_state, shard_batch(host, mesh), _step_key(key, step))
+                step_key = _step_key(key, step)
                 if step == start:
                     before = compile_cache.hits()
-                    compiled, trace_s, compile_s = trace_and_compile(step_fn, *args)
-                    yield Compiled(trace_s, compile_s, compile_cache.hits() > before)
+                    flat = FlatStep(step_fn, model, opt_state, shard_batch(host, mesh), step_key)
+                    leaves = flat.leaves(model, opt_state)
+                    del model, opt_state  # from here the loop carries `leaves`
+                    self._flat, self._leaves = flat, leaves
+                    yield Compiled(flat.trace_s, flat.compile_s, compile_cache.hits() > before)
                     last_read = time.perf_counter()
                 # Dispatched, not waited for: the compiled step returns at once (calling `step_fn`,
                 # an `eqx.filter_jit`, would wait for it to finish), so the next batch is built
                 # while it runs; its terms are read once the following step is on its way.
-                model, opt_state, _, terms = compiled(*args)
+                # One process: the compiled step puts the host arrays on the mesh as it was compiled
+                # for, which costs less than a `device_put` of them first.
+                batch = host if process_count == 1 else shard_batch(host, mesh)
+                leaves, _, terms = flat(leaves, batch, step_key)
                 pending.append((step + 1, terms))
-                self.model, self.trained_steps, self.step = model, self.trained_steps + 1, step + 1
+                self._leaves, self.trained_steps, self.step = leaves, self.trained_steps + 1, step + 1
                 yield from read(keep=STEPS_IN_FLIGHT)
                 done = step + 1
                 reason = self.should_stop()

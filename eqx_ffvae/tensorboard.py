@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tensorboardX import SummaryWriter
+from tensorboardX import FileWriter, SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
 
-__all__ = ["SummaryWriter", "eval_scalars", "log_evaluation", "tag", "training_writer"]
+__all__ = ["SummaryWriter", "TrainingWriter", "eval_scalars", "log_evaluation", "tag", "training_writer"]
 
 
 def tag(name: str) -> str:
@@ -24,9 +25,27 @@ def tag(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./-]", "_", name)
 
 
-def training_writer(run_dir: str | os.PathLike) -> SummaryWriter:
-    """The writer of a run's training scalars, `<run_dir>/tensorboard/events.out.tfevents.*`."""
-    return SummaryWriter(str(Path(run_dir) / "tensorboard"))
+class TrainingWriter:
+    """A run's training scalars in `<run_dir>/tensorboard/events.out.tfevents.*`, every scalar of a step
+    in one event: `SummaryWriter.add_scalar` makes an event per scalar, each pickled through a
+    process queue to the writing thread, host work the training step shares 2 cores with."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self._writer = FileWriter(str(Path(run_dir) / "tensorboard"))
+
+    def add(self, scalars: dict[str, float], step: int) -> None:
+        """`scalars` (name → value, names through `tag`) at training step `step`."""
+        values = [Summary.Value(tag=tag(name), simple_value=value) for name, value in scalars.items()]
+        self._writer.add_summary(Summary(value=values), step)
+
+    def close(self) -> None:
+        """Write what is queued and close the file."""
+        self._writer.close()
+
+
+def training_writer(run_dir: str | os.PathLike) -> TrainingWriter:
+    """The writer of a run's training scalars (`TrainingWriter`)."""
+    return TrainingWriter(run_dir)
 
 
 def eval_scalars(result: dict) -> dict[str, float]:

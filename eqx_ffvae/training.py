@@ -184,3 +184,59 @@ def trace_and_compile(step: Callable, *args: Any) -> tuple[Any, float, float]:
         traced = time.perf_counter()
         compiled = lowered.compile()
     return compiled, traced - start, time.perf_counter() - traced
+
+
+class FlatStep:
+    """`step` (from `make_step`) compiled for one structure of (model, opt_state), and called on that
+    pair's flat array leaves: `leaves, loss, terms = flat(leaves, batch, key)`.
+
+    Calling an `eqx.filter_jit`, or what its `lower(...).compile()` gives, partitions the model and
+    optimiser state into arrays and the rest and checks the rest against the compiled one, every call:
+    on the host, several milliseconds of Python per step for the `quick` model, which on a 2-core CPU
+    the step's own threads wait for. Here that is done once: the loop carries the leaves, and calling
+    is jax's own dispatch of a compiled program. The leaves and the batch are donated, as by
+    `make_step`; `state(leaves)` rebuilds (model, opt_state), e.g. to save them.
+
+    `trace_s` and `compile_s` are `trace_and_compile`'s two costs of this compilation.
+    """
+
+    def __init__(self, step: Callable, model: Any, opt_state: Any, batch: Batch, key: Array):
+        dynamic, self._static = eqx.partition((model, opt_state), eqx.is_array)
+        leaves, self._treedef = jax.tree.flatten(dynamic)
+
+        def flat(leaves, batch, key):
+            model, opt_state, loss, terms = step(*self.state(leaves), batch, key)
+            out_dynamic, out_static = eqx.partition((model, opt_state), eqx.is_array)
+            out_leaves, out_treedef = jax.tree.flatten(out_dynamic)
+            if out_treedef != self._treedef or not eqx.tree_equal(out_static, self._static):
+                raise ValueError(
+                    "the step returned a (model, opt_state) of another structure than it was given; "
+                    "FlatStep needs a step that keeps it (as make_step's does)"
+                )
+            return out_leaves, loss, terms
+
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            lowered = jax.jit(flat, donate_argnums=(0, 1)).lower(leaves, batch, key)
+            traced = time.perf_counter()
+            self._compiled = lowered.compile()
+        self.trace_s, self.compile_s = traced - start, time.perf_counter() - traced
+
+    def leaves(self, model: Any, opt_state: Any) -> list[Array]:
+        """The flat array leaves of (model, opt_state), in the order the compiled step takes them."""
+        leaves, treedef = jax.tree.flatten(eqx.filter((model, opt_state), eqx.is_array))
+        if treedef != self._treedef:
+            raise ValueError("(model, opt_state) has another structure than the one this step was compiled for")
+        return leaves
+
+    def state(self, leaves: list[Array]) -> tuple[Any, Any]:
+        """(model, opt_state) rebuilt from `leaves`."""
+        return eqx.combine(jax.tree.unflatten(self._treedef, leaves), self._static)
+
+    def __call__(
+        self, leaves: list[Array], batch: dict[str, Array | np.ndarray], key: Array
+    ) -> tuple[list[Array], Array, dict]:
+        """One step, dispatched and not waited for: (the new leaves, the loss, the terms). `batch` may
+        be the host's numpy arrays, which the compiled step puts on the devices it was compiled for."""
+        return self._compiled(leaves, batch, key)
