@@ -21,12 +21,14 @@ compiled as the run compiles it (`compile_step`, then the CLI's `release_free_me
 XLA's scratch memory to the OS).
 
 `--end-to-end PRESET` times the real training loop instead (`runs.TrainingRun`: Grain data, the
-step, metrics.jsonl and TensorBoard logging, a checkpoint every `--checkpoint-every` steps) for
-`--steps` steps after compiling, next to the step alone on batches already on the device, in one
-process, alternating (step alone, loop, step alone, loop, …, `--repeats` each; the step alone is
-the compiled `training.FlatStep` the loop calls, given batches and keys put on the device before
-its clock starts); it reports both
-rates and their ratio (the loop's share of the step-alone rate).
+step, metrics.jsonl and TensorBoard logging, a checkpoint every `--checkpoint-every` steps and at
+the end, and the wait for its writing) for `--steps` steps after compiling, next to the step alone
+(the compiled `training.FlatStep` the loop calls, given batches and keys put on the device before
+its clock starts), in one process. The two take turns in blocks of `--block` steps (step alone,
+loop, step alone, loop, …), each block started and ended with the device idle, so a machine whose
+speed drifts (a shared VM) slows both alike; a block boundary costs the loop its overlap once, so
+the loop's figure is if anything low. Each of `--repeats` repeats is a fresh run; it reports both
+rates (the medians over repeats) and their ratio (the loop's share of the step-alone rate).
 
 On a GPU: `--matmul-precision tensorfloat32|bfloat16` times the step (and the matmul yardstick) at
 that precision; `--slice-size` overrides the step's `slice_size` (the sequences per flow slice and
@@ -199,11 +201,13 @@ def end_to_end(
     precision: str,
     slice_size: int | None,
     frames_on: str = "auto",
+    block: int = 50,
 ):
     """Steps/s of the real loop and of the step alone at `preset` (see the module docstring)."""
     import functools
     import tempfile
 
+    import equinox as eqx
     import jax
     import jax.random as jr
     import numpy as np
@@ -222,13 +226,6 @@ def end_to_end(
     )
     on_device = runs.frames_made_on_device(spec)
 
-    def loop_rate(root: str, i: int) -> float:
-        start = None
-        for event in runs.TrainingRun(spec, f"{root}/loop{i}"):
-            if isinstance(event, runs.Compiled):
-                start = time.perf_counter()
-        return steps / (time.perf_counter() - start)
-
     model, optimizer, opt_state = runs.build(spec)
     mesh = make_mesh()
     frames = functools.partial(device.frames, num_frames=spec.model.num_frames) if on_device else None
@@ -242,24 +239,51 @@ def end_to_end(
     flat = FlatStep(step, model, opt_state, shard_batch(host, mesh), jr.key(0))  # as the loop calls it
     leaves = flat.leaves(model, opt_state)
 
-    def step_rate() -> float:
+    def alone_block(n: int) -> float:
+        """Seconds for n steps alone. The step donates its batch, so each step gets its own copy, all
+        put on the device before the clock starts (with the steps' keys)."""
         nonlocal leaves
-        # The step donates its batch, so each step gets its own copy, all put on the device before
-        # the clock starts (with the steps' keys): the timed loop holds no host-to-device copy.
-        batches = jax.block_until_ready([shard_batch(host, mesh) for _ in range(steps)])
-        keys = jax.block_until_ready([jr.key(i) for i in range(steps)])
+        batches = jax.block_until_ready([shard_batch(host, mesh) for _ in range(n)])
+        keys = jax.block_until_ready([jr.key(i) for i in range(n)])
         start = time.perf_counter()
         for batch, key in zip(batches, keys):
             leaves, loss, _ = flat(leaves, batch, key)
         jax.block_until_ready(loss)
-        return steps / (time.perf_counter() - start)
+        return time.perf_counter() - start
 
-    step_rate()  # warm-up
+    def drained(run) -> None:
+        jax.block_until_ready(eqx.filter(run.model, eqx.is_array))
+
+    def one_repeat(root: str) -> tuple[float, float]:
+        """(seconds of the loop, seconds of the step alone) over `steps` steps each, in blocks."""
+        run = runs.TrainingRun(spec, root)
+        events = iter(run)
+        for event in events:
+            if isinstance(event, runs.Compiled):
+                break
+        loop_s = alone_s = 0.0
+        for first in range(0, steps, block):
+            n = min(block, steps - first)
+            alone_s += alone_block(n)
+            start = time.perf_counter()
+            if first + n < steps:
+                for _ in events:
+                    if run.step >= first + n:
+                        break
+                drained(run)
+            else:
+                for _ in events:  # to the end: the last save, and the wait for its writing
+                    pass
+            loop_s += time.perf_counter() - start
+        return loop_s, alone_s
+
+    alone_block(block)  # warm-up
     alone, loop = [], []
     with tempfile.TemporaryDirectory() as root:
         for i in range(repeats):
-            alone.append(step_rate())
-            loop.append(loop_rate(root, i))
+            loop_s, alone_s = one_repeat(f"{root}/loop{i}")
+            alone.append(steps / alone_s)
+            loop.append(steps / loop_s)
     return {
         "mode": "end-to-end",
         "preset": preset,
@@ -268,6 +292,7 @@ def end_to_end(
         "steps": steps,
         "checkpoint_every": spec.checkpoint_every,
         "repeats": repeats,
+        "block": block,
         "platform": jax.devices()[0].platform,
         "matmul_precision": spec.matmul_precision,
         "slice_size": spec.slice_size,
@@ -277,6 +302,7 @@ def end_to_end(
         "loop_share_of_step_alone": statistics.median(loop) / statistics.median(alone),
         "step_alone_each": alone,
         "loop_each": loop,
+        "loop_share_each_pair": [b / a for a, b in zip(alone, loop)],
         "host_bytes_per_sequence": int(sum(np.asarray(v).nbytes for v in host.values()) // spec.batch_size),
     }
 
@@ -298,7 +324,8 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, default=None, help="(--end-to-end) steps between saves (default: the preset's)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="(--end-to-end) alternations of step and loop")
+    parser.add_argument("--repeats", type=int, default=3, help="(--end-to-end) fresh runs, each against the step alone")
+    parser.add_argument("--block", type=int, default=50, help="(--end-to-end) steps per turn of loop and step alone")
     parser.add_argument("--frames-on", default="auto", choices=["auto", "host", "device"], help="(--end-to-end)")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -318,6 +345,7 @@ def main() -> None:
             args.matmul_precision,
             args.slice_size,
             args.frames_on,
+            args.block,
         )
         print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
         print_table(
