@@ -215,13 +215,9 @@ class FlatStep:
                 )
             return out_leaves, loss, terms
 
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-            lowered = jax.jit(flat, donate_argnums=(0, 1)).lower(leaves, batch, key)
-            traced = time.perf_counter()
-            self._compiled = lowered.compile()
-        self.trace_s, self.compile_s = traced - start, time.perf_counter() - traced
+        self._compiled, self.trace_s, self.compile_s = trace_and_compile(
+            jax.jit(flat, donate_argnums=(0, 1)), leaves, batch, key
+        )
 
     def leaves(self, model: Any, opt_state: Any) -> list[Array]:
         """The flat array leaves of (model, opt_state), in the order the compiled step takes them."""
