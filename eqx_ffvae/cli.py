@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import compile_cache as compile_cache_module
 from . import data, figures, methods, runs
+from .claims import write_claims
 from .compare import run_compare
 from .data.download import download_shapes3d
 from .data.factors import prepare_png_folder
@@ -43,6 +44,7 @@ SUBCOMMANDS = """subcommands (the first argument; train when omitted):
   eval      rewrite eval.json and the figures of a run from its newest checkpoint
   sample    draw random latents pushed along every flow of a run
   compare   train and evaluate several methods over seeds; write compare.json and compare.md
+  claims    the paper's claims put to a comparison's records: claims.json and claims.md
   download  fetch full MNIST or Shapes3D into --data-dir (checksummed, resumable)
 """
 
@@ -235,6 +237,17 @@ class Compare(Shared):
 
 
 @dataclasses.dataclass
+class Claims:
+    """Put the paper's claims (FFVAE < PoFlow < the other baselines on every E_k; weak ≈ supervised;
+    FFVAE the highest likelihood; the baselines' own order) to the records of a `compare --results`
+    folder: a verdict per claim from paired 95% bootstrap intervals, and the ablation rows against
+    PoFlow and the FFVAE. Writes claims.json and claims.md into that folder; trains nothing."""
+
+    results: Annotated[Path, tyro.conf.arg(metavar="PATH")]
+    """the folder given to `compare --results` (it holds runs/<method>/seed<i>/eval.json)"""
+
+
+@dataclasses.dataclass
 class Download:
     """Fetch a dataset into --data-dir, checked against its published checksum; an interrupted download
     resumes when the command is run again. Then train on it with --data-dir."""
@@ -265,6 +278,7 @@ COMMANDS = {
     "eval": Eval,
     "sample": Sample,
     "compare": Compare,
+    "claims": Claims,
     "download": Download,
     "prepare": Prepare,
 }
@@ -375,6 +389,10 @@ def _dispatch(name: str, args, stop: dict, argv: list[str]) -> int:
         )
         written = [out] if args.results is None else [out, args.results]
         print("wrote " + " and ".join(f"{d / 'compare.json'}, {d / 'compare.md'}" for d in written))
+        return 0
+    if name == "claims":
+        written = write_claims(args.results)
+        print("wrote " + " and ".join(map(str, written)))
         return 0
     if name == "download":
         return _download(args)

@@ -177,7 +177,7 @@ PROBES = (
 )
 
 
-def _columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
+def run_columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
     """Every scored number of one run's eval.json: column id → (the run's value, its per-sequence
     values or None). Column ids: `<metric>/<transformation or pair>` and `log_likelihood`."""
     per = result.get("per_sequence", {})
@@ -210,7 +210,7 @@ def summarise(results: dict[str, list[dict]]) -> dict:
     """Per method: its label, supervision and probe, and every column of its runs' eval.json as
     mean/std/values over seeds; for every method but FFVAE, `difference_to_ffvae` (`paired_bootstrap`
     of method − FFVAE over seeds and held-out sequences) where both carry per-sequence values."""
-    columns = {name: [_columns(r) for r in runs] for name, runs in results.items()}
+    columns = {name: [run_columns(r) for r in runs] for name, runs in results.items()}
     rows = {}
     for name, runs in results.items():
         method = methods.get_method(name)
@@ -288,7 +288,7 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
     new.append(("ESS", "effective_sample_size", None))
     new = [c for c in new if any(c[1] in r["columns"] for r in rows.values())]
     cols = paper + new
-    columns = {name: [_columns(r) for r in runs] for name, runs in results.items()}
+    columns = {name: [run_columns(r) for r in runs] for name, runs in results.items()}
     winners = {col: (_bold(rows, columns, col, low) if low is not None else None) for _, col, low in cols}
 
     def table(columns, cell):
