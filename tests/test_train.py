@@ -276,9 +276,11 @@ def _shapes_h5(folder, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["mnist", "mnist-weak", "shapes3d", "falcor3d", "isaac3d"])
+@pytest.mark.parametrize("preset", ["mnist", "mnist-weak", "shapes3d", "shapes3d-medium", "falcor3d", "isaac3d"])
 def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
     extra = []
+    if preset == "shapes3d-medium":  # no --data-dir: the procedural renderer
+        extra = ["--num-frames", "3"]
     if preset == "shapes3d":
         extra = [
             "--data-dir",
@@ -331,7 +333,8 @@ def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
     assert len(_losses(tmp_path / "run")) == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["preset"] == preset and config["steps"] == 2
-    assert config["dataset"] == {"quick": "mnist", "mnist-weak": "mnist"}.get(preset, preset)
+    expected = {"mnist-weak": "mnist", "shapes3d-medium": "procedural-shapes"}.get(preset, preset)
+    assert config["dataset"] == expected
 
 
 @pytest.fixture(scope="module")
