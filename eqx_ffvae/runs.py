@@ -911,22 +911,32 @@ def _validation_batch_loss(model, frames, ks, key, step):
 
 def validation_loss(spec: RunSpec, model: AbstractSequenceModel) -> dict:
     """The model's own training objective (`batch_loss`, at the run's final step for a scheduled one)
-    on every validation sequence, in batches of the evaluation batch size with fixed keys:
-    {"validation_loss", "terms", "num_sequences"}. What `compare --lr-grid` ranks learning rates by;
-    never a test metric. Needs a run with `validation_fraction` > 0."""
+    on the first `spec.eval.eval_sequences` sequences of the validation split in the evaluation order
+    (fixed seed; all of them when the split is smaller, as MNIST's 500), in batches of the evaluation
+    batch size with fixed keys: {"validation_loss", "terms", "num_sequences"}. What `compare --lr-grid`
+    ranks learning rates by; never a test metric. Needs a run with `validation_fraction` > 0. (A factor
+    dataset's validation split is every tenth factor combination, 48,000 sequences for Shapes3D: the
+    cap keeps it the size of the test set.)"""
     if not spec.validation_fraction:
         raise RunError(
             "this run has no validation split (validation_fraction 0); train it with --validation-fraction > 0"
         )
     ds = sequences(spec, split="validation", seed=EVAL_SEED, num_epochs=1)
+    limit, size = spec.eval.eval_sequences, spec.eval.eval_batch_size
+    batches = itertools.islice(data.batch_iterator(ds, size, drop_remainder=False), -(-limit // size))
     losses, terms, sizes = [], [], []
-    for i, batch in enumerate(data.batch_iterator(ds, spec.eval.eval_batch_size, drop_remainder=False)):
+    for i, batch in enumerate(batches):
+        take = min(len(batch["k"]), limit - sum(sizes))
         loss, batch_terms = _validation_batch_loss(
-            model, jnp.asarray(batch["frames"]), jnp.asarray(batch["k"]), jr.fold_in(jr.key(EVAL_SEED), i), spec.steps
+            model,
+            jnp.asarray(batch["frames"][:take]),
+            jnp.asarray(batch["k"][:take]),
+            jr.fold_in(jr.key(EVAL_SEED), i),
+            spec.steps,
         )
         losses.append(float(loss))
         terms.append({name: float(v) for name, v in batch_terms.items()})
-        sizes.append(len(batch["k"]))
+        sizes.append(take)
     if not sizes:
         raise RunError(f"the validation split of {spec.dataset} is empty; raise --validation-fraction")
     w = np.asarray(sizes, np.float64) / sum(sizes)

@@ -191,18 +191,22 @@ def test_compare_chooses_the_learning_rate_on_validation_and_recomputes_only_a_d
         run_compare(["vae"], 1, out, lambda m, s: runs.resolve("quick", model=m, seed=s), learning_rates=(1e-3,))
 
 
-def test_validation_loss_is_the_mean_own_loss_over_every_validation_sequence():
+@pytest.mark.parametrize(("cap", "expected"), [(500, 65), (60, 60)])
+def test_validation_loss_is_the_mean_own_loss_over_the_validation_sequences(cap, expected):
     """65 validation sequences in batches of 50 and 15: the size-weighted mean of the batches is the
-    mean of the per-sequence loss (a VAE's batch loss is the mean of its sequences')."""
-    spec = runs.resolve("mnist-medium", model="vae", latent_dim=4, width=2, validation_fraction=0.013)
+    mean of the per-sequence loss (a VAE's batch loss is the mean of its sequences'). With
+    eval_sequences 60 only the first 60 of the same order count (the second batch cut to 10)."""
+    spec = runs.resolve(
+        "mnist-medium", model="vae", latent_dim=4, width=2, validation_fraction=0.013, eval_sequences=cap
+    )
     model = runs.build(spec)[0]
     result = runs.validation_loss(spec, model)
-    assert result["num_sequences"] == 65
+    assert result["num_sequences"] == expected
     ds = runs.sequences(spec, split="validation", seed=runs.EVAL_SEED, num_epochs=1)
     one = eqx.filter_jit(lambda m, x, k, key: m.loss(x, k, key=key)[0])
     losses = []
     for i, start in enumerate((0, 50)):
-        items = [ds[j] for j in range(start, min(start + 50, 65))]
+        items = [ds[j] for j in range(start, min(start + 50, expected))]
         keys = jr.split(jr.fold_in(jr.key(runs.EVAL_SEED), i), len(items))
         for item, key in zip(items, keys):
             losses.append(float(one(model, jnp.asarray(item["frames"]), jnp.asarray(item["k"]), key)))
