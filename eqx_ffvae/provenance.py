@@ -4,7 +4,9 @@ stack's versions, the Python, the machine and the devices. Recorded in config.js
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -45,10 +47,28 @@ def _version(name: str) -> str | None:
         return None
 
 
+def _cpu() -> str:
+    """The CPU's model name and count, and on Linux a fingerprint of its instruction-set flags (XLA
+    compiles for the host's features, so two VMs that both say "AMD EPYC" may still round apart)."""
+    name, flags = platform.processor(), ""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = value.strip()
+        if key.strip() == "flags" and not flags:
+            flags = hashlib.sha256(" ".join(sorted(value.split())).encode()).hexdigest()[:12]
+    return f"{name or 'unknown'} × {os.cpu_count()}" + (f", flags {flags}" if flags else "")
+
+
 def provenance() -> dict:
     """A JSON-ready record of this process: `eqx_ffvae`, `git_commit` (None outside a checkout) and
-    `git_dirty` (uncommitted changes to tracked files), `packages`, `python`, `platform`, `backend`,
-    `devices` and `time` (UTC)."""
+    `git_dirty` (uncommitted changes to tracked files), `packages`, `python`, `platform`, `cpu`,
+    `xla_flags` (the XLA_FLAGS environment variable: XLA's thread count changes float32 sums, so an
+    exact reproduction on a CPU needs the same), `backend`, `devices` and `time` (UTC)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
@@ -58,6 +78,8 @@ def provenance() -> dict:
         "packages": {name: _version(name) for name in STACK},
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": _cpu(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

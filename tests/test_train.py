@@ -405,6 +405,7 @@ def test_config_records_what_produced_the_run(trained_run):
     assert record[0]["packages"]["jax"] == jax.__version__
     assert record[0]["devices"] == [str(d) for d in jax.devices()]
     assert record[0]["git_commit"] is None or len(record[0]["git_commit"]) == 40
+    assert f"× {os.cpu_count()}" in record[0]["cpu"] and record[0]["xla_flags"] == os.environ.get("XLA_FLAGS")
 
 
 def test_eval_rewrites_the_same_eval_json(run_module, trained_run):
