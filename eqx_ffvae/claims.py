@@ -328,7 +328,9 @@ def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple
         f"# The paper's claims on {dataset or results_dir.name}\n\n"
         f"Written by `python train/run.py claims --results {results_dir}` from the records in `runs/`. "
         f"a − b is the paired difference over seeds and held-out sequences with its 95% bootstrap interval; "
-        f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} of b's mean."
+        f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} of b's mean. "
+        "Where one of the two has a single seed, the interval covers the variation over held-out sequences only, "
+        "not over training seeds."
     )
     json_path, md_path = results_dir / "claims.json", results_dir / "claims.md"
     atomic_write(json_path, json.dumps(assessment, indent=2))
