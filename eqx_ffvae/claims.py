@@ -150,7 +150,7 @@ def load_records(results_dir: str | Path) -> dict[str, list[dict]]:
     return records
 
 
-def judge(diff_mean: float, ci95: Sequence[float], relation: Relation, reference: float) -> Verdict:
+def judge(ci95: Sequence[float], relation: Relation, reference: float) -> Verdict:
     """The verdict on one column from the paired difference a − b and its 95% interval (module doc)."""
     lo, hi = ci95
     if relation == "less":
@@ -203,7 +203,7 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
             "ci95": diff["ci95"],
             "ratio": mean_a / mean_b,
             "seeds_paired": min(len(seqs_a), len(seqs_b)),
-            "verdict": judge(diff["mean"], diff["ci95"], comparison.relation, mean_b),
+            "verdict": judge(diff["ci95"], comparison.relation, mean_b),
         }
         if paper:
             row["paper_ratio"] = _paper_ratio(a, b, column, transforms)
