@@ -42,9 +42,17 @@ def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
     return result if same and result.get("trained_steps") == spec.steps else None
 
 
-def _metrics_summary(run_dir: Path, last: int = 100) -> dict:
-    """The training record of a run in brief: the final step's terms and each term's mean over the
-    last `last` steps (from metrics.jsonl)."""
+def _training_seconds(records: list[dict], batch_size: int) -> float:
+    """The training loop's wall time over every invocation that wrote `records` (metrics.jsonl):
+    each step's `sequences_per_s` is `batch_size` over the wall time since the previous step was read,
+    so the sum of `batch_size / sequences_per_s` covers stepping, data and checkpoints, and leaves out
+    each invocation's compilation and the evaluation. A run resumed across sessions counts all its parts."""
+    return float(sum(batch_size / r["sequences_per_s"] for r in records if r.get("sequences_per_s")))
+
+
+def _metrics_summary(run_dir: Path, batch_size: int, last: int = 100) -> dict:
+    """The training record of a run in brief: the final step's terms, each term's mean over the last
+    `last` steps and the training loop's wall time (`_training_seconds`), from metrics.jsonl."""
     records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
         return {}
@@ -52,6 +60,7 @@ def _metrics_summary(run_dir: Path, last: int = 100) -> dict:
     names = [k for k in tail[-1] if k != "step"]
     return {
         "final_step": tail[-1]["step"],
+        "training_seconds": _training_seconds(records, batch_size),
         "final": {k: tail[-1][k] for k in names},
         f"mean_of_last_{len(tail)}": {k: float(np.mean([r[k] for r in tail if k in r])) for k in names},
     }
@@ -61,12 +70,12 @@ def _kept(results_dir: Path, name: str, seed: int) -> Path:
     return results_dir / "runs" / name / f"seed{seed}"
 
 
-def _keep(run_dir: Path, kept: Path, result: dict) -> None:
+def _keep(run_dir: Path, kept: Path, result: dict, batch_size: int) -> None:
     """A finished run's small record under `kept`: eval.json, config.json, metrics_summary.json (no
     checkpoints), each written atomically; eval.json last, so its presence means the record is whole."""
     kept.mkdir(parents=True, exist_ok=True)
     atomic_write(kept / "config.json", (run_dir / "config.json").read_text())
-    atomic_write(kept / "metrics_summary.json", json.dumps(_metrics_summary(run_dir), indent=2))
+    atomic_write(kept / "metrics_summary.json", json.dumps(_metrics_summary(run_dir, batch_size), indent=2))
     atomic_write(kept / "eval.json", json.dumps(result, indent=2))
 
 
@@ -75,7 +84,7 @@ def _one_run(spec: RunSpec, run_dir: Path, kept: Path | None = None) -> tuple[di
         result = None if directory is None else _finished(directory, spec)
         if result is not None:
             if kept is not None and directory == run_dir:
-                _keep(run_dir, kept, result)
+                _keep(run_dir, kept, result, spec.batch_size)
             return result, True
     tic = time.perf_counter()
     train(spec, run_dir)
@@ -85,9 +94,10 @@ def _one_run(spec: RunSpec, run_dir: Path, kept: Path | None = None) -> tuple[di
     result = evaluate_run(spec, model)
     result["trained_steps"] = spec.steps
     result["seconds"] = time.perf_counter() - tic  # this invocation's training (or resumed part) + eval
+    result["training_seconds"] = _training_seconds(read_metrics(run_dir / "metrics.jsonl"), spec.batch_size)
     atomic_write(run_dir / "eval.json", json.dumps(result, indent=2))
     if kept is not None:
-        _keep(run_dir, kept, result)
+        _keep(run_dir, kept, result, spec.batch_size)
     return result, False
 
 
@@ -121,7 +131,7 @@ def _grid_point(spec: RunSpec, run_dir: Path, kept: Path | None) -> tuple[dict, 
     except NonFiniteLoss as err:
         record.update(validation_loss=math.inf, failed=str(err))
     record["seconds"] = time.perf_counter() - tic
-    record["metrics_summary"] = _metrics_summary(run_dir)
+    record["metrics_summary"] = _metrics_summary(run_dir, spec.batch_size)
     record["validation_loss"] = float(record["validation_loss"])
     for path in (run_dir / "validation.json", kept):
         if path is not None:
@@ -452,9 +462,9 @@ def run_compare(
     results = {n: results[n] for n in names}
     rows = summarise(results)
     for name in names:
-        secs = [r["seconds"] for r in results[name] if "seconds" in r]
+        secs = [r["training_seconds"] for r in results[name] if "training_seconds" in r]
         if secs:
-            rows[name]["columns"]["seconds_per_run"] = _stats(secs)
+            rows[name]["columns"]["training_seconds_per_run"] = _stats(secs)
         method = methods.get_method(name)
         rows[name]["learning_rate"] = specs[name].learning_rate
         rows[name]["ablation_of"] = method.ablation_of

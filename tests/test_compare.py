@@ -136,6 +136,15 @@ def test_compare_runs_every_method_and_resumes(tmp_path, capsys):
             files = {p.name for p in (kept / "runs" / name / f"seed{seed}").iterdir()}
             assert files == {"eval.json", "config.json", "metrics_summary.json"}
     assert json.loads((kept / "runs" / "vae" / "seed0" / "metrics_summary.json").read_text())["final_step"] == 2
+    # the training time is the loop's over the run's whole metrics.jsonl, in the record and the table
+    for name in ("vae", "tvae"):
+        rows = runs.read_metrics(out / name / "seed0" / "metrics.jsonl")
+        loop = sum(summary["setup"]["batch_size"] / r["sequences_per_s"] for r in rows)
+        record = json.loads((kept / "runs" / name / "seed0" / "eval.json").read_text())
+        brief = json.loads((kept / "runs" / name / "seed0" / "metrics_summary.json").read_text())
+        assert record["training_seconds"] == pytest.approx(loop) == brief["training_seconds"] and loop > 0
+        column = summary["methods"][name]["columns"]["training_seconds_per_run"]["values"]
+        assert column[0] == record["training_seconds"]
     shutil.copytree(out, tmp_path / "cmp-kept")
     shutil.rmtree(out)
     assert run.main(args) == 0

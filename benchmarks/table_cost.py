@@ -1,0 +1,99 @@
+"""What a comparison table cost to train: the training loop's hours per method, from the records
+`compare --results` keeps (grid points and runs), nothing retrained.
+
+    python benchmarks/table_cost.py --results results/mnist --out runs/compare-mnist-medium \
+        --json results/mnist/cost.json
+
+A record written by `compare` since `training_seconds` exists gives the loop's wall time over every
+invocation of the run (`compare._training_seconds`: stepping, data and checkpoints; compilation and
+evaluation left out). For an older record the same sum is taken over the run's metrics.jsonl where
+its run directory is still under one of `--out` (`<out>/<method>/lr<rate>/seed<i>`); otherwise only
+its last 100 steps' throughput is left, its time is estimated as steps × batch / that mean rate, and
+it is counted under `estimated` (the estimate is off wherever the machine's load changed). A run that is seed 0 of a grid method is
+the grid point itself, so it is counted once (under `grid`). The hours are wall hours of the process
+that trained the run; how many cores it held is the record's setting (`execution.json`, where a
+table has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _util import print_table, write_json
+
+from eqx_ffvae import compare, runs
+
+
+def _hours(summary: dict, batch_size: int, run_dirs: list[Path]) -> tuple[float, bool]:
+    """(hours, estimated) of one run from its metrics summary, or its metrics.jsonl in `run_dirs`."""
+    if "training_seconds" in summary:
+        return summary["training_seconds"] / 3600, False
+    for run_dir in run_dirs:
+        records = runs.read_metrics(run_dir / "metrics.jsonl")
+        if records and records[-1]["step"] == summary["final_step"]:
+            return compare._training_seconds(records, batch_size) / 3600, False
+    rate = next(v["sequences_per_s"] for k, v in summary.items() if k.startswith("mean_of_last_"))
+    return summary["final_step"] * batch_size / rate / 3600, True
+
+
+def table_cost(results: Path, outs: list[Path]) -> list[dict]:
+    """One row per method: its grid points' and further runs' training hours."""
+    if not (results / "runs").is_dir() and not (results / "grid").is_dir():
+        raise SystemExit(f"{results} holds no grid/ or runs/ records; pass the folder `compare --results` wrote")
+    rows: dict[str, dict] = {}
+
+    def row(method: str) -> dict:
+        return rows.setdefault(method, {"method": method, "grid_h": 0.0, "runs_h": 0.0, "records": 0, "estimated": 0})
+
+    def add(method: str, column: str, summary: dict, batch_size: int, lr: float, seed: str) -> None:
+        run_dirs = [out / method / f"lr{lr:g}" / seed for out in outs]
+        hours, estimated = _hours(summary, batch_size, run_dirs)
+        r = row(method)
+        r[column] += hours
+        r["records"] += 1
+        r["estimated"] += estimated
+
+    for path in sorted((results / "grid").glob("*/*.json")):
+        record = json.loads(path.read_text())
+        identity = record["identity"]
+        add(
+            path.parent.name,
+            "grid_h",
+            record["metrics_summary"],
+            identity["batch_size"],
+            identity["learning_rate"],
+            "seed0",
+        )
+    gridded = {path.parent.name for path in (results / "grid").glob("*/*.json")}
+    for path in sorted((results / "runs").glob("*/seed*/metrics_summary.json")):
+        method, seed = path.parent.parent.name, path.parent.name
+        if seed == "seed0" and method in gridded:
+            continue
+        config = json.loads((path.parent / "config.json").read_text())
+        summary = json.loads(path.read_text())
+        add(method, "runs_h", summary, config["batch_size"], config["learning_rate"], seed)
+    out = sorted(rows.values(), key=lambda r: -(r["grid_h"] + r["runs_h"]))
+    for r in out:
+        r["total_h"] = r["grid_h"] + r["runs_h"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, required=True, help="a folder `compare --results` wrote")
+    parser.add_argument("--out", type=Path, nargs="*", default=[], help="`compare --out` folders still on disk")
+    parser.add_argument("--json", default=None, help="write the rows (and the total) here")
+    args = parser.parse_args()
+    rows = table_cost(args.results, args.out)
+    total = {
+        "method": "total",
+        **{k: sum(r[k] for r in rows) for k in ("grid_h", "runs_h", "records", "estimated", "total_h")},
+    }
+    print_table([*rows, total], ["method", "grid_h", "runs_h", "total_h", "records", "estimated"])
+    write_json([*rows, total], args.json)
+
+
+if __name__ == "__main__":
+    main()
