@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax.random as jr
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -50,8 +51,16 @@ def draw(curves: dict, path: Path) -> None:
             ax.plot(steps, [points[str(s)]["equivariance_error"][t] for s in steps], "o-", label=method)
         axes[-1].plot(steps, [points[str(s)]["validation_loss"] for s in steps], "o-", label=method)
     for ax, t in zip(axes, transforms):
-        ax.set(title=f"E {t} (validation) ↓", xlabel="training steps", xscale="log")
-    axes[-1].set(title="own validation loss ↓", xlabel="training steps", xscale="log", yscale="symlog")
+        ax.set(title=f"E {t} (validation) ↓")
+    losses = [p["validation_loss"] for points in curves.values() for p in points.values()]
+    # symlog only where the loss spans signs or decades (a diverging run); else a readable linear axis
+    spread = min(losses) <= 0 or max(losses) > 10 * min(losses)
+    axes[-1].set(title="own validation loss ↓", yscale="symlog" if spread else "linear")
+    steps = sorted({int(s) for points in curves.values() for s in points})
+    for ax in axes:
+        ax.set(xlabel="training steps", xscale="log")
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
