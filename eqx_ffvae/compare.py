@@ -42,7 +42,7 @@ def _finished(run_dir: Path, spec: RunSpec) -> dict | None:
     return result if same and result.get("trained_steps") == spec.steps else None
 
 
-def _training_seconds(records: list[dict], batch_size: int) -> float:
+def training_seconds(records: list[dict], batch_size: int) -> float:
     """The training loop's wall time over every invocation that wrote `records` (metrics.jsonl):
     each step's `sequences_per_s` is `batch_size` over the wall time since the previous step was read,
     so the sum of `batch_size / sequences_per_s` covers stepping, data and checkpoints, and leaves out
@@ -52,7 +52,7 @@ def _training_seconds(records: list[dict], batch_size: int) -> float:
 
 def _metrics_summary(run_dir: Path, batch_size: int, last: int = 100) -> dict:
     """The training record of a run in brief: the final step's terms, each term's mean over the last
-    `last` steps and the training loop's wall time (`_training_seconds`), from metrics.jsonl."""
+    `last` steps and the training loop's wall time (`training_seconds`), from metrics.jsonl."""
     records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
         return {}
@@ -60,7 +60,7 @@ def _metrics_summary(run_dir: Path, batch_size: int, last: int = 100) -> dict:
     names = [k for k in tail[-1] if k != "step"]
     return {
         "final_step": tail[-1]["step"],
-        "training_seconds": _training_seconds(records, batch_size),
+        "training_seconds": training_seconds(records, batch_size),
         "final": {k: tail[-1][k] for k in names},
         f"mean_of_last_{len(tail)}": {k: float(np.mean([r[k] for r in tail if k in r])) for k in names},
     }
@@ -94,7 +94,7 @@ def _one_run(spec: RunSpec, run_dir: Path, kept: Path | None = None) -> tuple[di
     result = evaluate_run(spec, model)
     result["trained_steps"] = spec.steps
     result["seconds"] = time.perf_counter() - tic  # this invocation's training (or resumed part) + eval
-    result["training_seconds"] = _training_seconds(read_metrics(run_dir / "metrics.jsonl"), spec.batch_size)
+    result["training_seconds"] = training_seconds(read_metrics(run_dir / "metrics.jsonl"), spec.batch_size)
     atomic_write(run_dir / "eval.json", json.dumps(result, indent=2))
     if kept is not None:
         _keep(run_dir, kept, result, spec.batch_size)
