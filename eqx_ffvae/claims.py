@@ -327,7 +327,9 @@ def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple
     header = (
         f"# The paper's claims on {dataset or results_dir.name}\n\n"
         f"Written by `python train/run.py claims --results {results_dir}` from the records in `runs/`. "
-        f"a − b is the paired difference over seeds and held-out sequences with its 95% bootstrap interval; "
+        f"a − b is the paired difference over seeds and held-out sequences with its 95% bootstrap interval: "
+        "it pairs seed i with seed i over the seeds both methods have, while mean a, mean b and a / b average "
+        "every seed of each; "
         f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} of b's mean. "
         "Where one of the two has a single seed, the interval covers the variation over held-out sequences only, "
         "not over training seeds."
