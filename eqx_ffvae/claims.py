@@ -173,9 +173,11 @@ def _paper_ratio(a: str, b: str, column: str, transforms: list[str]) -> float | 
 
 
 def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, paper: bool = False) -> list[dict]:
-    """One row per column of `comparison.metric`: the two means, a − b with its 95% interval, the
-    ratio of the means, the seeds paired and the verdict; one row with verdict "missing" when either
-    method has no records."""
+    """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b with its
+    95% interval, the ratio a / b and the seeds paired, and the verdict; one row with verdict "missing"
+    when either method has no records. The ratio, the difference and the ±margin band of "equal" all
+    use the paired seeds only (the first min(#a, #b)), so the ratio lies below 1 exactly when the
+    difference lies below 0."""
     a, b = comparison.a, comparison.b
     if a not in records or b not in records:
         absent = [m for m in (a, b) if m not in records]
@@ -191,19 +193,20 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
         if any(s is None for s in seqs_a + seqs_b):
             raise RunError(f"{column} of {a} or {b} has no per-sequence values: re-evaluate those runs")
         diff = paired_bootstrap(seqs_a, seqs_b)
-        mean_a = float(np.mean([c[column][0] for c in cols_a]))
-        mean_b = float(np.mean([c[column][0] for c in cols_b]))
+        paired = min(len(seqs_a), len(seqs_b))
+        values_a, values_b = [c[column][0] for c in cols_a], [c[column][0] for c in cols_b]
+        paired_b = float(np.mean(values_b[:paired]))
         row = {
             "a": a,
             "b": b,
             "column": column,
-            "mean_a": mean_a,
-            "mean_b": mean_b,
+            "mean_a": float(np.mean(values_a)),
+            "mean_b": float(np.mean(values_b)),
             "difference": diff["mean"],
             "ci95": diff["ci95"],
-            "ratio": mean_a / mean_b,
-            "seeds_paired": min(len(seqs_a), len(seqs_b)),
-            "verdict": judge(diff["ci95"], comparison.relation, mean_b),
+            "ratio": float(np.mean(values_a[:paired])) / paired_b,
+            "seeds_paired": paired,
+            "verdict": judge(diff["ci95"], comparison.relation, paired_b),
         }
         if paper:
             row["paper_ratio"] = _paper_ratio(a, b, column, transforms)
@@ -278,7 +281,7 @@ def _row_md(row: dict, paper: bool) -> str:
 def to_markdown(assessment: dict, header: str = "") -> str:
     """claims.md: a summary line per claim, then each claim's comparisons, then the ablation table."""
     paper = any("paper_ratio" in r for c in assessment["claims"].values() for r in c["rows"])
-    head = "| a | b | column | mean a / mean b | a − b [95% CI] | a / b | seeds paired |"
+    head = "| a | b | column | mean a / mean b | a − b [95% CI] | a / b (paired) | seeds paired |"
     rule = "|---|---|---|---:|---:|---:|---:|"
     if paper:
         head, rule = head + " paper a / b |", rule + "---:|"
@@ -297,7 +300,7 @@ def to_markdown(assessment: dict, header: str = "") -> str:
         "",
         "a − b below 0 favours the variant (a); the verdict reads 'a < b'.",
         "",
-        "| comparison | column | mean a / mean b | a − b [95% CI] | a / b | seeds paired | a < b |",
+        "| comparison | column | mean a / mean b | a − b [95% CI] | a / b (paired) | seeds paired | a < b |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, rows in assessment["ablations"].items():
@@ -328,9 +331,10 @@ def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple
         f"# The paper's claims on {dataset or results_dir.name}\n\n"
         f"Written by `python train/run.py claims --results {results_dir}` from the records in `runs/`. "
         f"a − b is the paired difference over seeds and held-out sequences with its 95% bootstrap interval: "
-        "it pairs seed i with seed i over the seeds both methods have, while mean a, mean b and a / b average "
-        "every seed of each; "
-        f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} of b's mean. "
+        "it pairs seed i with seed i over the seeds both methods have, and so does a / b (the ratio of the two "
+        "means over those paired seeds), while mean a and mean b average every seed of each; "
+        f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} "
+        "of b's mean over the paired seeds. "
         "Where one of the two has a single seed, the interval covers the variation over held-out sequences only, "
         "not over training seeds."
     )

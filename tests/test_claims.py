@@ -125,3 +125,21 @@ def test_cli_writes_claims_and_names_bad_folders(tmp_path, capsys):
         claims.load_records(tmp_path)
     with pytest.raises(RunError, match="nowhere/runs does not exist"):
         claims.load_records(tmp_path / "nowhere")
+
+
+def test_ratio_and_equivalence_band_use_the_paired_seeds():
+    """A one-seed variant against a three-seed reference: the ratio pairs the same seed as the
+    difference, so the two agree in sign even when the reference's other seeds lie far off."""
+    ll = np.zeros(len(TRANSFORMS) * PER_FLOW)
+    reference = [record(np.full((len(TRANSFORMS), PER_FLOW), level), ll) for level in (500.0, 200.0, 200.0)]
+    variant = [record(np.full((len(TRANSFORMS), PER_FLOW), 520.0), ll)]
+    records = {"ffvae": reference, "ffvae-weak": variant}
+    rows = claims.compare_columns(records, claims.Comparison("ffvae-weak", "ffvae", "equivariance_error/", "less"))
+    for r in rows:
+        assert r["seeds_paired"] == 1 and r["difference"] == pytest.approx(20)
+        assert r["ratio"] == pytest.approx(520 / 500)  # not 520 / 300, the all-seed mean
+        assert r["mean_b"] == pytest.approx(300) and r["verdict"] == "fails"
+    # +40 lies outside ±10% of the all-seed mean (30) but inside ±10% of the paired seed's (50)
+    records["ffvae-weak"] = [record(np.full((len(TRANSFORMS), PER_FLOW), 540.0), ll)]
+    rows = claims.compare_columns(records, claims.Comparison("ffvae-weak", "ffvae", "equivariance_error/", "equal"))
+    assert {r["verdict"] for r in rows} == {"holds"}
