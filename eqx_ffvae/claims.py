@@ -176,8 +176,8 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
     """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b with its
     95% interval, the ratio a / b and the seeds paired, and the verdict; one row with verdict "missing"
     when either method has no records. The ratio, the difference and the ±margin band of "equal" all
-    use the paired seeds only (the first min(#a, #b)), so the ratio lies below 1 exactly when the
-    difference lies below 0."""
+    use the paired seeds only (the first min(#a, #b)), so on a positive column (E_k) the ratio lies
+    below 1 exactly when the difference lies below 0."""
     a, b = comparison.a, comparison.b
     if a not in records or b not in records:
         absent = [m for m in (a, b) if m not in records]
