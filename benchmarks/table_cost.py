@@ -12,7 +12,9 @@ its last 100 steps' throughput is left, its time is estimated as steps × batch 
 it is counted under `estimated` (the estimate is off wherever the machine's load changed). A run that is seed 0 of a grid method is
 the grid point itself, so it is counted once (under `grid`). The hours are wall hours of the process
 that trained the run; how many cores it held is the record's setting (`execution.json`, where a
-table has one).
+table has one). With one, the hours are also summed per setting, and `--parallel SETTING=N` (records
+of SETTING trained in N processes side by side) turns them into the table's wall hours:
+Σ_setting hours / N.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def table_cost(results: Path, outs: list[Path]) -> list[dict]:
         run_dirs = [out / method / f"lr{lr:g}" / seed for out in outs]
         hours, estimated = _hours(summary, batch_size, run_dirs)
         r = row(method)
+        r.setdefault("by_record", {})[f"{method}/{seed}" if column == "runs_h" else f"grid/{method}/lr{lr:g}"] = hours
         r[column] += hours
         r["records"] += 1
         r["estimated"] += estimated
@@ -80,11 +83,46 @@ def table_cost(results: Path, outs: list[Path]) -> list[dict]:
     return out
 
 
+def by_setting(rows: list[dict], execution: dict, parallel: dict[str, int]) -> list[dict]:
+    """Hours per execution setting of `execution.json`, and the wall hours they took side by side."""
+    settings: dict[str, dict] = {}
+    for r in rows:
+        for key, hours in r["by_record"].items():
+            if key not in execution["records"]:
+                raise SystemExit(f"record {key} has no setting in execution.json; add it there")
+            name = execution["records"][key]
+            s = settings.setdefault(
+                name, {"setting": name, "hours": 0.0, "records": 0, "processes": parallel.get(name, 1)}
+            )
+            s["hours"] += hours
+            s["records"] += 1
+    unknown = set(parallel) - set(settings)
+    if unknown:
+        raise SystemExit(f"--parallel names {sorted(unknown)}, not a setting of any record ({sorted(settings)})")
+    for s in settings.values():
+        s["wall_h"] = s["hours"] / s["processes"]
+    return sorted(settings.values(), key=lambda s: s["setting"])
+
+
+def _parallel(text: str) -> tuple[str, int]:
+    name, _, n = text.partition("=")
+    if not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"--parallel {text!r}: expected SETTING=N with N ≥ 1, e.g. one-thread=2")
+    return name, int(n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True, help="a folder `compare --results` wrote")
     parser.add_argument("--out", type=Path, nargs="*", default=[], help="`compare --out` folders still on disk")
     parser.add_argument("--json", default=None, help="write the rows (and the total) here")
+    parser.add_argument(
+        "--parallel",
+        type=_parallel,
+        nargs="*",
+        default=[],
+        help="SETTING=N: execution.json's records of SETTING trained in N processes side by side",
+    )
     args = parser.parse_args()
     rows = table_cost(args.results, args.out)
     total = {
@@ -92,7 +130,16 @@ def main() -> None:
         **{k: sum(r[k] for r in rows) for k in ("grid_h", "runs_h", "records", "estimated", "total_h")},
     }
     print_table([*rows, total], ["method", "grid_h", "runs_h", "total_h", "records", "estimated"])
-    write_json([*rows, total], args.json)
+    execution_path = args.results / "execution.json"
+    settings = []
+    if execution_path.exists():
+        settings = by_setting(rows, json.loads(execution_path.read_text()), dict(args.parallel))
+        wall = {"setting": "total", **{k: sum(s[k] for s in settings) for k in ("hours", "records", "wall_h")}}
+        print()
+        print_table([*settings, {**wall, "processes": ""}], ["setting", "hours", "records", "processes", "wall_h"])
+    for r in rows:
+        r.pop("by_record")
+    write_json({"methods": [*rows, total], "settings": settings}, args.json)
 
 
 if __name__ == "__main__":
