@@ -227,7 +227,9 @@ def _overall(verdicts: Sequence[str]) -> Verdict:
 def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIMS, *, paper: bool = False) -> dict:
     """Every claim's rows (`compare_columns`) and overall verdict, and the ablation table: each FFVAE
     variant against PoFlow and against the FFVAE, in range, beyond the horizon and in composition.
-    `paper`: add the paper's Table 1 ratio where it has both rows (MNIST)."""
+    A place no record measured (extrapolation and composition need MNIST's analytic transformations)
+    is listed under `ablation_places_not_measured` instead. `paper`: add the paper's Table 1 ratio
+    where it has both rows (MNIST)."""
     out: dict = {"equivalence_margin": EQUIVALENCE_MARGIN, "seeds": {m: len(r) for m, r in records.items()}}
     out["claims"] = {}
     for claim in claims:
@@ -238,12 +240,15 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
             "rows": rows,
             "missing": sorted({m for r in rows for m in r.get("missing", ())}),
         }
+    measured = {column for runs_of in records.values() for column in run_columns(runs_of[0])}
+    places = {w: m for w, m in ABLATION_METRICS.items() if any(c.startswith(m) for c in measured)}
+    out["ablation_places_not_measured"] = sorted(set(ABLATION_METRICS) - set(places))
     ablation = {}
     for variant in ("ffvae", *ABLATIONS):
         for against in ("poflow", "ffvae"):
             if variant == against:
                 continue
-            for where, metric in ABLATION_METRICS.items():
+            for where, metric in places.items():
                 rows = compare_columns(records, Comparison(variant, against, metric, "less"))
                 ablation[f"{variant} − {against}, {where}"] = rows
     out["ablations"] = ablation
@@ -300,6 +305,11 @@ def to_markdown(assessment: dict, header: str = "") -> str:
         "",
         "a − b below 0 favours the variant (a); the verdict reads 'a < b'.",
         "",
+        *(
+            [f"Not measured on this dataset (its records have no such probe): {', '.join(absent)}.", ""]
+            if (absent := assessment.get("ablation_places_not_measured"))
+            else []
+        ),
         "| comparison | column | mean a / mean b | a − b [95% CI] | a / b (paired) | seeds paired | a < b |",
         "|---|---|---:|---:|---:|---:|---|",
     ]

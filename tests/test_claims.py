@@ -143,3 +143,42 @@ def test_ratio_and_equivalence_band_use_the_paired_seeds():
     records["ffvae-weak"] = [record(np.full((len(TRANSFORMS), PER_FLOW), 540.0), ll)]
     rows = claims.compare_columns(records, claims.Comparison("ffvae-weak", "ffvae", "equivariance_error/", "equal"))
     assert {r["verdict"] for r in rows} == {"holds"}
+
+
+def test_places_a_dataset_does_not_probe_are_named_not_raised():
+    """Shapes3D's records have no extrapolation or composition probe: the ablation table compares in
+    range only and says which places were not measured (before, `claims` raised on them)."""
+
+    def in_range_only(errors: np.ndarray) -> dict:
+        r = record(errors, np.full(errors.size, -200.0))
+        for t in r["transformations"].values():
+            del t["equivariance_error_extrapolation"]
+        del r["equivariance_error_composition"]
+        del r["per_sequence"]["equivariance_error_extrapolation"], r["per_sequence"]["equivariance_error_composition"]
+        return r
+
+    records = {
+        m: [in_range_only(noisy(level, 20 + i))]
+        for i, (m, level) in enumerate([("ffvae", 500), ("poflow", 600), ("ffvae-rollout", 450)])
+    }
+    out = claims.assess(records)
+    assert out["ablation_places_not_measured"] == ["beyond the horizon", "in composition"]
+    assert set(out["ablations"]) == {
+        "ffvae − poflow, in range",
+        "ffvae-rollout − poflow, in range",
+        "ffvae-rollout − ffvae, in range",
+        *(
+            f"{v} − {b}, in range"
+            for v in ("ffvae-no-flow-kl", "ffvae-no-hj", "ffvae-0.1")
+            for b in ("poflow", "ffvae")
+        ),
+    }
+    assert [r["verdict"] for r in out["ablations"]["ffvae − poflow, in range"]] == ["holds"] * len(TRANSFORMS)
+    assert (
+        "Not measured on this dataset (its records have no such probe): beyond the horizon, in composition."
+        in claims.to_markdown(out)
+    )
+    with_probes = claims.assess(
+        {m: [record(noisy(500, 30), np.full(3 * PER_FLOW, -200.0))] for m in ("ffvae", "poflow")}
+    )
+    assert with_probes["ablation_places_not_measured"] == []
