@@ -177,7 +177,8 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
     95% interval, the ratio a / b and the seeds paired, and the verdict; one row with verdict "missing"
     when either method has no records. The ratio, the difference and the ±margin band of "equal" all
     use the paired seeds only (the first min(#a, #b)), so on a positive column (E_k) the ratio lies
-    below 1 exactly when the difference lies below 0."""
+    below 1 exactly when the difference lies below 0. Where either paired mean is not positive
+    (log p(x)) the ratio is None: a ratio of two negatives reads backwards."""
     a, b = comparison.a, comparison.b
     if a not in records or b not in records:
         absent = [m for m in (a, b) if m not in records]
@@ -195,7 +196,7 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
         diff = paired_bootstrap(seqs_a, seqs_b)
         paired = min(len(seqs_a), len(seqs_b))
         values_a, values_b = [c[column][0] for c in cols_a], [c[column][0] for c in cols_b]
-        paired_b = float(np.mean(values_b[:paired]))
+        paired_a, paired_b = float(np.mean(values_a[:paired])), float(np.mean(values_b[:paired]))
         row = {
             "a": a,
             "b": b,
@@ -204,7 +205,7 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
             "mean_b": float(np.mean(values_b)),
             "difference": diff["mean"],
             "ci95": diff["ci95"],
-            "ratio": float(np.mean(values_a[:paired])) / paired_b,
+            "ratio": paired_a / paired_b if paired_a > 0 and paired_b > 0 else None,
             "seeds_paired": paired,
             "verdict": judge(diff["ci95"], comparison.relation, paired_b),
         }
@@ -263,6 +264,10 @@ def _fmt(x: float) -> str:
     return f"{x:+.1f}" if abs(x) < 1e4 else f"{x:+.3g}"
 
 
+def _ratio(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}"
+
+
 def _row_md(row: dict, paper: bool) -> str:
     column = row["column"]
     if row["verdict"] == "missing":
@@ -275,7 +280,7 @@ def _row_md(row: dict, paper: bool) -> str:
         column,
         f"{row['mean_a']:.1f} / {row['mean_b']:.1f}",
         f"{_fmt(row['difference'])} [{_fmt(lo)}, {_fmt(hi)}]",
-        f"{row['ratio']:.2f}",
+        _ratio(row["ratio"]),
         str(row["seeds_paired"]),
     ]
     if paper:
@@ -321,7 +326,7 @@ def to_markdown(assessment: dict, header: str = "") -> str:
             lo, hi = r["ci95"]
             lines.append(
                 f"| {name} | {r['column']} | {r['mean_a']:.1f} / {r['mean_b']:.1f} | "
-                f"{_fmt(r['difference'])} [{_fmt(lo)}, {_fmt(hi)}] | {r['ratio']:.2f} | {r['seeds_paired']} | "
+                f"{_fmt(r['difference'])} [{_fmt(lo)}, {_fmt(hi)}] | {_ratio(r['ratio'])} | {r['seeds_paired']} | "
                 f"{r['verdict']} |"
             )
     return "\n".join(lines) + "\n"
@@ -342,7 +347,8 @@ def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple
         f"Written by `python train/run.py claims --results {results_dir}` from the records in `runs/`. "
         f"a − b is the paired difference over seeds and held-out sequences with its 95% bootstrap interval: "
         "it pairs seed i with seed i over the seeds both methods have, and so does a / b (the ratio of the two "
-        "means over those paired seeds), while mean a and mean b average every seed of each; "
+        "means over those paired seeds, given for E_k only: for log p(x) a ratio of two negatives reads backwards), "
+        "while mean a and mean b average every seed of each; "
         f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} "
         "of b's mean over the paired seeds. "
         "Where one of the two has a single seed, the interval covers the variation over held-out sequences only, "

@@ -96,6 +96,12 @@ def test_verdicts_on_records_with_known_answers():
     assert claims._overall([r["verdict"] for r in rows]) == "fails"
     likelihood = {r["b"]: r["verdict"] for r in out["claims"]["ffvae-highest-likelihood"]["rows"]}
     assert likelihood["vae"] == "holds" and likelihood["ffvae-weak"] == "holds"
+    # log p(x) is negative: −195 / −200 = 0.975 would read as "lower"; no ratio is given, and the table says so
+    assert {r["ratio"] for r in out["claims"]["ffvae-highest-likelihood"]["rows"] if r["verdict"] != "missing"} == {
+        None
+    }
+    ffvae_vs_vae = next(r for r in out["claims"]["ffvae-highest-likelihood"]["rows"] if r["b"] == "vae")
+    assert claims._row_md(ffvae_vs_vae, paper=False).split(" | ")[5] == "—"
     ablation = out["ablations"]["ffvae − poflow, beyond the horizon"]
     assert [r["difference"] for r in ablation] == pytest.approx([-200] * 3)
 
