@@ -40,23 +40,18 @@ def _hours(summary: dict, batch_size: int, run_dirs: list[Path]) -> tuple[float,
     return summary["final_step"] * batch_size / rate / 3600, True
 
 
-def table_cost(results: Path, outs: list[Path]) -> list[dict]:
-    """One row per method: its grid points' and further runs' training hours."""
+def record_hours(results: Path, outs: list[Path]) -> list[dict]:
+    """One entry per record `compare` kept: its key in execution.json (`<method>/seed<i>` for a run,
+    `grid/<method>/lr<rate>` for a grid point), method, column (`grid_h` or `runs_h`), hours and
+    whether they are estimated."""
     if not (results / "runs").is_dir() and not (results / "grid").is_dir():
         raise SystemExit(f"{results} holds no grid/ or runs/ records; pass the folder `compare --results` wrote")
-    rows: dict[str, dict] = {}
-
-    def row(method: str) -> dict:
-        return rows.setdefault(method, {"method": method, "grid_h": 0.0, "runs_h": 0.0, "records": 0, "estimated": 0})
+    entries = []
 
     def add(method: str, column: str, summary: dict, batch_size: int, lr: float, seed: str) -> None:
-        run_dirs = [out / method / f"lr{lr:g}" / seed for out in outs]
-        hours, estimated = _hours(summary, batch_size, run_dirs)
-        r = row(method)
-        r.setdefault("by_record", {})[f"{method}/{seed}" if column == "runs_h" else f"grid/{method}/lr{lr:g}"] = hours
-        r[column] += hours
-        r["records"] += 1
-        r["estimated"] += estimated
+        hours, estimated = _hours(summary, batch_size, [out / method / f"lr{lr:g}" / seed for out in outs])
+        key = f"{method}/{seed}" if column == "runs_h" else f"grid/{method}/lr{lr:g}"
+        entries.append({"key": key, "method": method, "column": column, "hours": hours, "estimated": estimated})
 
     for path in sorted((results / "grid").glob("*/*.json")):
         record = json.loads(path.read_text())
@@ -77,25 +72,34 @@ def table_cost(results: Path, outs: list[Path]) -> list[dict]:
         config = json.loads((path.parent / "config.json").read_text())
         summary = json.loads(path.read_text())
         add(method, "runs_h", summary, config["batch_size"], config["learning_rate"], seed)
-    out = sorted(rows.values(), key=lambda r: -(r["grid_h"] + r["runs_h"]))
-    for r in out:
+    return entries
+
+
+def table_cost(entries: list[dict]) -> list[dict]:
+    """One row per method: its grid points' and further runs' training hours, most expensive first."""
+    rows: dict[str, dict] = {}
+    for e in entries:
+        r = rows.setdefault(
+            e["method"], {"method": e["method"], "grid_h": 0.0, "runs_h": 0.0, "records": 0, "estimated": 0}
+        )
+        r[e["column"]] += e["hours"]
+        r["records"] += 1
+        r["estimated"] += e["estimated"]
+    for r in rows.values():
         r["total_h"] = r["grid_h"] + r["runs_h"]
-    return out
+    return sorted(rows.values(), key=lambda r: -r["total_h"])
 
 
-def by_setting(rows: list[dict], execution: dict, parallel: dict[str, int]) -> list[dict]:
+def by_setting(entries: list[dict], execution: dict, parallel: dict[str, int]) -> list[dict]:
     """Hours per execution setting of `execution.json`, and the wall hours they took side by side."""
     settings: dict[str, dict] = {}
-    for r in rows:
-        for key, hours in r["by_record"].items():
-            if key not in execution["records"]:
-                raise SystemExit(f"record {key} has no setting in execution.json; add it there")
-            name = execution["records"][key]
-            s = settings.setdefault(
-                name, {"setting": name, "hours": 0.0, "records": 0, "processes": parallel.get(name, 1)}
-            )
-            s["hours"] += hours
-            s["records"] += 1
+    for e in entries:
+        if e["key"] not in execution["records"]:
+            raise SystemExit(f"record {e['key']} has no setting in execution.json; add it there")
+        name = execution["records"][e["key"]]
+        s = settings.setdefault(name, {"setting": name, "hours": 0.0, "records": 0, "processes": parallel.get(name, 1)})
+        s["hours"] += e["hours"]
+        s["records"] += 1
     unknown = set(parallel) - set(settings)
     if unknown:
         raise SystemExit(f"--parallel names {sorted(unknown)}, not a setting of any record ({sorted(settings)})")
@@ -124,7 +128,8 @@ def main() -> None:
         help="SETTING=N: execution.json's records of SETTING trained in N processes side by side",
     )
     args = parser.parse_args()
-    rows = table_cost(args.results, args.out)
+    entries = record_hours(args.results, args.out)
+    rows = table_cost(entries)
     total = {
         "method": "total",
         **{k: sum(r[k] for r in rows) for k in ("grid_h", "runs_h", "records", "estimated", "total_h")},
@@ -133,12 +138,10 @@ def main() -> None:
     execution_path = args.results / "execution.json"
     settings = []
     if execution_path.exists():
-        settings = by_setting(rows, json.loads(execution_path.read_text()), dict(args.parallel))
+        settings = by_setting(entries, json.loads(execution_path.read_text()), dict(args.parallel))
         wall = {"setting": "total", **{k: sum(s[k] for s in settings) for k in ("hours", "records", "wall_h")}}
         print()
         print_table([*settings, {**wall, "processes": ""}], ["setting", "hours", "records", "processes", "wall_h"])
-    for r in rows:
-        r.pop("by_record")
     write_json({"methods": [*rows, total], "settings": settings}, args.json)
 
 
