@@ -50,7 +50,8 @@ def batched_loss(
     where the model has a laid-out equal (the FFVAE's supervised loss, also the weak M-step)."""
     if slice_size < 1:
         raise ValueError(f"slice_size must be ≥ 1 sequence, got {slice_size}")
-    if isinstance(model, FlowFactorizedVAE) and not model.config.group_supervised and model.density == "trace":
+    c = model.config if isinstance(model, FlowFactorizedVAE) else None
+    if c is not None and not c.group_supervised and c.objective == "marginal" and model.density == "trace":
         supervised = functools.partial(_ffvae_supervised, model, slice_size=slice_size)
         if model.config.weakly_supervised:
             return model.weak_batch_loss(frames, key=key, supervised=lambda f, k, kk: supervised(f, k, key=kk))

@@ -18,6 +18,7 @@ from .baselines.poflow import PoFlow, PoFlowConfig
 from .baselines.slowvae import SlowVAE, SlowVAEConfig
 from .baselines.tvae import TVAE, TVAEConfig
 from .baselines.vae import VAE, VAEConfig
+from .ffvae_authors import AuthorsFFVAE, AuthorsFFVAEConfig
 from .interfaces import AbstractSequenceModel
 from .model import FFVAEConfig, FlowFactorizedVAE
 
@@ -34,7 +35,8 @@ class Method:
     protocol): a preset's shared settings do not override them and a caller asking for another value
     is an error. `ablation_of` names the method an ablation removes a term from: it is labelled as an
     ablation, trained at that method's chosen learning rate (`compare --lr-grid` tunes main methods
-    only) and over `compare --ablation-seeds` seeds."""
+    only) and over `compare --ablation-seeds` seeds. `batch_shares_k`: the method's training sampler puts
+    one transformation in each batch, as its authors' did (k still observed per sequence)."""
 
     label: str
     supervision: Supervision
@@ -43,6 +45,7 @@ class Method:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     ablation_of: str | None = None
+    batch_shares_k: bool = False
 
 
 def _ffvae_ablation(label: str, **fixed: Any) -> Method:
@@ -63,6 +66,23 @@ METHODS: dict[str, Method] = {
     "ffvae-group": Method(
         "FFVAE (group, authors')", "group", FFVAEConfig, FlowFactorizedVAE, {"group_supervised": True}
     ),
+    "ffvae-authors": Method("FFVAE (authors' trainer)", "full", AuthorsFFVAEConfig, AuthorsFFVAE, batch_shares_k=True),
+    "ffvae-sde": Method("FFVAE (path-space ELBO)", "full", FFVAEConfig, FlowFactorizedVAE, fixed={"objective": "path"}),
+    "ffvae-sde-weak": Method(
+        "FFVAE (path-space ELBO, weak)",
+        "weak",
+        FFVAEConfig,
+        FlowFactorizedVAE,
+        {"weakly_supervised": True},
+        fixed={"objective": "path"},
+    ),
+    "ffvae-rollout-kl0": Method(
+        "rollout VAE, z_0 KL × (T+1)",
+        "full",
+        FFVAEConfig,
+        FlowFactorizedVAE,
+        fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0, "density": "trace", "kl0_per_frame": True},
+    ),
     "poflow-authors": Method(
         "PoFlow (authors' protocol)",
         "full",
@@ -79,7 +99,9 @@ METHODS: dict[str, Method] = {
         "FFVAE, flow KL and HJ at 0.1, trace density (quick's)", flow_kl_weight=0.1, hj_weight=0.1, density="trace"
     ),
 }
-"""Main methods first (PoFlow also under its authors' training protocol), then the FFVAE's objective
+"""Main methods first (the FFVAE under its three objectives — the literal ELBO, its authors' trainer, the
+path-space ELBO — and the rollout VAE that carries the literal ELBO's rate tax; PoFlow also under its
+authors' training protocol), then the FFVAE's objective
 ablations (`ablation_of`; docs/method.md §6)."""
 
 

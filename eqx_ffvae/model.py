@@ -22,8 +22,10 @@ from .interfaces import AbstractTransportModel, Terms, mean_sequence_loss
 from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import AbstractPotential, PotentialBank
 from .prior import DiffusionPrior
+from .sde import sde_path
 
 DensityForm = Literal["trace", "map"]
+FlowObjective = Literal["marginal", "path"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,12 @@ class FFVAEConfig:
     map's density, so the flow-KL term is not a KL (docs/method.md §3) and at flow-KL weight 1 training
     drives it to −∞ (results/mnist/learning_curves.json). "map": the Euler map's exact
     −log|det(I + h∇²u)| (a Hessian and an LU factorisation per step; the per-sequence `loss`).
+
+    `objective`: "marginal" (default) is the literal ELBO of docs/method.md §4 with per-frame KLs
+    KL[q_t ‖ p^k_t]; "path" is the path-space ELBO (`ffvae-sde`): the posterior is the SDE
+    dz = ∇u^k dt + √(2D_k) dW, the flow term the exact path KL E ∫ ‖∇u^k‖²/(4D_k) dt (`sde.sde_path`),
+    and `density` plays no part in training. `kl0_per_frame` weights KL[q(z_0|x_0) ‖ N(0, I)] by the
+    number of frames T+1: the rate tax of the literal ELBO, put on a rollout VAE (`ffvae-rollout-kl0`).
     """
 
     image_shape: tuple[int, int, int] = (3, 28, 28)
@@ -64,6 +72,8 @@ class FFVAEConfig:
     min_flow_share: float = 0.5
     conv_impl: ConvImpl = "fast"
     density: DensityForm = "trace"
+    objective: FlowObjective = "marginal"
+    kl0_per_frame: bool = False
 
     @property
     def infers_flow(self) -> bool:
@@ -81,6 +91,13 @@ class FFVAEConfig:
             )
         if self.density not in ("trace", "map"):
             raise ValueError(f"density must be 'trace' or 'map', got {self.density!r}")
+        if self.objective not in ("marginal", "path"):
+            raise ValueError(f"objective must be 'marginal' or 'path', got {self.objective!r}")
+        if self.objective == "path" and self.group_supervised:
+            raise ValueError(
+                "objective='path' is not defined for the group-supervised variant (its flows are Gumbel-weighted "
+                "combinations); use weakly_supervised=True"
+            )
         if self.weakly_supervised and self.group_supervised:
             raise ValueError("weakly_supervised and group_supervised exclude each other: pick one way to infer k")
 
@@ -284,36 +301,60 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         points that is a few matmuls over all K weights rather than a per-sequence copy of flow k's.
         """
         log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, self.frame_times[1:], zs[1:])
-        onehot = jax.nn.one_hot(k, self.config.num_flows, dtype=zs.dtype)
-        return self._weighted_terms(mu, logvar, zs, logqs, onehot, log_prior)
+        return self.path_terms(mu, logvar, zs, logqs[1:] - log_prior, k)
 
-    def _weighted_terms(
-        self, mu: Array, logvar: Array, zs: Array, logqs: Array, weights: Array, log_prior: Array
-    ) -> Terms:
-        """The terms of `latent_terms` for the flow Σ_k w_k u^k, given log p_t(z_t) at frames 1…T."""
+    def path_terms(self, mu: Array, logvar: Array, zs: Array, kl_frames: Array, k: Int[ArrayLike, ""]) -> Terms:
+        """Every loss term of one sequence but the reconstruction, from its latent path along flow k and
+        the flow term of each frame 1…T (`flow_path`)."""
+        onehot = jax.nn.one_hot(k, self.config.num_flows, dtype=zs.dtype)
+        return self._weighted_terms(mu, logvar, zs, kl_frames, onehot)
+
+    def _weighted_terms(self, mu: Array, logvar: Array, zs: Array, kl_frames: Array, weights: Array) -> Terms:
+        """The terms of `path_terms` for the flow Σ_k w_k u^k. `kl_t{t}` is frame t's share of the flow
+        term (marginal objective: the MC estimate of KL[q_t ‖ p^k_t]; path objective: the path KL over
+        (t−1, t]); they are logged so that the rate tax of docs/method.md §4 can be read per frame."""
         ts = self.frame_times
         pot, force = self.flows.combined(weights), self.flows.combined_force(weights)
         colloc = jax.lax.stop_gradient(zs)
         return {
             "kl0": dist.kl_to_standard_normal(mu, logvar),
-            "kl_flow": jnp.sum(logqs[1:] - log_prior),
+            "kl_flow": jnp.sum(kl_frames),
             "hj": obj.hj_loss(pot, force, ts[:-1], colloc[:-1]),
             "hj_initial": obj.hj_initial_loss(pot, force, colloc[0]),
+            **{f"kl_t{t + 1}": kl_frames[t] for t in range(kl_frames.shape[0])},
         }
+
+    def flow_path(
+        self, k: Int[ArrayLike, ""], z0: Float[Array, " d"], logq0: ScalarLike, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "n d"], Float[Array, " t"]]:
+        """The training path of z_0 along flow k over the frame times and the flow term of each frame 1…T.
+
+        "marginal": the density solve (`transport_density`) and log q_t(z_t) − log p^k_t(z_t);
+        "path": one draw of the posterior SDE (`sde.sde_path`, key: its Brownian path) and the path KL
+        of each frame interval."""
+        ts = self.frame_times
+        if self.config.objective == "path":
+            diffusion = self.prior.diffusion[k]
+            zs, kls = sde_path(self.flows.potential(k), z0, ts, diffusion, key=key, dt0=self.flow_settings.dt0)
+            return zs, kls[1:] - kls[:-1]
+        zs, logqs = self.transport_density(k, z0, logq0, ts, key=key)
+        log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
+        return zs, logqs[1:] - log_prior
 
     def objective(self, recon: Scalar, terms: Terms) -> tuple[Scalar, Terms]:
         """−ELBO (docs/method.md §4) + λ_HJ · HJ residual from the summed log-likelihood and the other terms."""
         c = self.config
         kl0, kl_flow = terms["kl0"], terms["kl_flow"]
-        loss = -(recon - kl0 - c.flow_kl_weight * kl_flow) + c.hj_weight * terms["hj"]
+        kl0_weight = c.num_frames if c.kl0_per_frame else 1.0
+        loss = -(recon - kl0_weight * kl0 - c.flow_kl_weight * kl_flow) + c.hj_weight * terms["hj"]
         loss = loss + c.hj_initial_weight * terms["hj_initial"]
         return loss, {"loss": loss, "elbo": recon - kl0 - kl_flow, "recon": recon, **terms}
 
     def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """Supervised loss of one sequence: −ELBO (docs/method.md §4) + λ_HJ · HJ residual; and its terms."""
         mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
-        zs, logqs = self.transport_density(k, z0, logq0, self.frame_times, key=probe_key)
-        terms = self.latent_terms(mu, logvar, zs, logqs, k)
+        zs, kl_frames = self.flow_path(k, z0, logq0, probe_key)
+        terms = self.path_terms(mu, logvar, zs, kl_frames, k)
         return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
     def batch_loss(
@@ -363,7 +404,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
     def assignment_scores(self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray) -> Float[Array, "b k"]:
         """Each sequence's trained objective under each flow, up to a per-sequence constant (no gradient).
 
-        Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·KL-flow of sequence i carried by flow k, with the z_0 draw
+        Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·(flow term of `flow_path`) of sequence i carried by flow k, with the z_0 draw
         that `mean_sequence_loss(self, frames, ks, key=key)` makes (the same key split), so every flow is scored on the
         same sample. log p(x_0|z_0) and KL[q(z_0|x_0) ‖ N(0, I)] are common to all flows and left out; so
         is the HJ regulariser, which is not part of the bound and must not steer the assignment (docs/method.md §4).
@@ -371,12 +412,10 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         c = self.config
         keys = jr.split(key, frames.shape[0])
         _, _, z0, logq0, probe_keys = jax.vmap(self.sample_z0)(frames[:, 0], keys)
-        ts = self.frame_times
-        prior = jax.vmap(jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0)), in_axes=(None, None, 0))
 
         def one_flow(k):
-            zs, logqs = jax.vmap(lambda z, lq, pk: self.transport_density(k, z, lq, ts, key=pk))(z0, logq0, probe_keys)
-            return zs[:, 1:], jnp.sum(logqs[:, 1:] - prior(k, ts[1:], zs[:, 1:]), axis=1)
+            zs, kl_frames = jax.vmap(lambda z, lq, pk: self.flow_path(k, z, lq, pk))(z0, logq0, probe_keys)
+            return zs[:, 1:], jnp.sum(kl_frames, axis=1)
 
         zs, kl_flow = jax.vmap(one_flow)(jnp.arange(c.num_flows))  # (K, B, T, d), (K, B)
         # Frame 0 decodes the same z_0 under every flow: a constant per sequence, left out. One slice
@@ -475,7 +514,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         per_flow = jax.vmap(lambda k: jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:]))(
             jnp.arange(self.config.num_flows)
         )
-        terms = self._weighted_terms(mu, logvar, zs, logqs, weights, weights @ per_flow)
+        terms = self._weighted_terms(mu, logvar, zs, logqs[1:] - weights @ per_flow, weights)
         return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
 

@@ -207,7 +207,7 @@ class WeightedPotential(AbstractPotential):
     dz/dt = Σ_k w_k ∇u^k. Gradient and Laplacian are linear in u, so they combine the same way.
     """
 
-    stacked: MLPPotential
+    stacked: AbstractPotential
     weights: Float[Array, " k"]
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
@@ -221,7 +221,7 @@ class WeightedPotential(AbstractPotential):
 class WeightedForce(eqx.Module):
     """f(t, z) = Σ_k w_k f^k(t, z): K stacked forces in one vmapped call (one-hot weights: force k)."""
 
-    stacked: Force
+    stacked: eqx.Module
     weights: Float[Array, " k"]
 
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
@@ -232,11 +232,13 @@ class PotentialBank(eqx.Module):
     """K potentials and (optionally) K forces, each stored once with a leading axis of size K.
 
     `with_forces=False` (a model with no Hamilton–Jacobi term, e.g. PoFlow) keeps no forces; the
-    potentials are drawn from the same key either way.
+    potentials are drawn from the same key either way. `make_potential(key)` / `make_force(key)` build
+    one member of another form (default: `MLPPotential` / `Force` of the given sizes); a force returns
+    f(t, z) ≤ 0 as `Force` does.
     """
 
-    potentials: MLPPotential
-    forces: Force | None
+    potentials: AbstractPotential
+    forces: eqx.Module | None
     num_flows: int = eqx.field(static=True)
 
     def __init__(
@@ -248,28 +250,26 @@ class PotentialBank(eqx.Module):
         depth: int = 2,
         time_dim: int = 16,
         with_forces: bool = True,
+        make_potential: Callable[[PRNGKeyArray], AbstractPotential] | None = None,
+        make_force: Callable[[PRNGKeyArray], eqx.Module] | None = None,
         key: PRNGKeyArray,
     ):
         pkey, fkey = jr.split(key)
-        self.potentials = eqx.filter_vmap(
-            lambda k: MLPPotential(latent_dim, width, depth=depth, time_dim=time_dim, key=k)
-        )(jr.split(pkey, num_flows))
-        self.forces = (
-            eqx.filter_vmap(lambda k: Force(latent_dim, width, depth=depth, time_dim=time_dim, key=k))(
-                jr.split(fkey, num_flows)
-            )
-            if with_forces
-            else None
-        )
+        if make_potential is None:
+            make_potential = lambda k: MLPPotential(latent_dim, width, depth=depth, time_dim=time_dim, key=k)  # noqa: E731
+        if make_force is None:
+            make_force = lambda k: Force(latent_dim, width, depth=depth, time_dim=time_dim, key=k)  # noqa: E731
+        self.potentials = eqx.filter_vmap(make_potential)(jr.split(pkey, num_flows))
+        self.forces = eqx.filter_vmap(make_force)(jr.split(fkey, num_flows)) if with_forces else None
         self.num_flows = num_flows
 
-    def potential(self, k: Int[ArrayLike, ""]) -> MLPPotential:
+    def potential(self, k: Int[ArrayLike, ""]) -> AbstractPotential:
         return select_stacked(self.potentials, k)
 
-    def force(self, k: Int[ArrayLike, ""]) -> Force:
+    def force(self, k: Int[ArrayLike, ""]) -> eqx.Module:
         return select_stacked(self._forces(), k)
 
-    def _forces(self) -> Force:
+    def _forces(self) -> eqx.Module:
         if self.forces is None:
             raise ValueError("this PotentialBank was built with with_forces=False: it has no forces")
         return self.forces

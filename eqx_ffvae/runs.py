@@ -167,8 +167,9 @@ class RunSpec:
 
     @property
     def grouped(self) -> bool:
-        """Group supervision: the sampler puts one transformation in each batch."""
-        return methods.get_method(self.method).supervision == "group"
+        """One transformation in each batch: group supervision, or a method whose authors sampled so."""
+        method = methods.get_method(self.method)
+        return method.supervision == "group" or method.batch_shares_k
 
     @property
     def transforms(self) -> tuple[str, ...]:
