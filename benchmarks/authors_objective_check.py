@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -124,8 +123,8 @@ def ours(inputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def theirs(inputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Their terms: their classes, weights copied in, their loop body (trainer :239–275)."""
-    sys.path.insert(0, REPO)
+    """Their terms: their classes, weights copied in, their loop body (trainer :239–275). Runs in the
+    torch process, whose PYTHONPATH holds their repository."""
     import torch
     from latent_flow.models.DiffPDE import DiffPDE
     from latent_flow.models.HJPDE import HJPDE
@@ -223,7 +222,11 @@ def main() -> None:
             inputs = draw_inputs(seed, d, n, b, k)
             npz, js = Path(tmp, f"in{seed}.npz"), Path(tmp, f"out{seed}.json")
             np.savez(npz, **inputs)
-            subprocess.run([args.torch_python, __file__, "--theirs", str(npz), str(js)], check=True)
+            subprocess.run(
+                [args.torch_python, __file__, "--theirs", str(npz), str(js)],
+                check=True,
+                env={**os.environ, "PYTHONPATH": REPO},
+            )
             theirs_terms, ours_terms = json.loads(js.read_text()), ours(inputs)
             for term, value in theirs_terms.items():
                 mine = ours_terms[term]

@@ -105,6 +105,19 @@ def _lr_name(learning_rate: float) -> str:
     return f"lr{learning_rate:g}"
 
 
+def same_identity(stored: dict | None, spec: RunSpec) -> bool:
+    """Whether a stored identity (a grid record's) is `spec`'s, with the model fields it predates at
+    their defaults: a config field added later with a default that keeps the old behaviour does not
+    make a committed record stale."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        return False
+    try:
+        model = methods.make_config(stored["method"], **stored["model"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return {**stored, "model": json.loads(json.dumps(dataclasses.asdict(model)))} == spec.identity()
+
+
 def _grid_point(spec: RunSpec, run_dir: Path, kept: Path | None) -> tuple[dict, bool]:
     """Train `spec` (seed 0 at one learning rate of the grid) and score it by its own validation loss
     (`runs.validation_loss`); a run that stops on a non-finite loss scores +inf ("failed" says why).
@@ -116,7 +129,7 @@ def _grid_point(spec: RunSpec, run_dir: Path, kept: Path | None) -> tuple[dict, 
                 record = json.loads(path.read_text())
             except ValueError:
                 continue
-            if record.get("identity") == spec.identity() and record.get("steps") == spec.steps:
+            if same_identity(record.get("identity"), spec) and record.get("steps") == spec.steps:
                 if kept is not None and path != kept:
                     atomic_write(kept, json.dumps(record, indent=2))
                 return record, True

@@ -222,3 +222,20 @@ def test_validation_loss_is_the_mean_own_loss_over_the_validation_sequences(cap,
     np.testing.assert_allclose(result["validation_loss"], np.mean(losses), rtol=1e-5)
     with pytest.raises(RunError, match="no validation split.*--validation-fraction"):
         runs.validation_loss(runs.resolve("quick", model="vae"), model)
+
+
+def test_a_grid_record_made_before_a_config_field_existed_is_still_its_configuration():
+    """A committed grid record stores its identity as written then; a model field added later with a
+    default that keeps the old behaviour must not make it stale (it would retrain a table's grid)."""
+    from eqx_ffvae.compare import same_identity
+
+    spec = runs.resolve("mnist-medium", model="ffvae")
+    stored = json.loads(json.dumps(spec.identity()))
+    for later in ("objective", "kl0_per_frame"):
+        stored["model"].pop(later)
+    assert same_identity(stored, spec)
+    stored["model"]["flow_kl_weight"] = 0.5  # a real difference still counts
+    assert not same_identity(stored, spec)
+    assert not same_identity(None, spec) and not same_identity({"method": "ffvae"}, spec)
+    taxed = json.loads(json.dumps(runs.resolve("mnist-medium", model="ffvae-rollout-kl0").identity()))
+    assert not same_identity(taxed, spec)
