@@ -12,7 +12,11 @@ and gradients; tests check both) as follows:
   (`sum_over_slices`): the backward pass keeps no decoder activation and recomputes nothing.
 
 A weakly supervised FFVAE gets this path for its M-step (its E-step is the model's own); every other
-model, and an FFVAE whose density is the Euler map's (`density="map"`), trains on its own `batch_loss`. `slice_size` changes memory and speed, never the result.
+model, an FFVAE whose density is the Euler map's (`density="map"`) and one on the path-space objective
+(`objective="path"`, `ffvae-sde`) train on their own `batch_loss` (the mean of `loss`, tested equal
+through this door). The path objective is not laid out in slices: each row's posterior is an SDE
+driven by its own Brownian path, which the one-ODE-over-rows solve (`flow_rows`) does not carry
+(its cost against the other objectives: docs/performance.md). `slice_size` changes memory and speed, never the result.
 """
 
 from __future__ import annotations
