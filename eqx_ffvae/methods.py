@@ -83,6 +83,14 @@ METHODS: dict[str, Method] = {
         FlowFactorizedVAE,
         fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0, "density": "trace", "kl0_per_frame": True},
     ),
+    "ffvae-rollout-kl0-weak": Method(
+        "rollout VAE, z_0 KL × (T+1), weak",
+        "weak",
+        FFVAEConfig,
+        FlowFactorizedVAE,
+        {"weakly_supervised": True},
+        fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0, "density": "trace", "kl0_per_frame": True},
+    ),
     "poflow-authors": Method(
         "PoFlow (authors' protocol)",
         "full",
