@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 ROWS = {
     "ffvae": ("literal ELBO (per-frame KLs)", "kl_flow"),
@@ -27,7 +28,6 @@ ROWS = {
     "poflow": ("PoFlow", None),
     "poflow-authors": ("PoFlow, authors' protocol (one frame per step)", None),
 }
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def summary(values: list[float]) -> dict:
@@ -35,7 +35,7 @@ def summary(values: list[float]) -> dict:
     a = np.asarray(values, np.float64)
     out = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else None, "seeds": int(a.size)}
     if a.size > 1:
-        half = T_975[a.size - 1] * out["std"] / math.sqrt(a.size)
+        half = float(stats.t.ppf(0.975, a.size - 1)) * out["std"] / math.sqrt(a.size)
         out["ci95"] = [out["mean"] - half, out["mean"] + half]
     return out
 

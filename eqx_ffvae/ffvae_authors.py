@@ -238,12 +238,6 @@ class AuthorsFFVAE(AbstractPotentialFlowModel):
         """Training tracks no consistent density (their per-dimension row sums); the proposal uses the map."""
         return "trace"
 
-    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
-        return self.decoder(z)
-
-    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
-        return dist.bernoulli_log_likelihood(self.decode(z), x)
-
     def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
         """log N(z; 0, s_t² I), s_t = Π_{s≤t} (1 + c_s): their prior maps applied to N(0, I)."""
         log_scales = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(jnp.log1p(prior_increments(self.prior_scale[k])))])

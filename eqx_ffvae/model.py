@@ -131,6 +131,12 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
     def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         return self.encoder(x)
 
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+        return self.decoder(z)
+
+    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
+        return dist.bernoulli_log_likelihood(self.decode(z), x)
+
     def sample_z0(self, x0: Float[Array, "c h w"], key: PRNGKeyArray):
         """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""
         sample_key, probe_key = jr.split(key)
@@ -281,12 +287,6 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
     def density(self) -> DensityForm:
         return self.config.density
 
-    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
-        return self.decoder(z)
-
-    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
-        return dist.bernoulli_log_likelihood(self.decode(z), x)
-
     def frame_log_likelihoods(self, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """log p(x_t | z_t) of each frame (the decoder's memory-bounded loop over frames)."""
         return self.decoder.log_likelihoods(zs, x_seq)
@@ -300,8 +300,12 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
         The HJ terms use the one-hot combination of all K potentials and forces: at the T collocation
         points that is a few matmuls over all K weights rather than a per-sequence copy of flow k's.
         """
+        return self.path_terms(mu, logvar, zs, self._marginal_kl_frames(k, zs, logqs), k)
+
+    def _marginal_kl_frames(self, k: Int[ArrayLike, ""], zs: Array, logqs: Array) -> Array:
+        """log q_t(z_t) − log p^k_t(z_t) at frames 1…T: the literal ELBO's flow term per frame."""
         log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, self.frame_times[1:], zs[1:])
-        return self.path_terms(mu, logvar, zs, logqs[1:] - log_prior, k)
+        return logqs[1:] - log_prior
 
     def path_terms(self, mu: Array, logvar: Array, zs: Array, kl_frames: Array, k: Int[ArrayLike, ""]) -> Terms:
         """Every loss term of one sequence but the reconstruction, from its latent path along flow k and
@@ -338,8 +342,7 @@ class FlowFactorizedVAE(AbstractPotentialFlowModel):
             zs, kls = sde_path(self.flows.potential(k), z0, ts, diffusion, key=key, dt0=self.flow_settings.dt0)
             return zs, kls[1:] - kls[:-1]
         zs, logqs = self.transport_density(k, z0, logq0, ts, key=key)
-        log_prior = jax.vmap(self.prior.log_prob, in_axes=(None, 0, 0))(k, ts[1:], zs[1:])
-        return zs, logqs[1:] - log_prior
+        return zs, self._marginal_kl_frames(k, zs, logqs)
 
     def objective(self, recon: Scalar, terms: Terms) -> tuple[Scalar, Terms]:
         """−ELBO (docs/method.md §4) + λ_HJ · HJ residual from the summed log-likelihood and the other terms."""

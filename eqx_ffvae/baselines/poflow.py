@@ -104,12 +104,6 @@ class PoFlow(AbstractPotentialFlowModel):
         """The Euler step's trace form (PoFlow's training needs no density; its proposal uses the map)."""
         return "trace"
 
-    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
-        return self.decoder(z)
-
-    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
-        return dist.bernoulli_log_likelihood(self.decode(z), x)
-
     def prior_log_prob(self, k: Int[ArrayLike, ""], t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
         """N(0, I) at every frame: PoFlow has no prior of its own along the flows."""
         del k, t
