@@ -1,12 +1,12 @@
 """The latent flow's solve with its gradient: Diffrax, as the training step runs it, against the same Euler
-updates written as a plain `lax.scan`, on one slice of sequences as `_batched.flow_rows` solves it (one
+updates written as a plain `lax.scan`, on one slice of sequences as `layout.flow_rows` solves it (one
 potential per row, T = 8 steps of dt = 1, exact Laplacian).
 
     python benchmarks/flow_solver.py [--configs quick a] [--rounds 5] [--json PATH]
 
 DESIGN.md measured a Diffrax Euler solve ~20% slower than `lax.scan` at d = 64 and asked whether
 Diffrax's options explain it. Rows:
-  diffrax-ts     `_batched.flow_rows`: Euler, SaveAt(ts=0…T), RecursiveCheckpointAdjoint, max_steps = T
+  diffrax-ts     `layout.flow_rows`: Euler, SaveAt(ts=0…T), RecursiveCheckpointAdjoint, max_steps = T
   diffrax-steps  the same with SaveAt(t0=True, steps=True): no interpolating save loop
   scan           `lax.scan` over the T updates; reverse mode stores every step's residuals
 `max_rel_diff` compares each variant's value and gradients with diffrax-ts. Rounds are interleaved, because this VM's speed drifts over
@@ -30,7 +30,7 @@ import jax.random as jr
 from _util import print_table, write_json
 
 import eqx_ffvae as ff
-from eqx_ffvae import _batched
+from eqx_ffvae import layout
 from eqx_ffvae.flows import FlowSettings
 
 # (latent d, potential width, rows per slice): slices of 16 sequences, as the library's default.
@@ -49,7 +49,7 @@ def _row_field(pot):
 
 
 def solve_diffrax_ts(pot, z0, logq0, ts):
-    return _batched.flow_rows(pot, z0, logq0, ts, settings=FlowSettings())
+    return layout.flow_rows(pot, z0, logq0, ts, settings=FlowSettings())
 
 
 def solve_diffrax_steps(pot, z0, logq0, ts):
@@ -134,7 +134,7 @@ def measure(config: str, rounds: int, calls: int) -> list[dict]:
 
     def make(solve):
         def loss(bank, z0):
-            zs, logqs = solve(_batched.row_potentials(bank, ks), z0, logq0, ts)
+            zs, logqs = solve(layout.row_potentials(bank, ks), z0, logq0, ts)
             return jnp.sum(weights * zs) + jnp.sum(logqs)
 
         return eqx.filter_jit(eqx.filter_value_and_grad(loss))

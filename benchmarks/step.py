@@ -107,9 +107,9 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     import jax.random as jr
 
     import eqx_ffvae as ff
-    from eqx_ffvae._batched import slice_rows, summed_log_likelihood
     from eqx_ffvae.cli import release_free_memory
-    from eqx_ffvae.training import DEFAULT_SLICE_SIZE, compile_step, make_optimizer, make_step
+    from eqx_ffvae.layout import Layout, default_slice_size, slice_rows
+    from eqx_ffvae.training import compile_step, make_optimizer, make_step
 
     spec = CONFIGS[config]
     d, batch = spec["d"], spec["batch"]
@@ -122,7 +122,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
         potential_width=spec.get("potential_width", d),
         laplacian=laplacian,
     )
-    slice_size = next(s for s in (slice_size, spec.get("slice_size"), DEFAULT_SLICE_SIZE) if s is not None)
+    slice_size = next(s for s in (slice_size, spec.get("slice_size"), default_slice_size(batch)) if s is not None)
     model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
     optimizer = make_optimizer(1e-4)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
@@ -146,7 +146,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
         return jnp.sum(jax.vmap(vf)(zs, jr.split(key, batch)))
 
     def one_frame_decode(model, zs, xs):  # one chunk of one slice: each loop runs once
-        return summed_log_likelihood(model.decoder, zs[None], xs[None], frames_per_slice=batch)
+        return model.decoder.summed_log_likelihood(zs[None], xs[None], Layout(batch))
 
     def one_frame_features(model, zs):
         return jnp.sum(jax.vmap(model.decoder.features)(zs))

@@ -5,7 +5,7 @@
         --json results/mnist/cost.json
 
 A record written by `compare` since `training_seconds` exists gives the loop's wall time over every
-invocation of the run (`compare.training_seconds`: stepping, data and checkpoints; compilation and
+invocation of the run (`records.training_seconds`: stepping, data and checkpoints; compilation and
 evaluation left out). For an older record the same sum is taken over the run's metrics.jsonl where
 its run directory is still under one of `--out` (`<out>/<method>/lr<rate>/seed<i>`); otherwise only
 its last 100 steps' throughput is left, its time is estimated as steps × batch / that mean rate, and
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _util import print_table, write_json
 
-from eqx_ffvae import compare, runs
+from eqx_ffvae import runs
 
 
 def _hours(summary: dict, batch_size: int, run_dirs: list[Path]) -> tuple[float, bool]:
@@ -35,7 +35,7 @@ def _hours(summary: dict, batch_size: int, run_dirs: list[Path]) -> tuple[float,
     for run_dir in run_dirs:
         records = runs.read_metrics(run_dir / "metrics.jsonl")
         if records and records[-1]["step"] == summary["final_step"]:
-            return compare.training_seconds(records, batch_size) / 3600, False
+            return records.training_seconds(records, batch_size) / 3600, False
     rate = next(v["sequences_per_s"] for k, v in summary.items() if k.startswith("mean_of_last_"))
     return summary["final_step"] * batch_size / rate / 3600, True
 

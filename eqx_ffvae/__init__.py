@@ -1,4 +1,12 @@
-"""Flow Factorized Representation Learning (Song et al., NeurIPS 2023) in JAX + Equinox + Diffrax."""
+"""Flow Factorized Representation Learning (Song et al., NeurIPS 2023) in JAX + Equinox + Diffrax.
+
+`import eqx_ffvae` loads the maths, the models and the data; the run machinery (checkpoints, the
+loop, data workers, event files) is one import away: `from eqx_ffvae import runs` (or the lazy
+attributes `eqx_ffvae.runs` and `eqx_ffvae.load_run`).
+"""
+
+import importlib
+from typing import Any
 
 from . import baselines as baselines
 from . import distributions as distributions
@@ -6,17 +14,20 @@ from . import interfaces as interfaces
 from . import methods as methods
 from . import metrics as metrics
 from . import objectives as objectives
-from . import runs as runs
 from ._version import __version__ as __version__
 from .conv import Conv2d as Conv2d
 from .conv import ConvTranspose2d as ConvTranspose2d
+from .ffvae_inference import GroupFFVAE as GroupFFVAE
+from .ffvae_inference import WeakFFVAE as WeakFFVAE
 from .flows import flow as flow
 from .flows import frame_times as frame_times
 from .flows import laplacian as laplacian
 from .flows import velocity as velocity
 from .interfaces import AbstractAdversarialModel as AbstractAdversarialModel
+from .interfaces import AbstractFlowInferenceModel as AbstractFlowInferenceModel
 from .interfaces import AbstractSequenceModel as AbstractSequenceModel
 from .interfaces import AbstractTransportModel as AbstractTransportModel
+from .layout import Layout as Layout
 from .model import FFVAEConfig as FFVAEConfig
 from .model import FlowFactorizedVAE as FlowFactorizedVAE
 from .nn import (
@@ -27,6 +38,9 @@ from .nn import (
 )
 from .nn import (
     SequenceEncoder as SequenceEncoder,
+)
+from .potentials import (
+    AbstractAutodiffPotential as AbstractAutodiffPotential,
 )
 from .potentials import (
     AbstractPotential as AbstractPotential,
@@ -50,4 +64,14 @@ from .potentials import (
     WeightedPotential as WeightedPotential,
 )
 from .prior import DiffusionPrior as DiffusionPrior
-from .runs import load_run as load_run
+
+_LAZY = {"runs": ("eqx_ffvae.runs", None), "load_run": ("eqx_ffvae.runs", "load_run")}
+
+
+def __getattr__(name: str) -> Any:
+    """`eqx_ffvae.runs` and `eqx_ffvae.load_run`, imported on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'eqx_ffvae' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data.transforms import MNIST_PAIRS
-from .interfaces import AbstractSequenceModel, AbstractTransportModel
-from .model import AbstractPotentialFlowModel, FlowFactorizedVAE
+from .flow_model import AbstractPotentialFlowModel
+from .interfaces import AbstractFlowInferenceModel, AbstractSequenceModel, AbstractTransportModel
 
 
 @eqx.filter_jit
@@ -94,7 +94,7 @@ def has_transport(model: AbstractSequenceModel) -> bool:
 
 def infers_flow(model: AbstractSequenceModel) -> bool:
     """Whether the model does not observe k: it is scored with the flow its q(k | x̄) infers (docs/method.md §5)."""
-    return isinstance(model, FlowFactorizedVAE) and model.config.infers_flow
+    return isinstance(model, AbstractFlowInferenceModel)
 
 
 def flow_assignment(true_ks: np.ndarray, flows: np.ndarray, num_flows: int) -> dict:

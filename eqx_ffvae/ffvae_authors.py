@@ -48,11 +48,12 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 
 from . import distributions as dist
 from .baselines.base import BaselineConfig, conv_pair
+from .flow_model import AbstractPotentialFlowModel
 from .flows import FlowSettings
 from .interfaces import Terms
-from .model import AbstractPotentialFlowModel
+from .layout import Layout
 from .nn import ConvDecoder, ConvEncoder
-from .potentials import AbstractPotential, PotentialBank, select_stacked
+from .potentials import AbstractAutodiffPotential, PotentialBank, select_stacked
 
 PRIOR_EPS = 1e-5
 """The 1e-5 of DiffPDE.py:182–183 (σ² + 1e-5)."""
@@ -93,7 +94,7 @@ class AuthorsMLP(eqx.Module):
         return jnp.tanh(self.layer_out(x))[0]
 
 
-class AuthorsPotential(AbstractPotential):
+class AuthorsPotential(AbstractAutodiffPotential):
     """u(t, z) = their MLP at τ = t + 1: our Euler step from frame t is their step t + 1 (trainer :251)."""
 
     mlp: AuthorsMLP
@@ -256,9 +257,10 @@ class AuthorsFFVAE(AbstractPotentialFlowModel):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
         """Their loss of a batch (couples the batch: not the mean of `loss`)."""
-        del step
+        del step, layout
         mu, logvar = jax.vmap(self.encode)(frames[:, 0])
         eps = jr.normal(key, mu.shape, mu.dtype)
         terms = authors_batch_terms(

@@ -10,6 +10,8 @@ probing for attributes by name.
   objective of a batch, and the proposal, decoder likelihood and prior that importance sampling needs.
 * `AbstractTransportModel`: also moves a latent along its own transformation k (`transport`), several
   at once (`compose`), and says how many it has (`num_flows`).
+* `AbstractFlowInferenceModel`: a transport model that does not observe k: it carries q(k | x̄)
+  (`flow_posterior_logits`) and is scored by the flow it infers.
 * `AbstractAdversarialModel`: also carries a discriminator with its own objective and optimiser,
   updated by the training step after the model (FactorVAE).
 """
@@ -24,6 +26,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
+
+from .layout import Layout
 
 Terms = dict[str, Scalar]
 
@@ -57,11 +61,14 @@ class AbstractSequenceModel(eqx.Module):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
         """The training objective of a batch: `mean_sequence_loss` for a per-sequence objective; a model
         whose objective couples the batch (a total-correlation estimate, an E-step over the batch, a
         batch-agreement term) defines it here. `ks` is ignored by a model that does not observe k;
-        `step` is the training step, for objectives with a schedule (None where there is none)."""
+        `step` is the training step, for objectives with a schedule (None where there is none).
+        `layout` (the training step's `layout.Layout`) lays the computation out in memory where the model
+        has a laid-out form; it never changes the numbers (None: the plain definition)."""
 
     @abc.abstractmethod
     def importance_proposal(
@@ -113,6 +120,14 @@ class AbstractTransportModel(AbstractSequenceModel):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "n d"]:
         """The latent path under several transformations at once, weighted (one-hot: `transport`)."""
+
+
+class AbstractFlowInferenceModel(AbstractTransportModel):
+    """A transport model that infers which transformation a sequence holds: q(k | x̄)."""
+
+    @abc.abstractmethod
+    def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
+        """Logits of q(k | x̄) over the model's flows."""
 
 
 class AbstractAdversarialModel(AbstractSequenceModel):

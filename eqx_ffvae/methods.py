@@ -19,6 +19,7 @@ from .baselines.slowvae import SlowVAE, SlowVAEConfig
 from .baselines.tvae import TVAE, TVAEConfig
 from .baselines.vae import VAE, VAEConfig
 from .ffvae_authors import AuthorsFFVAE, AuthorsFFVAEConfig
+from .ffvae_inference import GroupFFVAE, WeakFFVAE
 from .interfaces import AbstractSequenceModel
 from .model import FFVAEConfig, FlowFactorizedVAE
 
@@ -62,17 +63,15 @@ METHODS: dict[str, Method] = {
     "tvae": Method("TVAE", "weak", TVAEConfig, TVAE),
     "poflow": Method("PoFlow", "full", PoFlowConfig, PoFlow),
     "ffvae": Method("FFVAE", "full", FFVAEConfig, FlowFactorizedVAE),
-    "ffvae-weak": Method("FFVAE (weak)", "weak", FFVAEConfig, FlowFactorizedVAE, {"weakly_supervised": True}),
-    "ffvae-group": Method(
-        "FFVAE (group, authors')", "group", FFVAEConfig, FlowFactorizedVAE, {"group_supervised": True}
-    ),
+    "ffvae-weak": Method("FFVAE (weak)", "weak", FFVAEConfig, WeakFFVAE, {"weakly_supervised": True}),
+    "ffvae-group": Method("FFVAE (group, authors')", "group", FFVAEConfig, GroupFFVAE, {"group_supervised": True}),
     "ffvae-authors": Method("FFVAE (authors' trainer)", "full", AuthorsFFVAEConfig, AuthorsFFVAE, batch_shares_k=True),
     "ffvae-sde": Method("FFVAE (path-space ELBO)", "full", FFVAEConfig, FlowFactorizedVAE, fixed={"objective": "path"}),
     "ffvae-sde-weak": Method(
         "FFVAE (path-space ELBO, weak)",
         "weak",
         FFVAEConfig,
-        FlowFactorizedVAE,
+        WeakFFVAE,
         {"weakly_supervised": True},
         fixed={"objective": "path"},
     ),
@@ -87,7 +86,7 @@ METHODS: dict[str, Method] = {
         "rollout VAE, z_0 KL × (T+1), weak",
         "weak",
         FFVAEConfig,
-        FlowFactorizedVAE,
+        WeakFFVAE,
         {"weakly_supervised": True},
         fixed={"flow_kl_weight": 0.0, "hj_weight": 0.0, "density": "trace", "kl0_per_frame": True},
     ),

@@ -19,6 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
 from .distributions import bernoulli_log_likelihood
+from .layout import Layout, sum_over_slices
 
 DECODER_SAVED = "decoder_preactivation"
 """Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
@@ -179,6 +180,29 @@ class ConvDecoder(eqx.Module):
         features = rearrange(features, "(m b) h w c -> m b h w c", m=m)
         one = functools.partial(feature_log_likelihood, self.deconvs[1:])
         return jax.lax.map(lambda fx: jax.vmap(one)(*fx), (features, channels_last(xs)))
+
+    def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"], layout: Layout) -> Scalar:
+        """Σ over all m·b frames of log p(x | z), for training, with gradients taken inside the loops.
+
+        `features` runs on b frames at a time (its weight gradient is one GEMM over b rows), the
+        spatial layers on `layout.rows(b)` of those at a time. Each loop takes its gradient slice by
+        slice (`layout.sum_over_slices`), so the backward pass keeps no decoder activation at all, and
+        nothing is recomputed.
+        """
+        chunk = functools.partial(_chunk_log_likelihood, layout=layout)
+        return sum_over_slices(chunk, self, zs, channels_last(xs))
+
+
+def _chunk_log_likelihood(
+    decoder: ConvDecoder, zs: Float[Array, "b d"], xs: Float[Array, "b h w c"], layout: Layout
+) -> Scalar:
+    split = lambda a: rearrange(a, "(s r) ... -> s r ...", r=layout.rows(zs.shape[0]))  # noqa: E731
+    features = jax.vmap(decoder.features)(zs)
+    return sum_over_slices(_slice_log_likelihood, decoder.deconvs[1:], split(features), split(xs))
+
+
+def _slice_log_likelihood(deconvs: tuple, features: Array, xs: Float[Array, "b h w c"]) -> Scalar:
+    return jnp.sum(jax.vmap(functools.partial(feature_log_likelihood, deconvs))(features, xs))
 
 
 def channels_last(x: Float[Array, "*b c h w"]) -> Float[Array, "*b h w c"]:

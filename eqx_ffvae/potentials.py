@@ -28,21 +28,42 @@ def hvp_grad_and_laplacian(
     return grads[0], jnp.trace(hvps)
 
 
+def autodiff_grad_and_hessian(
+    u: Callable[[Float[Array, " d"]], Scalar], z: Float[Array, " d"]
+) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+    """(∇u, ∇²u) by `jax.grad` and `jax.hessian`."""
+    return jax.grad(u)(z), jax.hessian(u)(z)
+
+
 class AbstractPotential(eqx.Module):
-    """A scalar field u(t, z). Subclasses give `__call__`; the exact Laplacian defaults to HVPs."""
+    """A scalar field u(t, z) with its exact derivatives in z: every final potential gives all three.
+
+    `AbstractAutodiffPotential` gives the derivatives by automatic differentiation, so that a new
+    potential needs only `__call__`; `MLPPotential` computes them in closed form.
+    """
 
     @abc.abstractmethod
     def __call__(self, t: ScalarLike, z: Float[Array, " d"]) -> Scalar:
-        raise NotImplementedError
+        """u(t, z)."""
+
+    @abc.abstractmethod
+    def grad_and_laplacian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
+        """(∇_z u, Δ_z u), exactly."""
+
+    @abc.abstractmethod
+    def grad_and_hessian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """(∇_z u, ∇²_z u), exactly."""
+
+
+class AbstractAutodiffPotential(AbstractPotential):
+    """A potential whose subclass gives only `__call__`: the Laplacian by d Hessian-vector products
+    (`hvp_grad_and_laplacian`), the Hessian by `jax.hessian`."""
 
     def grad_and_laplacian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
-        """(∇_z u, Δ_z u) exactly; override with a cheaper exact method where one exists."""
         return hvp_grad_and_laplacian(lambda x: self(t, x), z)
 
     def grad_and_hessian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
-        """(∇_z u, ∇²_z u) exactly (`jax.hessian`); override with a cheaper exact method where one exists."""
-        u = lambda x: self(t, x)  # noqa: E731
-        return jax.grad(u)(z), jax.hessian(u)(z)
+        return autodiff_grad_and_hessian(lambda x: self(t, x), z)
 
 
 class SinusoidalEmbedding(eqx.Module):
@@ -216,6 +237,9 @@ class WeightedPotential(AbstractPotential):
     def grad_and_laplacian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Scalar]:
         grads, laps = eqx.filter_vmap(lambda p: p.grad_and_laplacian(t, z))(self.stacked)
         return self.weights @ grads, jnp.dot(self.weights, laps)
+
+    def grad_and_hessian(self, t: ScalarLike, z: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        return autodiff_grad_and_hessian(lambda x: self(t, x), z)
 
 
 class WeightedForce(eqx.Module):

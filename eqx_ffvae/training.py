@@ -18,8 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array
 
-from ._batched import batched_loss
 from .interfaces import AbstractAdversarialModel, AbstractSequenceModel
+from .layout import Layout, default_slice_size
 
 Batch = dict[str, Array]
 MatmulPrecision = Literal["float32", "tensorfloat32", "bfloat16"]
@@ -68,15 +68,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return eqx.filter_shard(tree, NamedSharding(mesh, P()))
 
 
-DEFAULT_SLICE_SIZE = 16
-"""Sequences per flow slice and decoder chunk: the fastest on a 2-core CPU at every measured size
-(d = 32 to 324); a GPU wants the whole batch in one slice."""
-
-
 def make_step(
     optimizer: optax.GradientTransformation,
     *,
-    slice_size: int = DEFAULT_SLICE_SIZE,
+    slice_size: int | None = None,
     mesh: Mesh | None = None,
     matmul_precision: MatmulPrecision = "float32",
     frames: Callable[[Batch], Array] | None = None,
@@ -84,9 +79,9 @@ def make_step(
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
     `batch`: {"frames": (B, T+1, C, H, W), "k": (B,)}, and "step": (B,) (every row the training step,
-    `with_step`) for a model whose objective has a schedule (the group-supervised FFVAE). The loss is the model's `batch_loss`, computed by
-    `_batched.batched_loss` in slices of `slice_size` sequences (memory and speed only: the numbers
-    do not depend on it).
+    `with_step`) for a model whose objective has a schedule (the group-supervised FFVAE). The loss is the model's `batch_loss`, laid out by
+    `layout.Layout(slice_size)` (memory and speed only: the numbers do not depend on it); by default
+    `layout.default_slice_size` of the batch and the backend.
 
     With a mesh, the batch is constrained to be split over ("batch",) and the model replicated, so
     XLA inserts the gradient all-reduce; buffers of the old model and optimiser state are donated.
@@ -103,12 +98,13 @@ def make_step(
     """
     if matmul_precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {matmul_precision!r}")
-    if slice_size < 1:
-        raise ValueError(f"slice_size must be ≥ 1 sequence, got {slice_size}")
+    if slice_size is not None:
+        Layout(slice_size)  # a bad size is an error here, not at the first step
 
     def loss_fn(model: AbstractSequenceModel, batch: Batch, key):
         step = batch["step"][0] if "step" in batch else None
-        return batched_loss(model, batch["frames"], batch["k"], key=key, step=step, slice_size=slice_size)
+        size = default_slice_size(batch["k"].shape[0]) if slice_size is None else slice_size
+        return model.batch_loss(batch["frames"], batch["k"], key=key, step=step, layout=Layout(size))
 
     def _alternating_update(model, opt_state, batch, key):
         main_state, disc_state = opt_state

@@ -179,7 +179,7 @@ def test_capsule_roll_rolls_each_capsule():
 # ---- PoFlow -------------------------------------------------------------------------------------
 
 
-class _TravellingWave(ff.AbstractPotential):
+class _TravellingWave(ff.AbstractAutodiffPotential):
     a: jax.Array
     c: float
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from eqx_ffvae import claims, cli
+from eqx_ffvae import cli
+from eqx_ffvae.reporting import claims
 from eqx_ffvae.runs import RunError
 
 TRANSFORMS = ("scale", "rotation", "hue")

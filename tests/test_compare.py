@@ -12,7 +12,9 @@ import pytest
 
 from eqx_ffvae import cli as run
 from eqx_ffvae import runs
-from eqx_ffvae.compare import choose_learning_rate, paired_bootstrap, run_compare, summarise, to_markdown
+from eqx_ffvae.reporting.compare import run_compare
+from eqx_ffvae.reporting.records import choose_learning_rate
+from eqx_ffvae.reporting.table import paired_bootstrap, summarise, to_markdown
 from eqx_ffvae.runs import RunError, read_spec
 
 
@@ -227,7 +229,7 @@ def test_validation_loss_is_the_mean_own_loss_over_the_validation_sequences(cap,
 def test_a_grid_record_made_before_a_config_field_existed_is_still_its_configuration():
     """A committed grid record stores its identity as written then; a model field added later with a
     default that keeps the old behaviour must not make it stale (it would retrain a table's grid)."""
-    from eqx_ffvae.compare import same_identity
+    from eqx_ffvae.reporting.records import same_identity
 
     spec = runs.resolve("mnist-medium", model="ffvae")
     stored = json.loads(json.dumps(spec.identity()))

@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def weak_model():
-    return ff.FlowFactorizedVAE(ff.FFVAEConfig(**{**CONFIG.__dict__, "weakly_supervised": True}), key=jr.key(2))
+    return ff.WeakFFVAE(ff.FFVAEConfig(**{**CONFIG.__dict__, "weakly_supervised": True}), key=jr.key(2))
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,17 @@ def test_weak_loss_is_weighted_sum_of_per_k_losses(weak_model, sequences, getkey
     assert all(jnp.any(g != 0) for g in jax.tree.leaves(grads.sequence_encoder))
 
 
-def test_supervised_model_has_no_flow_posterior(model, sequences):
+def test_what_a_model_observes_of_k_is_its_class(model, weak_model):
+    """q(k | x̄) is a capability of the class, and the config records which class it builds."""
+    assert not isinstance(model, ff.AbstractFlowInferenceModel)
+    assert "flow_posterior_logits" not in dir(model)
+    assert isinstance(weak_model, ff.AbstractFlowInferenceModel)
+    with pytest.raises(ValueError, match="WeakFFVAE"):
+        ff.FlowFactorizedVAE(weak_model.config, key=jr.key(0))
     with pytest.raises(ValueError, match="weakly_supervised=True"):
-        model.weak_loss(sequences[0], key=jr.key(0))
+        ff.WeakFFVAE(model.config, key=jr.key(0))
+    with pytest.raises(ValueError, match="group_supervised=True"):
+        ff.GroupFFVAE(weak_model.config, key=jr.key(0))
 
 
 def test_importance_sampled_likelihood_bounds_elbo(model, sequences, getkey):

@@ -10,14 +10,14 @@ import pytest
 from jaxtyping import Array, Float
 
 from eqx_ffvae import methods
-from eqx_ffvae._batched import batched_loss
 from eqx_ffvae.ffvae_authors import AuthorsFFVAE, AuthorsFFVAEConfig, authors_batch_terms, prior_increments
 from eqx_ffvae.flows import flow, frame_times
-from eqx_ffvae.potentials import AbstractPotential, MLPPotential
+from eqx_ffvae.layout import Layout
+from eqx_ffvae.potentials import AbstractAutodiffPotential, MLPPotential
 from eqx_ffvae.sde import sde_path
 
 
-class QuadraticPotential(AbstractPotential):
+class QuadraticPotential(AbstractAutodiffPotential):
     """u(z) = vᵀz + ½ zᵀAz (A symmetric): drift v + Az."""
 
     v: Float[Array, " d"]
@@ -112,7 +112,7 @@ def test_sde_batched_loss_equals_vmap_of_the_sequence_loss(sde_model):
     key = jr.key(2)
 
     def door(m):
-        return batched_loss(m, frames, ks, key=key, step=None, slice_size=2)[0]
+        return m.batch_loss(frames, ks, key=key, step=None, layout=Layout(2))[0]
 
     def definition(m):
         keys = jr.split(key, 3)

@@ -37,7 +37,7 @@ def test_prior_rejects_non_positive_init():
         ff.DiffusionPrior(2, init=-1.0)
 
 
-class QuadraticPotential(ff.AbstractPotential):
+class QuadraticPotential(ff.AbstractAutodiffPotential):
     """u = ‖z‖² / (2(t + 1)) + ε Σ sin(z): solves ∂_t u + ½‖∇u‖² = 0 exactly when ε = 0."""
 
     eps: float = 0.0

@@ -1,4 +1,4 @@
-"""The fast path (`_batched`) computes the same function as the single-example definitions; the
+"""The laid-out training loss (`layout`, `batch_loss(layout=...)`) computes the same function as the single-example definitions; the
 training step's precision option."""
 
 import dataclasses
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import eqx_ffvae as ff
-from eqx_ffvae import _batched
+from eqx_ffvae import layout
 from eqx_ffvae.flows import FlowSettings
+from eqx_ffvae.layout import Layout
 from eqx_ffvae.training import FlatStep, make_optimizer, make_step
 
 FAST = ff.FFVAEConfig(
@@ -32,7 +33,7 @@ def test_fast_step_equals_plain_step(getkey):
     key = getkey()
 
     def batch_loss(model, batch, key):
-        return _batched.batched_loss(model, batch["frames"], batch["k"], key=key, step=None, slice_size=16)
+        return model.batch_loss(batch["frames"], batch["k"], key=key, step=None, layout=Layout(16))
 
     value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(batch_loss, has_aux=True))
     (loss_f, terms_f), grads_f = value_and_grad(fast, batch, key)
@@ -50,7 +51,7 @@ def test_fast_step_equals_plain_step(getkey):
 
 
 def test_batched_loss_is_the_mean_of_per_sequence_losses(getkey):
-    """`_batched.batched_loss` (flows solved per slice as one ODE; decoder gradient taken inside its
+    """`batch_loss(layout=...)` (flows solved per slice as one ODE; decoder gradient taken inside its
     loop by a custom VJP) = the mean of the per-sequence `loss` over the batch, for the loss, every
     term and every gradient leaf; slices of 2 sequences and Hutchinson probes (one key per sequence)."""
     config = dataclasses.replace(FAST, laplacian="hutchinson")
@@ -62,7 +63,7 @@ def test_batched_loss_is_the_mean_of_per_sequence_losses(getkey):
         return jnp.mean(losses), jax.tree.map(jnp.mean, terms)
 
     def batched(model):
-        return _batched.batched_loss(model, frames, ks, key=key, step=None, slice_size=2)
+        return model.batch_loss(frames, ks, key=key, step=None, layout=Layout(2))
 
     (loss_p, terms_p), grads_p = eqx.filter_jit(eqx.filter_value_and_grad(per_sequence, has_aux=True))(model)
     (loss_b, terms_b), grads_b = eqx.filter_jit(eqx.filter_value_and_grad(batched, has_aux=True))(model)
@@ -81,7 +82,7 @@ def test_batched_loss_is_the_mean_of_per_sequence_losses(getkey):
 
 def test_weak_batched_loss_equals_the_models_weak_batch_loss(getkey):
     """The weak M-step through the fast path = `weak_batch_loss` with the plain mean of `loss`."""
-    model = ff.FlowFactorizedVAE(dataclasses.replace(FAST, weakly_supervised=True), key=getkey())
+    model = ff.WeakFFVAE(dataclasses.replace(FAST, weakly_supervised=True), key=getkey())
     frames, key = jr.uniform(getkey(), (4, 4, 3, 28, 28)), getkey()
     ks = jnp.zeros(4, jnp.int32)
     plain = eqx.filter_jit(
@@ -89,7 +90,7 @@ def test_weak_batched_loss_equals_the_models_weak_batch_loss(getkey):
     )
     fast = eqx.filter_jit(
         eqx.filter_value_and_grad(
-            lambda m: _batched.batched_loss(m, frames, ks, key=key, step=None, slice_size=2), has_aux=True
+            lambda m: m.batch_loss(frames, ks, key=key, step=None, layout=Layout(2)), has_aux=True
         )
     )
     (loss_p, terms_p), grads_p = plain(model)
@@ -113,7 +114,7 @@ def test_flow_rows_equals_vmap_of_flow(divergence, getkey):
     ks, z0, logq0 = jnp.array([2, 0, 1, 2]), jr.normal(getkey(), (4, 6)), jr.normal(getkey(), (4,))
     keys, ts = jr.split(getkey(), 4), ff.frame_times(5)
     settings = FlowSettings(0.5, divergence, 2)
-    zs, logqs = _batched.flow_rows(_batched.row_potentials(bank, ks), z0, logq0, ts, settings=settings, keys=keys)
+    zs, logqs = layout.flow_rows(layout.row_potentials(bank, ks), z0, logq0, ts, settings=settings, keys=keys)
     ref_zs, ref_logqs = jax.vmap(lambda k, z, lq, kk: settings.density(bank.potential(k), z, lq, ts, kk))(
         ks, z0, logq0, keys
     )
@@ -124,8 +125,8 @@ def test_flow_rows_equals_vmap_of_flow(divergence, getkey):
 def test_flow_rows_refuses_an_adaptive_controller(getkey):
     bank = ff.PotentialBank(2, 3, 8, key=getkey())
     with pytest.raises(ValueError, match="fixed grid.*got PIDController"):
-        _batched.flow_rows(
-            _batched.row_potentials(bank, jnp.array([0, 1])),
+        layout.flow_rows(
+            layout.row_potentials(bank, jnp.array([0, 1])),
             jnp.zeros((2, 3)),
             jnp.zeros(2),
             ff.frame_times(3),
@@ -146,7 +147,7 @@ def test_sum_over_slices_vjp_equals_autodiff(getkey):
         return jnp.sum(jax.vmap(lambda z, x: f(m, z, x))(zs, xs)) * 1.7
 
     def sliced(m, zs):
-        return _batched.sum_over_slices(f, m, zs, xs) * 1.7
+        return layout.sum_over_slices(f, m, zs, xs) * 1.7
 
     v_p, (gm_p, gz_p) = eqx.filter_value_and_grad(lambda a: plain(*a))((mlp, zs))
     v_s, (gm_s, gz_s) = eqx.filter_value_and_grad(lambda a: sliced(*a))((mlp, zs))

@@ -21,6 +21,7 @@ from PIL import Image
 
 from eqx_ffvae import cli, runs
 from eqx_ffvae.checkpoint import Checkpointer
+from eqx_ffvae.layout import default_slice_size
 from eqx_ffvae.runs import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -474,10 +475,10 @@ def test_expected_errors_are_one_line(run_module, capsys, tmp_path, trained_run)
 
 def test_the_default_slice_size_follows_the_backend(monkeypatch):
     """The preset's slice on a CPU, the whole batch on an accelerator; --slice-size always wins."""
-    assert runs.default_slice_size(16, 128, "cpu") == 16
-    assert runs.default_slice_size(16, 128, "gpu") == 128 and runs.default_slice_size(16, 64, "tpu") == 64
+    assert default_slice_size(128, "cpu") == 16
+    assert default_slice_size(128, "gpu") == 128 and default_slice_size(64, "tpu") == 64
     assert runs.resolve("quick").slice_size == 16  # this machine is a CPU
-    monkeypatch.setattr(runs.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert runs.resolve("quick").slice_size == 32 and runs.resolve("quick", batch_size=8).slice_size == 8
     assert runs.resolve("quick", slice_size=4).slice_size == 4
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eqx_ffvae import viz
+from eqx_ffvae.reporting import viz
 
 
 @pytest.mark.parametrize("fps", [4.0, 10.0])

@@ -26,7 +26,7 @@ NAMES = ("scale", "rotation", "hue")
 
 @pytest.fixture(scope="module")
 def weak_model():
-    model = ff.FlowFactorizedVAE(CONFIG, key=jr.key(2))
+    model = ff.WeakFFVAE(CONFIG, key=jr.key(2))
     # a trained q is not uniform: give the zero-initialised logits layer weights, so argmax q varies
     head = model.sequence_encoder.net.heads[-1]
     return eqx.tree_at(
@@ -98,7 +98,7 @@ def test_assignment_scores_are_each_flows_single_example_objective(weak_model, t
 
 def test_weak_batch_loss_trains_q_towards_the_assignment_and_logs_usage(weak_model, test_batches, getkey):
     frames = jnp.asarray(test_batches[0]["frames"])
-    fresh = ff.FlowFactorizedVAE(CONFIG, key=jr.key(2))
+    fresh = ff.WeakFFVAE(CONFIG, key=jr.key(2))
 
     @eqx.filter_jit
     def loss_and_grads(m, key):

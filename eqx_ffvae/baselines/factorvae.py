@@ -15,6 +15,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from .. import distributions as obj
 from ..interfaces import AbstractAdversarialModel, Terms
+from ..layout import Layout
 from ..nn import ConvDecoder, ConvEncoder
 from .base import AbstractFrameVAE, BaselineConfig, conv_pair, frame_elbo
 
@@ -87,10 +88,11 @@ class FactorVAE(AbstractAdversarialModel, AbstractFrameVAE):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
         """Per sequence −Σ_t ELBO_t + γ·(T+1)·TC, TC over every frame of the batch; the discriminator
         is held fixed here (its own update is `discriminator_loss`)."""
-        del ks, step
+        del ks, step, layout
         flat = rearrange(frames, "b n c h w -> (b n) c h w")
         recon, kl, z = jax.vmap(lambda x, kk: frame_elbo(self.encoder, self.decoder, x, kk))(
             flat, jr.split(key, flat.shape[0])

@@ -15,9 +15,10 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, ScalarLike
 
 from .. import distributions as dist
+from ..flow_model import AbstractPotentialFlowModel
 from ..flows import FlowSettings
 from ..interfaces import Terms, mean_sequence_loss
-from ..model import AbstractPotentialFlowModel
+from ..layout import Layout
 from ..nn import ConvDecoder, ConvEncoder
 from ..potentials import AbstractPotential, PotentialBank
 from .base import BaselineConfig, conv_pair
@@ -187,10 +188,11 @@ class PoFlow(AbstractPotentialFlowModel):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
         """The mean of `loss` over the batch; under the authors' protocol, at ONE step t for the whole
         batch (drawn from `key`), as their trainer does."""
-        del step
+        del step, layout
         if self.config.protocol == "authors":
             t_key, key = jr.split(key)
             t = jr.randint(t_key, (), 0, frames.shape[1] - 1)

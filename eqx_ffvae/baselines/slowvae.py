@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from .. import distributions as obj
 from ..interfaces import Terms, mean_sequence_loss
+from ..layout import Layout
 from ..nn import ConvDecoder, ConvEncoder
 from .base import AbstractFrameVAE, BaselineConfig, conv_pair
 
@@ -74,6 +75,7 @@ class SlowVAE(AbstractFrameVAE):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
-        del step
+        del step, layout
         return mean_sequence_loss(self, frames, ks, key=key)

@@ -16,6 +16,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from .. import distributions as obj
 from ..flows import frame_times
 from ..interfaces import AbstractTransportModel, Terms, mean_sequence_loss
+from ..layout import Layout
 from ..nn import ConvDecoder, ConvEncoder
 from .base import BaselineConfig, conv_pair
 
@@ -171,8 +172,9 @@ class TVAE(AbstractTransportModel):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
-        del step
+        del step, layout
         return mean_sequence_loss(self, frames, ks, key=key)
 
     def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:

@@ -11,6 +11,7 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from ..interfaces import Terms, mean_sequence_loss
+from ..layout import Layout
 from ..nn import ConvDecoder, ConvEncoder
 from .base import AbstractFrameVAE, BaselineConfig, conv_pair, frame_elbo
 
@@ -49,6 +50,7 @@ class VAE(AbstractFrameVAE):
         *,
         key: PRNGKeyArray,
         step: Int[ArrayLike, ""] | None,
+        layout: Layout | None = None,
     ) -> tuple[Scalar, Terms]:
-        del step
+        del step, layout
         return mean_sequence_loss(self, frames, ks, key=key)

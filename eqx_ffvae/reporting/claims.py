@@ -27,9 +27,9 @@ from typing import Literal
 
 import numpy as np
 
-from . import methods
-from .compare import paired_bootstrap, run_columns
-from .runs import RunError, atomic_write
+from .. import methods
+from ..runs import RunError, atomic_write
+from .table import paired_bootstrap, run_columns
 
 Relation = Literal["less", "greater", "equal"]
 Verdict = Literal["holds", "fails", "not separated", "missing", "incomplete"]

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from ..evaluation import infers_flow
+from ..interfaces import AbstractSequenceModel, AbstractTransportModel
+from ..runs import RunError, RunSpec, read_metrics
 from . import viz
-from .evaluation import infers_flow
-from .interfaces import AbstractSequenceModel, AbstractTransportModel
-from .runs import RunError, RunSpec, read_metrics
 
 LOSS_TERMS = (
     "loss",

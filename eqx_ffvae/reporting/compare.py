@@ -1,0 +1,171 @@
+"""`compare`: every method trained on the same sequences with the same budget, scored by the same
+metric code, summarised as the paper's table (mean ± std over seeds) in compare.json and compare.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+
+from .. import methods
+from ..runs import RunError, RunSpec, atomic_write
+from .records import choose_learning_rate, grid_point, kept_path, lr_name, one_run
+from .table import seed_stats, summarise, to_markdown
+
+
+def run_compare(
+    models: list[str],
+    seeds: int,
+    out: Path,
+    spec_for: Callable[[str, int], RunSpec],
+    *,
+    log: Callable[[str], None] = lambda line: None,
+    results_dir: Path | None = None,
+    learning_rates: Sequence[float] = (),
+    ablation_seeds: int | None = None,
+) -> dict:
+    """Train/evaluate (or reuse) every (method, seed) run under `out`, then write compare.json and
+    compare.md; `spec_for(method, seed)` resolves one run's configuration as `train` would. `log`
+    receives one line per finished run and the table.
+
+    With `learning_rates` (a grid; the runs need a validation split), each main method's learning
+    rate is chosen first: seed 0 is trained at every rate of the grid, scored by its own validation
+    loss (`choose_learning_rate`; never a test metric), and the table's runs use the chosen rate (seed
+    0's is the grid run itself, evaluated). A variant (`Method.ablation_of`) uses the rate chosen for
+    the method it ablates, and is run over `ablation_seeds` seeds (default: `seeds`). Runs go to `out/<method>/lr<rate>/seed<i>`, without a grid to
+    `out/<method>/seed<i>`.
+
+    With `results_dir` (a folder meant to be committed, e.g. `results/mnist`), each finished run's
+    small record (eval.json, config.json, metrics_summary.json; never checkpoints) is kept in
+    `results_dir/runs/<method>/seed<i>/` as soon as it lands, and each grid point's validation record
+    in `results_dir/grid/<method>/lr<rate>.json`; a run whose record is there (for the same
+    configuration) is not trained again even if `out` is gone, and compare.json and compare.md are
+    written to `results_dir` too: a table can be built in chunks, across sessions and machines.
+    Compiled programs are dropped after every run, so memory does not grow with the number of methods."""
+    if seeds < 1:
+        raise RunError(f"--seeds must be ≥ 1, got {seeds}")
+    if not models:
+        raise RunError("--models is empty; name at least one method")
+    if ablation_seeds is not None and not 1 <= ablation_seeds <= seeds:
+        raise RunError(f"--ablation-seeds must be in [1, --seeds = {seeds}], got {ablation_seeds}")
+    names = list(dict.fromkeys(models))
+
+    def seeds_of(name: str) -> int:
+        return seeds if ablation_seeds is None or not methods.get_method(name).ablation_of else ablation_seeds
+
+    grid = sorted(set(float(lr) for lr in learning_rates))
+    if grid and not spec_for(names[0], 0).validation_fraction:
+        raise RunError(
+            "--lr-grid chooses learning rates on validation sequences: pass --validation-fraction > 0 "
+            "(or a preset that has one, e.g. mnist-medium)"
+        )
+
+    def tuned(name: str) -> str:
+        return methods.get_method(name).ablation_of or name
+
+    chosen: dict[str, float] = {}
+    grids: dict[str, list[dict]] = {}
+
+    def run_dir(name: str, seed: int, spec: RunSpec) -> Path:
+        return out / name / lr_name(spec.learning_rate) / f"seed{seed}" if grid else out / name / f"seed{seed}"
+
+    def learning_rate(name: str) -> float | None:
+        if not grid:
+            return None
+        base = tuned(name)
+        if base not in chosen:
+            records = []
+            for lr in grid:
+                spec = dataclasses.replace(spec_for(base, 0), learning_rate=lr)
+                kept = None if results_dir is None else results_dir / "grid" / base / f"{lr_name(lr)}.json"
+                tic = time.perf_counter()
+                record, reused = grid_point(spec, run_dir(base, 0, spec), kept)
+                jax.clear_caches()
+                how = "reused" if reused else f"{time.perf_counter() - tic:.0f} s"
+                log(f"[grid] {base} lr {lr:g}: validation loss {record['validation_loss']:.2f} ({how})")
+                records.append(record)
+            chosen[base], grids[base] = choose_learning_rate(records), records
+            log(f"[grid] {base}: learning rate {chosen[base]:g} chosen by validation loss")
+        return chosen[base]
+
+    # seed 0 of each method right after its grid (its run is the grid's, still on disk), then the rest
+    plan = [(m, 0) for m in names] + [(m, s) for s in range(1, seeds) for m in names if s < seeds_of(m)]
+    results: dict[str, list[dict]] = {}
+    specs: dict[str, RunSpec] = {}
+    for i, (name, seed) in enumerate(plan):
+        spec = spec_for(name, seed)
+        lr = learning_rate(name)
+        if lr is not None:
+            spec = dataclasses.replace(spec, learning_rate=lr)
+        specs[name] = spec
+        tic = time.perf_counter()
+        kept = None if results_dir is None else kept_path(results_dir, name, seed)
+        result, reused = one_run(spec, run_dir(name, seed, spec), kept)
+        jax.clear_caches()
+        secs = time.perf_counter() - tic
+        results.setdefault(name, []).append(result)
+        errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
+        how = "reused" if reused else f"{secs:.0f} s"
+        log(f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})")
+    transforms = list(results[plan[0][0]][0]["transformations"])
+    results = {n: results[n] for n in names}
+    rows = summarise(results)
+    for name in names:
+        secs = [r["training_seconds"] for r in results[name] if "training_seconds" in r]
+        if secs:
+            rows[name]["columns"]["training_seconds_per_run"] = seed_stats(secs)
+        method = methods.get_method(name)
+        rows[name]["learning_rate"] = specs[name].learning_rate
+        rows[name]["ablation_of"] = method.ablation_of
+        rows[name]["settings"] = specs[name].to_json()["model"]
+        if grid:
+            rows[name]["learning_rate_grid"] = {
+                lr_name(r["learning_rate"]): r["validation_loss"] for r in grids[tuned(name)]
+            }
+    spec = specs[names[0]]
+    setup = {
+        "preset": spec.preset,
+        "dataset": spec.dataset,
+        "steps": spec.steps,
+        "batch_size": spec.batch_size,
+        "latent_dim": spec.model.latent_dim,
+        "width": spec.model.width,
+        "seeds": seeds,
+        "ablation_seeds": seeds if ablation_seeds is None else ablation_seeds,
+        "eval_sequences": spec.eval.eval_sequences,
+        "ll_samples": spec.eval.ll_samples,
+        "validation_fraction": spec.validation_fraction,
+        "learning_rate_grid": grid,
+        "learning_rate_selection": (
+            "per main method: seed 0 at every rate of the grid, the lowest own loss on the validation sequences; "
+            "ablations use the rate of the method they ablate"
+            if grid
+            else "the preset's (or --learning-rate's) for every method"
+        ),
+    }
+    if not grid:
+        setup["learning_rate"] = spec.learning_rate
+    lr_text = (
+        f"learning rate chosen per method from {grid} on validation loss" if grid else f"lr {spec.learning_rate:g}"
+    )
+    header = (
+        f"Comparison on {spec.dataset} (preset {spec.preset}): {spec.steps} steps × batch {spec.batch_size}, "
+        f"d = {setup['latent_dim']}, width {setup['width']}, {lr_text}, {seeds} seed(s), "
+        f"{setup['eval_sequences']} held-out sequences, {setup['ll_samples']} importance samples."
+    )
+    summary = {
+        "setup": setup,
+        "methods": rows,
+        "runs": {n: [str(run_dir(n, s, specs[n])) for s in range(seeds_of(n))] for n in results},
+    }
+    table = to_markdown(rows, results, transforms, header)
+    for folder in (out, results_dir) if results_dir is not None else (out,):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "compare.json", json.dumps(summary, indent=2))
+        atomic_write(folder / "compare.md", table)
+    log(table)
+    return summary
