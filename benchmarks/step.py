@@ -59,7 +59,6 @@ CONFIGS = {
         "batch": _QUICK.batch_size,
         "width": _QUICK.width,
         "potential_width": _QUICK.potential_width,
-        "slice_size": _QUICK.slice_size,
     },
 }
 DEFAULT_CONFIGS = ["a", "b", "c"]

@@ -1,6 +1,6 @@
 """2-D convolutions on channels-last images `(H, W, C)`, each in the form XLA:CPU runs fastest.
 
-Measured here (`benchmarks/step.py`): XLA's convolutions, transposed ones and the gradient
+Measured by `benchmarks/step.py` (docs/performance.md): XLA's convolutions, transposed ones and the gradient
 convolutions above all, run far below its matmul rate. So every layer the models use is written
 as GEMMs with no multiplication by an inserted zero: a kernel that covers the whole input
 (or a transposed conv of a 1×1 input) is one dense matmul, a 1×1 kernel is a matmul over pixels, a

@@ -126,7 +126,7 @@ def flow(
     Default: Euler with dt0 = 1, i.e. exactly the paper's `z_t = z_{t-1} + ∇u(z_{t-1})` per frame.
     `divergence="none"` moves z only (log q stays at logq0), for models that need no density.
     Batches: `jax.vmap` over z0, logq0 (and key). The training step's batched solve lives in the
-    private `_batched` module and is tested equal to that vmap.
+    `layout` module and is tested equal to that vmap.
     """
     _check_divergence(divergence)
     probes = None
@@ -194,7 +194,7 @@ def integrate(
         max_steps = grid_steps or (_fixed_grid_steps(ts, dt0) if fixed else None) or 4096
     if adjoint is None:
         # On a grid every step's state is kept for the backward pass: few, small states. Diffrax's
-        # default keeps ~sqrt(2·max_steps) of them and recomputes the rest (3 of 8 steps: 13% slower).
+        # default keeps ~sqrt(2·max_steps) of them and recomputes the rest (slower: docs/performance.md).
         adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=grid_steps)
     if grid is not None:
         # Every step saved and the frames picked out: the same states as SaveAt(ts) on this grid, with

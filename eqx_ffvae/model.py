@@ -197,8 +197,11 @@ class AbstractFFVAE(AbstractPotentialFlowModel):
         self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, layout: Layout | None
     ) -> tuple[Scalar, Terms]:
         """The mean of `loss` over the batch (one key per sequence, `mean_sequence_loss`'s split). With a
-        `layout`, the literal ELBO on the trace density is computed in its slices (`_laid_out_mean_loss`);
-        the map density and the path objective keep the per-sequence definition (docs/performance.md)."""
+        `layout`, the literal ELBO on the trace density is computed in its slices (`_laid_out_mean_loss`).
+        The map density and the path objective keep the per-sequence definition: the path objective's
+        posterior is an SDE driven by each row's own Brownian path, which one ODE over the rows
+        (`layout.flow_rows`) does not carry (its cost: docs/performance.md). A layout changes memory and
+        speed, never the numbers."""
         if layout is not None and self.config.objective == "marginal" and self.density == "trace":
             return self._laid_out_mean_loss(frames, ks, key=key, layout=layout)
         return mean_sequence_loss(self, frames, ks, key=key)

@@ -209,8 +209,8 @@ def select_stacked(stacked: eqx.Module, k: Int[ArrayLike, ""]) -> eqx.Module:
     """Member k of a module built with `eqx.filter_vmap` (every array leaf has a leading K axis).
 
     Plain indexing: under `vmap` over k (each sequence its own flow) it is a gather of whole
-    members and its gradient a scatter-add of whole members, both a few ms for a slice of 32 rows
-    at d = 324; a one-hot product (a K-deep matmul) or a masked sum took 50–85 ms.
+    members and its gradient a scatter-add of whole members (a one-hot product or a masked sum is
+    an order of magnitude slower: docs/performance.md, "Where the numbers in the code come from").
     """
     params, static = eqx.partition(stacked, eqx.is_array)
     return eqx.combine(jax.tree.map(lambda p: p[k], params), static)

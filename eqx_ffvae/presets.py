@@ -74,7 +74,7 @@ PRESETS = {
         _QUICK,
         dataset="shapes3d",
         steps=2000,
-        batch_size=16,  # the VAE family encodes and decodes all 8 frames at 64 px: 1.8 s/step at 16 on one core
+        batch_size=16,  # the VAE family encodes and decodes all 8 frames at 64 px (cost: docs/performance.md)
         learning_rate=1e-3,
         checkpoint_every=500,
         hj_weight=1.0,

@@ -4,8 +4,11 @@ The registry (`methods.METHODS`) is the list of methods: a new one is tested her
 """
 
 import ast
+import importlib
 import math
+import pkgutil
 import re
+import runpy
 from pathlib import Path
 
 import equinox as eqx
@@ -46,20 +49,51 @@ def _is_abstract(value) -> bool:
     return bool(getattr(target, "__isabstractmethod__", False))
 
 
+def _package_modules() -> list[type]:
+    """Every `eqx.Module` class the package defines (all of its modules imported)."""
+    for info in pkgutil.walk_packages(ff.__path__, prefix="eqx_ffvae."):
+        importlib.import_module(info.name)
+    seen, todo = set(), [eqx.Module]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                todo.append(sub)
+    return sorted((c for c in seen if c.__module__.startswith("eqx_ffvae.")), key=lambda c: c.__qualname__)
+
+
+def test_every_module_class_is_abstract_or_final_and_never_overrides_a_concrete_method():
+    """Equinox's abstract/final pattern over every `eqx.Module` class of the package (models, potentials,
+    networks, priors): a class with subclasses is an `Abstract…` class with something abstract in it,
+    and no method (or property) that a class defines concretely is redefined below it."""
+    classes = _package_modules()
+    assert {ff.FlowFactorizedVAE, ff.WeakFFVAE, ff.MLPPotential, ff.AbstractPotential} <= set(classes)
+    for cls in classes:
+        subs = [c for c in classes if c is not cls and issubclass(c, cls)]
+        if subs:
+            assert cls.__name__.startswith("Abstract"), f"{cls.__qualname__} is subclassed by {subs[0].__qualname__}"
+            assert cls.__abstractmethods__ or eqx_abstract_vars(cls), f"{cls.__qualname__} declares nothing abstract"
+        else:
+            assert not cls.__name__.startswith("Abstract") or cls.__abstractmethods__, cls.__qualname__
+        own = _own_classes(cls)
+        for i, base in enumerate(own):
+            for attr, value in vars(base).items():
+                if attr.startswith("__") or not (callable(value) or isinstance(value, property)) or _is_abstract(value):
+                    continue
+                for sub in own[:i]:
+                    assert attr not in vars(sub), (
+                        f"{sub.__qualname__}.{attr} overrides the concrete {base.__qualname__}.{attr}"
+                    )
+
+
+def eqx_abstract_vars(cls: type) -> list[str]:
+    return [name for name, hint in vars(cls).get("__annotations__", {}).items() if "AbstractVar" in str(hint)]
+
+
 @pytest.mark.parametrize("name", list(methods.METHODS))
-def test_classes_are_abstract_or_final_and_never_override_a_concrete_method(name):
-    """Equinox's abstract/final pattern: every base of a registered model class is an `Abstract…`
-    class, and no method (or property) that a class defines concretely is redefined below it."""
+def test_every_registered_model_is_a_sequence_model(name):
     own = _own_classes(methods.get_method(name).model_cls)
-    assert issubclass(own[0], AbstractSequenceModel)
-    for base in own[1:]:
-        assert base.__name__.startswith("Abstract"), f"{own[0].__name__} subclasses the concrete {base.__name__}"
-    for i, cls in enumerate(own):
-        for attr, value in vars(cls).items():
-            if attr.startswith("__") or not (callable(value) or isinstance(value, property)) or _is_abstract(value):
-                continue
-            for sub in own[:i]:
-                assert attr not in vars(sub), f"{sub.__name__}.{attr} overrides the concrete {cls.__name__}.{attr}"
+    assert issubclass(own[0], AbstractSequenceModel) and not own[0].__name__.startswith("Abstract")
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +202,19 @@ def test_no_probing_dispatch_and_no_path_edits():
     assert not hits, hits
 
 
+def test_capabilities_are_read_from_abstract_classes_only():
+    """`isinstance` in the package tests an `Abstract…` interface, never a concrete module class (what a
+    model can do is its type, not its name)."""
+    concrete = {c.__name__ for c in _package_modules() if not c.__name__.startswith("Abstract")}
+    hits = []
+    for path in _python_files("eqx_ffvae"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                names = {n.id if isinstance(n, ast.Name) else getattr(n, "attr", "") for n in ast.walk(node.args[1])}
+                hits += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names & concrete]
+    assert not hits, hits
+
+
 def _imports(path: Path) -> tuple[set[str], list[int]]:
     """(modules of eqx_ffvae this file imports at top level, lines of imports inside functions)."""
     tree = ast.parse(path.read_text())
@@ -229,6 +276,16 @@ def test_no_file_shadows_an_installed_package():
     for path in _python_files("train", "benchmarks"):
         spec = importlib.util.find_spec(path.stem) if path.stem != "run" else None
         assert spec is None or Path(spec.origin or "") == path, f"{path} shadows the installed {path.stem}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("[!_]*.py")))
+def test_every_benchmark_script_parses_its_options(script, monkeypatch, capsys):
+    """Each benchmark runs its module body and `--help` against the current package (no measurement)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setattr("sys.argv", [script, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+    assert stop.value.code == 0 and "usage" in capsys.readouterr().out
 
 
 def test_a_finished_run_loads_without_train(tmp_path):

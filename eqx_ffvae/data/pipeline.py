@@ -362,7 +362,8 @@ def batch_iterator(
         raise ValueError(f"batch_size must be a positive multiple of the {process_count} processes, got {batch_size}")
     local = batch_size // process_count
     # Elements are built one after another in the iterator's own thread (grain's default pool of 16
-    # threads contends for the GIL: 2.2× the CPU time per batch here, taken from the training step).
+    # threads contends for the GIL, and the CPU time it takes comes from the training step:
+    # docs/performance.md).
     ds = dataset.batch(local, drop_remainder=drop_remainder)[process_index::process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if num_workers > 0:

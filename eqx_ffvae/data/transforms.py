@@ -84,8 +84,8 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     """(…, 3, H, W) HSV (h in radians, any value: taken mod 2π) → RGB.
 
     kornia's six-sector table in closed form: channel n ∈ (5, 3, 1) for (r, g, b) is
-    v − v·s·clip(min(k, 4 − k), 0, 1) with k = (n + 3h/π) mod 6 (no table to build and gather from:
-    3× faster, which the data loader feels).
+    v − v·s·clip(min(k, 4 − k), 0, 1) with k = (n + 3h/π) mod 6 (no table to build and gather from,
+    which the data loader feels: docs/performance.md).
     """
     h, s, v = (hsv[..., i : i + 1, :, :] for i in range(3))
     k = np.array([5.0, 3.0, 1.0]).reshape(3, 1, 1) + h * (3 / np.pi)

@@ -1,6 +1,6 @@
 """Build this folder's summary.json and table.md from the runs of run.sh (one eval.json per run).
 
-    python results/weak-supervision/collect.py runs/issue18
+python results/weak-supervision/collect.py runs/issue18
 """
 
 import json
@@ -39,8 +39,11 @@ def main(runs: Path) -> None:
             "matching": fa["matching"],
             "confusion": fa["confusion"],
             "equivariance_error": {
-                t: {"weak": weak["transformations"][t]["equivariance_error"],
-                    "supervised": sup["transformations"][t]["equivariance_error"], "ratio": ratios[t]}
+                t: {
+                    "weak": weak["transformations"][t]["equivariance_error"],
+                    "supervised": sup["transformations"][t]["equivariance_error"],
+                    "ratio": ratios[t],
+                }
                 for t in names
             },
             "log_likelihood": {"weak": weak["log_likelihood"], "supervised": sup["log_likelihood"]},
@@ -57,7 +60,8 @@ def main(runs: Path) -> None:
             f"({w_wall / s_wall:.2f}×) |"
         )
     head = (
-        "| seed | matched accuracy | flow usage | " + " | ".join(f"E {t}: weak / sup." for t in names)
+        "| seed | matched accuracy | flow usage | "
+        + " | ".join(f"E {t}: weak / sup." for t in names)
         + " | log p(x): weak / sup. | wall time: weak / sup. |"
     )
     table = "\n".join([head, "|" + "---|" * (len(names) + 5), *rows]) + "\n"

@@ -1,24 +1,57 @@
-import sys, json
+"""How often a weak run's E-step sends a training sequence to a flow other than its transformation's.
+
+`python results/weak-supervision/tried/misassign.py RUN_DIR [--batches 20] [--batch-size 32]` scores
+batches of training sequences with the run's newest checkpoint and prints the share of sequences that
+the balanced assignment (the E-step), the plain posterior (argmax of the scores) and argmax q(k | x̄)
+put on a flow other than the one `eval.json`'s flow matching gives their transformation.
+"""
+
+import argparse
+import json
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "train"))
-import jax, jax.numpy as jnp, jax.random as jr, equinox as eqx, numpy as np
-from pathlib import Path
-from loop import RunSpec, restore_model
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+import eqx_ffvae as ff
 from eqx_ffvae import data, objectives
-run = Path(sys.argv[1])
-spec = RunSpec.from_json(json.loads((run / "config.json").read_text()))
-model, step = restore_model(spec, run)
-match = json.loads((run / "eval.json").read_text())["flow_assignment"]["matching"]
-ds = data.sequence_dataset("mnist", seed=5, num_epochs=None)
-it = data.batch_iterator(ds, 32, prefetch_buffer=0)
-f = eqx.filter_jit(lambda m, x, k: m.assignment_scores(x, key=k))
-tot = {"balanced": 0, "posterior": 0, "q": 0}; n = 0; gaps = []
-for i in range(20):
-    b = next(it); x = jnp.asarray(b["frames"]); true = np.array(match)[b["k"]]
-    s = f(model, x, jr.key(i))
-    bal = np.asarray(jnp.argmax(objectives.balanced_assignment(s), 1))
-    post = np.asarray(jnp.argmax(s, 1))
-    q = np.asarray(jnp.argmax(jax.vmap(model.flow_posterior_logits)(x), 1))
-    tot["balanced"] += (bal != true).sum(); tot["posterior"] += (post != true).sum(); tot["q"] += (q != true).sum(); n += 32
-    srt = np.sort(np.asarray(s), 1); gaps += list(srt[:, -1] - srt[:, -2])
-print({k: v / n for k, v in tot.items()}, "median gap best-second", np.median(gaps), np.percentile(gaps, 10))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a finished weak run's directory (it holds eval.json)")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    model, spec = ff.load_run(args.run)
+    if not isinstance(model, ff.AbstractFlowInferenceModel):
+        raise SystemExit(f"{args.run} holds a {type(model).__name__}, which infers no flow: give a weak run")
+    matching = np.asarray(json.loads((args.run / "eval.json").read_text())["flow_assignment"]["matching"])
+    dataset = data.sequence_dataset(spec.dataset, seed=5, num_epochs=None)
+    batches = data.batch_iterator(dataset, args.batch_size, prefetch_buffer=0)
+    scores_of = eqx.filter_jit(lambda m, x, key: m.assignment_scores(x, key=key))
+    wrong = {"balanced": 0, "posterior": 0, "q": 0}
+    gaps = []
+    for i in range(args.batches):
+        batch = next(batches)
+        frames, true = jnp.asarray(batch["frames"]), matching[batch["k"]]
+        scores = scores_of(model, frames, jr.key(i))
+        picks = {
+            "balanced": jnp.argmax(objectives.balanced_assignment(scores, model.config.min_flow_share), axis=1),
+            "posterior": jnp.argmax(scores, axis=1),
+            "q": jnp.argmax(jax.vmap(model.flow_posterior_logits)(frames), axis=1),
+        }
+        for name, pick in picks.items():
+            wrong[name] += int(np.sum(np.asarray(pick) != true))
+        ordered = np.sort(np.asarray(scores), axis=1)
+        gaps += list(ordered[:, -1] - ordered[:, -2])
+    total = args.batches * args.batch_size
+    print({name: count / total for name, count in wrong.items()})
+    print(f"best − second score: median {np.median(gaps):.3g}, 10th percentile {np.percentile(gaps, 10):.3g}")
+
+
+if __name__ == "__main__":
+    main()
