@@ -218,7 +218,7 @@ def test_capabilities_are_read_from_abstract_classes_only():
 def _imports(path: Path) -> tuple[set[str], list[int]]:
     """(modules of eqx_ffvae this file imports at top level, lines of imports inside functions)."""
     tree = ast.parse(path.read_text())
-    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     targets, local = set(), []
     for node in ast.walk(tree):
@@ -263,6 +263,37 @@ def test_no_import_cycle_and_no_function_local_imports():
     for module in graph:
         if module != "eqx_ffvae" and not state.get(module):
             visit(module, [module])
+
+
+FLOORS = {  # docs/architecture.md: a module imports from its own floor and those below, never above
+    "ground: maths, networks, data and I/O": [
+        "_version", "distributions", "conv", "potentials", "prior", "flows", "sde", "objectives", "layout", "nn",
+        "data", "checkpoint", "compile_cache", "tensorboard", "provenance",
+    ],
+    "models": ["interfaces", "flow_model", "model", "ffvae_inference", "ffvae_authors", "baselines", "metrics",
+               "evaluation", "methods", "presets"],
+    "training step": ["training"],
+    "runs": ["runs"],
+    "reporting": ["reporting"],
+    "command line": ["cli_options", "cli"],
+}  # fmt: skip
+
+
+def _floor(module: str) -> int:
+    name = module.removeprefix("eqx_ffvae.").split(".")[0]
+    return next(i for i, names in enumerate(FLOORS.values()) if name in names)
+
+
+def test_every_module_imports_only_from_its_floor_and_below():
+    """maths → models → training step → runs → reporting → command line (docs/architecture.md)."""
+    upward = []
+    for path in _python_files("eqx_ffvae"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if module == "eqx_ffvae":
+            continue  # the package's face re-exports from every floor
+        floor = _floor(module)
+        upward += [f"{module} → {t}" for t in _imports(path)[0] if t != "eqx_ffvae" and _floor(t) > floor]
+    assert not upward, upward
 
 
 def test_distributions_is_the_ground_floor():
