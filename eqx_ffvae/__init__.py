@@ -1,11 +1,13 @@
 """Flow Factorized Representation Learning (Song et al., NeurIPS 2023) in JAX + Equinox + Diffrax.
 
-`import eqx_ffvae` loads the maths, the models and the data; the run machinery (checkpoints, the
-loop, data workers, event files) is one import away: `from eqx_ffvae import runs` (or the lazy
-attributes `eqx_ffvae.runs` and `eqx_ffvae.load_run`).
+`import eqx_ffvae` loads the maths and the models. The data pipelines (Grain), the run machinery
+(checkpoints, the loop, event files) and the reporting are one import away: `from eqx_ffvae import
+runs`, or the lazy attributes `eqx_ffvae.data`, `eqx_ffvae.runs`, `eqx_ffvae.load_run` (every
+submodule is one, imported on first use).
 """
 
 import importlib
+import importlib.util
 from typing import Any
 
 from . import baselines as baselines
@@ -65,13 +67,13 @@ from .potentials import (
 )
 from .prior import DiffusionPrior as DiffusionPrior
 
-_LAZY = {"runs": ("eqx_ffvae.runs", None), "load_run": ("eqx_ffvae.runs", "load_run")}
+_LAZY = {"load_run": ("eqx_ffvae.runs", "load_run")}
 
 
 def __getattr__(name: str) -> Any:
-    """`eqx_ffvae.runs` and `eqx_ffvae.load_run`, imported on first use."""
-    if name not in _LAZY:
+    """Submodules (`eqx_ffvae.data`, `eqx_ffvae.runs`, …) and `eqx_ffvae.load_run`, imported on first use."""
+    module, attr = _LAZY.get(name, (f"eqx_ffvae.{name}", None))
+    if name.startswith("__") or importlib.util.find_spec(module) is None:
         raise AttributeError(f"module 'eqx_ffvae' has no attribute {name!r}")
-    module, attr = _LAZY[name]
     value = importlib.import_module(module)
     return value if attr is None else getattr(value, attr)

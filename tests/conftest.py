@@ -50,6 +50,23 @@ def nan_frames(batch: dict) -> dict:
     return {"frames": frames, "k": batch["k"], "index": batch["index"]}
 
 
+TINY_ARGS = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "8"]
+"""The tiny model every command-line test trains: one compiled step, served from the worker's cache."""
+TINY_EVAL = ["--eval-sequences", "8", "--ll-samples", "2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The default (`quick`) preset at `TINY_ARGS`, trained 4 steps (checkpoints at 2 and 4), evaluated
+    (`TINY_EVAL`) and drawn by the command line: one run per xdist worker that the tests read. A test
+    that changes a run works on a copy (`shutil.copytree`)."""
+    from eqx_ffvae import cli
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    assert cli.main(["--steps", "4", "--checkpoint-every", "2", *TINY_ARGS, *TINY_EVAL, "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def getkey():
     """Fresh keys on every call, seeded per test so failures reproduce."""

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import nan_frames
+from conftest import TINY_ARGS, TINY_EVAL, nan_frames
 
 from eqx_ffvae import cli, runs
 from eqx_ffvae.data.mnist import _SPLIT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "8"]
-EVAL = ["--eval-sequences", "8", "--ll-samples", "2"]
+TINY, EVAL = TINY_ARGS, TINY_EVAL
 
 
 def _one_line_error(capsys, args, match) -> str:
@@ -96,13 +95,6 @@ def test_fresh_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     _one_line_error(capsys, ["--fresh", "--steps", "1", *TINY, "--out", str(folder)], "not a run directory")
     assert (folder / "poster.png").read_bytes() == b"precious"
     assert (folder / "figures" / "loss.png").read_bytes() == b"also mine"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "run"
-    assert cli.main(["--steps", "4", "--checkpoint-every", "2", *TINY, *EVAL, "--out", str(out)]) == 0
-    return out
 
 
 def test_fresh_deletes_only_what_a_run_wrote(tiny_run, tmp_path):

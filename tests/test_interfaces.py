@@ -9,6 +9,8 @@ import math
 import pkgutil
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -102,17 +104,25 @@ def batch():
     return {"frames": jr.uniform(key, (4, FRAMES, *SHAPE)), "k": jnp.array([0, 1, 2, 0], jnp.int32)}
 
 
-@pytest.mark.slow
+def _tiny_config(name: str, **overrides):
+    fields = {k: v for k, v in {**TINY, **overrides}.items() if k in methods.config_fields(name)}
+    return methods.make_config(name, **fields)
+
+
 @pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if not m.ablation_of])
-def test_every_method_trains_two_steps_and_evaluates(name, batch):
-    """(The FFVAE's ablations differ from it only in `fixed` weights: see the next test.)"""
-    """Through the interface only: build from the registry, two steps of `make_step`, held-out metrics."""
-    fields = {k: v for k, v in TINY.items() if k in methods.config_fields(name)}
-    model = methods.make_model(name, methods.make_config(name, **fields), key=jr.key(1))
+def test_every_method_compiles_no_host_callback_trains_two_steps_and_evaluates(name, batch):
+    """The smoke test of every registered method, through the interface only: build from the registry,
+    lower `make_step` once (a host callback, i.e. a run-time check, would block the host at every step
+    and keep the persistent compilation cache from storing the step), two steps that move every
+    parameter, held-out metrics. (The FFVAE's ablations differ from it only in `fixed` weights: see
+    `test_ffvae_ablations_drop_exactly_their_terms`.)"""
+    model = methods.make_model(name, _tiny_config(name), key=jr.key(1))
     assert isinstance(model, AbstractSequenceModel)
     optimizer = make_optimizer(1e-3)
     opt_state = init_opt_state(model, optimizer)
     step = make_step(optimizer, slice_size=2)
+    assert "callback" not in step.lower(model, opt_state, with_step(dict(batch), 0), jr.key(10)).as_text()
+    before = jax.tree.map(np.asarray, eqx.filter(model, eqx.is_inexact_array))
     losses = []
     for i in range(2):
         model, opt_state, loss, terms = step(model, opt_state, with_step(dict(batch), i), jr.key(10 + i))
@@ -120,6 +130,8 @@ def test_every_method_trains_two_steps_and_evaluates(name, batch):
         # the authors' objective bounds nothing, so it reports its terms and no ELBO
         assert ({"loss", "recon", "kl0", "rho_kl"} if name == "ffvae-authors" else {"loss", "elbo"}) <= set(terms)
     assert all(map(math.isfinite, losses)), losses
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), eqx.filter(model, eqx.is_inexact_array), before)
+    assert sum(jax.tree.leaves(moved)) >= 0.9 * len(jax.tree.leaves(moved)), "most parameters did not move"
     if isinstance(model, AbstractAdversarialModel):
         assert "discriminator" in terms
     shifts = fit_linear_shifts(model, [batch], FLOWS)
@@ -128,6 +140,32 @@ def test_every_method_trains_two_steps_and_evaluates(name, batch):
     assert math.isfinite(result["log_likelihood"])
     for entry in result["transformations"].values():
         assert math.isfinite(entry["equivariance_error"])
+
+
+PRESET_SHAPES = {  # (image_shape, frames, K) of each image size the presets use (docs/method.md §1)
+    "shapes3d": ((3, 64, 64), 8, 5),
+    "isaac3d": ((3, 128, 128), 4, 8),  # falcor3d differs only in T and K (5, 7): the same layers
+}
+
+
+ONE_PER_CLASS = list({m.model_cls: n for n, m in reversed(methods.METHODS.items())}.values())[::-1]
+
+
+@pytest.mark.parametrize("name", ONE_PER_CLASS)
+def test_every_model_class_steps_at_every_preset_image_size(name):
+    """The training step of every model class traced (`eqx.filter_eval_shape`, nothing compiled) at the other
+    image sizes, frame counts and flow counts the presets use: shapes agree and the loss is a scalar."""
+    optimizer = make_optimizer(1e-3)
+    step = make_step(optimizer, slice_size=2)
+    for dataset, (shape, frames, num_flows) in PRESET_SHAPES.items():
+        config = _tiny_config(name, image_shape=shape, num_frames=frames, num_flows=num_flows, latent_dim=8)
+        model = eqx.filter_eval_shape(methods.get_method(name).model_cls, config, key=jr.key(1))
+        opt_state = eqx.filter_eval_shape(init_opt_state, model, optimizer)
+        frames_batch = jax.ShapeDtypeStruct((4, frames, *shape), jnp.float32)
+        batch = with_step({"frames": frames_batch, "k": jnp.array([0, 1, num_flows - 1, 0], jnp.int32)}, 0)
+        new_model, _, loss, terms = eqx.filter_eval_shape(step, model, opt_state, batch, jr.key(0))
+        assert loss.shape == () and all(t.shape == () for t in terms.values()), dataset
+        assert jax.tree.structure(new_model) == jax.tree.structure(model), dataset
 
 
 @pytest.mark.parametrize(
@@ -296,6 +334,21 @@ def test_every_module_imports_only_from_its_floor_and_below():
     assert not upward, upward
 
 
+def test_importing_the_package_loads_no_run_machinery():
+    """`import eqx_ffvae` is the maths and the models: orbax, grain and tensorboardX load on first use of
+    the submodules that need them (lazy attributes), which then work."""
+    code = (
+        "import sys, eqx_ffvae as ff; "
+        "heavy = [m for m in ('orbax.checkpoint', 'grain', 'tensorboardX') if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "assert callable(ff.load_run) and callable(ff.data.sequence_dataset) and 'grain' in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'absent'"):
+        ff.absent  # noqa: B018
+
+
 def test_distributions_is_the_ground_floor():
     imported, _ = _imports(PACKAGE / "distributions.py")
     assert not imported
@@ -321,7 +374,9 @@ def test_every_benchmark_script_parses_its_options(script, monkeypatch, capsys):
 
 def test_a_finished_run_loads_without_train(tmp_path):
     """`load_run` restores model and spec from a run directory (here written by the library itself)."""
-    spec = ff.runs.resolve(steps=1, latent_dim=4, width=2, potential_width=8, batch_size=4, eval_sequences=4)
+    spec = ff.runs.resolve(
+        steps=1, latent_dim=4, width=4, potential_width=8, batch_size=8, eval_sequences=4
+    )  # conftest.TINY_ARGS: its step is cached
     trained = ff.runs.train(spec, tmp_path / "run")
     model, loaded = ff.load_run(tmp_path / "run")
     assert loaded == spec

@@ -215,21 +215,6 @@ def test_unknown_precision_is_refused():
         make_step(make_optimizer(1e-3), matmul_precision="fp8")
 
 
-@pytest.mark.parametrize("method", ["ffvae", "ffvae-weak", "ffvae-group", "poflow", "tvae"])
-def test_the_training_step_compiles_no_host_callback(method):
-    """A host callback (a run-time check) makes every step block the host and keeps JAX's persistent
-    compilation cache from storing the step: none may be compiled into any method's step."""
-    from eqx_ffvae import runs
-
-    spec = runs.resolve("quick", model=method, batch_size=4)
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, width=4))
-    model, optimizer, opt_state = runs.build(spec)
-    frames = jnp.zeros((4, spec.model.num_frames, 3, 28, 28))
-    batch = {"frames": frames, "k": jnp.arange(4) % 3, "step": jnp.zeros(4, jnp.int32)}
-    text = make_step(optimizer, slice_size=2).lower(model, opt_state, batch, jr.key(0)).as_text()
-    assert "callback" not in text
-
-
 def test_a_failed_solve_returns_nan_states_instead_of_raising():
     """`throw=False` (the default): an adaptive solve that runs out of steps gives NaN, which a loss
     turns non-finite and the training loop stops on; `throw=True` raises diffrax's error."""

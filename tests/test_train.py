@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,17 +17,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import nan_frames
+from conftest import TINY_ARGS, nan_frames
 from PIL import Image
 
 from eqx_ffvae import cli, runs
 from eqx_ffvae.checkpoint import Checkpointer
 from eqx_ffvae.layout import default_slice_size
 from eqx_ffvae.runs import RunError
+from eqx_ffvae.runs.directory import _check_same_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "train" / "run.py"
-TINY = ["--latent-dim", "4", "--width", "4", "--potential-width", "8", "--batch-size", "8"]
+TINY = TINY_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -338,12 +340,11 @@ def test_each_preset_takes_two_steps(run_module, tmp_path, preset):
     assert config["dataset"] == expected
 
 
-@pytest.fixture(scope="module")
-def trained_run(run_module, tmp_path_factory):
-    """The default (`quick`) preset, trained 3 steps and evaluated: the tests below read it."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    rc = run_module.main(["--steps", "3", *TINY, "--eval-sequences", "20", "--ll-samples", "3", "--out", str(out)])
-    assert rc == 0
+@pytest.fixture
+def trained_run(tiny_run, tmp_path):
+    """A copy of the session's tiny run (conftest.py: `quick`, 4 steps, evaluated) that a test may change."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
     return out
 
 
@@ -365,7 +366,7 @@ def test_run_directory_holds_everything(trained_run):
         ):
             assert key in entry
         assert len(entry["log_likelihood_per_frame"]) == 9
-        assert 1 <= entry["effective_sample_size"] <= 3
+        assert 1 <= entry["effective_sample_size"] <= 2
     assert set(result["equivariance_error_composition"]) == {"scale+rotation", "scale+hue", "rotation+hue"}
     for name in ("scale", "rotation", "hue"):
         flow = result["flows"][name]
@@ -382,10 +383,10 @@ def test_tensorboard_shows_training_scalars_eval_metrics_and_figures(trained_run
     events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
     assert {"train/loss", "train/sequences_per_s"} <= set(tags["scalars"])
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     result = json.loads((trained_run / "eval.json").read_text())
     scale = events.Scalars("eval/scale/equivariance_error")
-    assert [e.step for e in scale] == [3]
+    assert [e.step for e in scale] == [4]
     assert scale[0].value == pytest.approx(result["transformations"]["scale"]["equivariance_error"], rel=1e-6)
     assert "eval/composition/scale_rotation/equivariance_error" in tags["scalars"]
     assert "eval/flows/hue/min_eigenvalue" in tags["scalars"]
@@ -395,7 +396,7 @@ def test_tensorboard_shows_training_scalars_eval_metrics_and_figures(trained_run
     pngs = {p.stem for p in (trained_run / "figures").glob("*.png")}
     assert {tag(f"figures/{name}") for name in pngs} <= set(tags["images"])
     image = events.Images("figures/flow_scale")[0]
-    assert image.step == 3 and image.width > 0 and image.height > 0
+    assert image.step == 4 and image.width > 0 and image.height > 0
 
 
 def test_config_records_what_produced_the_run(trained_run):
@@ -486,11 +487,11 @@ def test_the_default_slice_size_follows_the_backend(monkeypatch):
 def test_a_run_resumes_with_another_slice_size_not_another_width(trained_run):
     spec = cli.spec_from(cli.Train(steps=3, latent_dim=4, width=4, potential_width=8, batch_size=8))
     saved = runs.read_spec(trained_run)
-    assert spec.slice_size == 16  # the quick preset's
-    runs._check_same_run(dataclasses.replace(spec, slice_size=2), saved, trained_run)  # layout only
+    assert spec.slice_size == 16  # layout.CPU_SLICE_SIZE, the default on a CPU
+    _check_same_run(dataclasses.replace(spec, slice_size=2), saved, trained_run)  # layout only
     wider = dataclasses.replace(spec, model=dataclasses.replace(spec.model, width=6))
     with pytest.raises(RunError, match=r"model fields \['width'\] differ"):
-        runs._check_same_run(wider, saved, trained_run)
+        _check_same_run(wider, saved, trained_run)
 
 
 @pytest.mark.slow

@@ -34,6 +34,11 @@ class TVAEConfig(BaselineConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.capsule_size is None and self.latent_dim < self.num_frames:
+            raise ValueError(
+                f"the default capsule holds at least num_frames={self.num_frames} units (a capsule rolls once per "
+                f"frame), more than latent_dim={self.latent_dim}: raise latent_dim or give capsule_size"
+            )
         size = self.capsules
         if self.latent_dim % size:
             raise ValueError(f"capsule_size {size} does not divide latent_dim {self.latent_dim}; choose a divisor")
