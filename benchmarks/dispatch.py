@@ -44,8 +44,8 @@ def main() -> None:
     model, optimizer, opt_state = runs.build(spec)
     mesh = make_mesh()
     model, opt_state = replicate((model, opt_state), mesh)
-    frames = functools.partial(device.frames, num_frames=spec.model.num_frames) if on_device else None
-    step = make_step(optimizer, slice_size=spec.slice_size, mesh=mesh, frames=frames)
+    make_frames = functools.partial(device.frames, num_frames=spec.model.num_frames) if on_device else None
+    step = make_step(optimizer, slice_size=spec.slice_size, mesh=mesh, make_frames=make_frames)
     batches = data.batch_iterator(runs.sequences(spec, compact=on_device), spec.batch_size)
     host = with_step({name: v for name, v in next(batches).items() if name in runs.STEP_INPUTS}, 0)
     key = jr.key(0)

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     state = {}
     for name in args.models:
-        spec = runs.resolve(args.preset, model=name)
+        spec = runs.resolve(args.preset, method=name)
         model, optimizer, opt_state = runs.build(spec)
         batches = data.batch_iterator(runs.sequences(spec, grouped=spec.grouped), spec.batch_size)
         batch = next(batches)

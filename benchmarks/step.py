@@ -227,9 +227,13 @@ def end_to_end(
 
     model, optimizer, opt_state = runs.build(spec)
     mesh = make_mesh()
-    frames = functools.partial(device.frames, num_frames=spec.model.num_frames) if on_device else None
+    make_frames = functools.partial(device.frames, num_frames=spec.model.num_frames) if on_device else None
     step = make_step(
-        optimizer, slice_size=spec.slice_size, mesh=mesh, matmul_precision=spec.matmul_precision, frames=frames
+        optimizer,
+        slice_size=spec.slice_size,
+        mesh=mesh,
+        matmul_precision=spec.matmul_precision,
+        make_frames=make_frames,
     )
     it = data.batch_iterator(runs.sequences(spec, compact=on_device), spec.batch_size)
     batch = next(it)

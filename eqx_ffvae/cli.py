@@ -41,9 +41,9 @@ class Interrupted(Exception):
 
 
 def spec_from(
-    args: Train | Compare, *, model: str | None = None, seed: int = 0, notes: list[str] | None = None
+    args: Train | Compare, *, method: str | None = None, seed: int = 0, notes: list[str] | None = None
 ) -> runs.RunSpec:
-    """The RunSpec the options describe (`model`/`seed` for a comparison's runs)."""
+    """The RunSpec the options describe (`method`/`seed` for a comparison's runs)."""
     shared = {name: getattr(args, name) for name in _SHARED}
     model_fields = {
         "latent_dim": shared.pop("latent_dim"),
@@ -51,7 +51,7 @@ def spec_from(
         "potential_width": shared.pop("potential_width"),
     }
     if isinstance(args, Train):
-        model, seed = args.model, args.seed
+        method, seed = args.model, args.seed
         model_fields.update(laplacian=args.laplacian, num_frames=args.num_frames, density=args.density)
         shared.update(
             batch_size=args.batch_size,
@@ -62,7 +62,7 @@ def spec_from(
             matmul_precision=args.matmul_precision,
             frames_on=args.frames_on,
         )
-    return runs.resolve(model=model, seed=seed, notes=notes, **shared, **model_fields)
+    return runs.resolve(method=method, seed=seed, notes=notes, **shared, **model_fields)
 
 
 def release_free_memory() -> bool:
@@ -130,7 +130,7 @@ def _dispatch(name: str, args, stop: dict, argv: list[str]) -> int:
             list(args.models),
             args.seeds,
             out,
-            lambda m, s: spec_from(args, model=m, seed=s),
+            lambda m, s: spec_from(args, method=m, seed=s),
             log=lambda line: print(line, flush=True),
             results_dir=args.results,
             learning_rates=PRESETS[args.preset].learning_rates if args.lr_grid is None else args.lr_grid,

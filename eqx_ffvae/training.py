@@ -74,7 +74,7 @@ def make_step(
     slice_size: int | None = None,
     mesh: Mesh | None = None,
     matmul_precision: MatmulPrecision = "float32",
-    frames: Callable[[Batch], Array] | None = None,
+    make_frames: Callable[[Batch], Array] | None = None,
 ) -> Callable:
     """`step(model, opt_state, batch, key) -> (model, opt_state, loss, terms)`, one JIT region.
 
@@ -93,7 +93,7 @@ def make_step(
     "float32" (default, exact), or for GPUs/TPUs "tensorfloat32" or "bfloat16" (faster, fewer
     mantissa bits; CPUs compute float32 either way).
 
-    `frames(batch)`: the float32 frames of a batch, made inside the step (e.g. `data.device.frames`
+    `make_frames(batch)`: the float32 frames of a batch, made inside the step (e.g. `data.device.frames`
     from compact uint8 batches); by default the batch's "frames" as they are.
     """
     if matmul_precision not in MATMUL_PRECISIONS:
@@ -138,8 +138,8 @@ def make_step(
         if mesh is not None:
             batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
             model, opt_state = replicate((model, opt_state), mesh)
-        if frames is not None:
-            batch = {**{name: v for name, v in batch.items() if name != "digits"}, "frames": frames(batch)}
+        if make_frames is not None:
+            batch = {**{name: v for name, v in batch.items() if name != "digits"}, "frames": make_frames(batch)}
         if _is_adversarial(model):
             model, opt_state, loss, terms = _alternating_update(model, opt_state, batch, key)
         else:

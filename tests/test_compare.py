@@ -199,7 +199,7 @@ def test_compare_chooses_the_learning_rate_on_validation_and_recomputes_only_a_d
         and (kept / "runs" / "vae" / "seed1" / "eval.json").exists()
     )
     with pytest.raises(RunError, match="--validation-fraction"):
-        run_compare(["vae"], 1, out, lambda m, s: runs.resolve("quick", model=m, seed=s), learning_rates=(1e-3,))
+        run_compare(["vae"], 1, out, lambda m, s: runs.resolve("quick", method=m, seed=s), learning_rates=(1e-3,))
 
 
 @pytest.mark.parametrize(("cap", "expected"), [(500, 65), (60, 60)])
@@ -208,7 +208,7 @@ def test_validation_loss_is_the_mean_own_loss_over_the_validation_sequences(cap,
     mean of the per-sequence loss (a VAE's batch loss is the mean of its sequences'). With
     eval_sequences 60 only the first 60 of the same order count (the second batch cut to 10)."""
     spec = runs.resolve(
-        "mnist-medium", model="vae", latent_dim=4, width=2, validation_fraction=0.013, eval_sequences=cap
+        "mnist-medium", method="vae", latent_dim=4, width=2, validation_fraction=0.013, eval_sequences=cap
     )
     model = runs.build(spec)[0]
     result = runs.validation_loss(spec, model)
@@ -223,7 +223,7 @@ def test_validation_loss_is_the_mean_own_loss_over_the_validation_sequences(cap,
             losses.append(float(one(model, jnp.asarray(item["frames"]), jnp.asarray(item["k"]), key)))
     np.testing.assert_allclose(result["validation_loss"], np.mean(losses), rtol=1e-5)
     with pytest.raises(RunError, match="no validation split.*--validation-fraction"):
-        runs.validation_loss(runs.resolve("quick", model="vae"), model)
+        runs.validation_loss(runs.resolve("quick", method="vae"), model)
 
 
 def test_a_grid_record_made_before_a_config_field_existed_is_still_its_configuration():
@@ -231,7 +231,7 @@ def test_a_grid_record_made_before_a_config_field_existed_is_still_its_configura
     default that keeps the old behaviour must not make it stale (it would retrain a table's grid)."""
     from eqx_ffvae.reporting.records import same_identity
 
-    spec = runs.resolve("mnist-medium", model="ffvae")
+    spec = runs.resolve("mnist-medium", method="ffvae")
     stored = json.loads(json.dumps(spec.identity()))
     for later in ("objective", "kl0_per_frame"):
         stored["model"].pop(later)
@@ -239,5 +239,5 @@ def test_a_grid_record_made_before_a_config_field_existed_is_still_its_configura
     stored["model"]["flow_kl_weight"] = 0.5  # a real difference still counts
     assert not same_identity(stored, spec)
     assert not same_identity(None, spec) and not same_identity({"method": "ffvae"}, spec)
-    taxed = json.loads(json.dumps(runs.resolve("mnist-medium", model="ffvae-rollout-kl0").identity()))
+    taxed = json.loads(json.dumps(runs.resolve("mnist-medium", method="ffvae-rollout-kl0").identity()))
     assert not same_identity(taxed, spec)

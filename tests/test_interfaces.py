@@ -187,12 +187,12 @@ def test_variants_keep_their_fixed_settings_under_any_preset(name):
     is an error naming the setting; an ablation's base is a main method."""
     method = methods.get_method(name)
     for preset in ("quick", "mnist-medium"):
-        config = runs.resolve(preset, model=name).model
+        config = runs.resolve(preset, method=name).model
         assert {k: getattr(config, k) for k in method.fixed} == method.fixed
     key, value = next(iter(method.fixed.items()))
     other = "sequence" if value == "authors" else 0.5
     with pytest.raises(RunError, match=f"{key}="):
-        runs.resolve("quick", model=name, **{key: other})
+        runs.resolve("quick", method=name, **{key: other})
     if method.ablation_of:
         assert not methods.get_method(method.ablation_of).ablation_of
 

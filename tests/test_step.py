@@ -185,7 +185,7 @@ def test_flat_step_equals_the_equinox_step(method):
     refused by name."""
     from eqx_ffvae import runs
 
-    spec = runs.resolve("quick", model=method, batch_size=4)
+    spec = runs.resolve("quick", method=method, batch_size=4)
     spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, width=4, latent_dim=4, num_frames=3))
     model, optimizer, opt_state = runs.build(spec)
     step = make_step(optimizer, slice_size=2)

@@ -242,7 +242,9 @@ def test_the_loop_builds_the_next_batch_while_the_step_runs(tmp_path):
     step to finish, so a loop calling one would find every model ready.)"""
     import equinox as eqx
 
-    spec = cli.spec_from(cli.Train(steps=8, checkpoint_every=100))
+    spec = cli.spec_from(
+        cli.Train(steps=8, checkpoint_every=100, latent_dim=4, width=4, potential_width=8, batch_size=8)
+    )
     readiness = []
 
     def watch(batches):

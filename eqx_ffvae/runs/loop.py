@@ -207,7 +207,7 @@ class TrainingRun:
             slice_size=spec.slice_size,
             mesh=mesh,
             matmul_precision=spec.matmul_precision,
-            frames=functools.partial(device.frames, num_frames=spec.model.num_frames)
+            make_frames=functools.partial(device.frames, num_frames=spec.model.num_frames)
             if frames_made_on_device(spec)
             else None,
         )

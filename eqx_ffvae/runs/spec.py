@@ -167,7 +167,7 @@ def _check_int(flag: str, value: Any, low: int) -> None:
 def resolve(
     preset: str = "quick",
     *,
-    model: str | None = None,
+    method: str | None = None,
     data_dir: str | os.PathLike | None = None,
     seed: int = 0,
     steps: int | None = None,
@@ -186,6 +186,9 @@ def resolve(
     **model_fields: Any,
 ) -> RunSpec:
     """The RunSpec of preset `preset` with the given overrides (None: the preset's value).
+
+    `method` is a registered method's name (`methods.METHODS`; the command line's --model); the spec's
+    `model` field is that method's config.
 
     `model_fields` override the method's config (latent_dim, width, potential_width, laplacian,
     num_frames, …); shared settings a method's config does not have (a VAE's potential width) are not
@@ -221,7 +224,7 @@ def resolve(
         if info.source in ("mnist", "png-folder") and not path.is_dir():
             raise RunError(f"--data-dir {path} is a file; pass the folder that holds the {dataset} files")
         data_dir = str(path.resolve())
-    method = model or p.method
+    method = method or p.method
     try:
         methods.get_method(method)
     except ValueError as err:
