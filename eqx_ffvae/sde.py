@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 
 import diffrax
+import diffrax._brownian.tree as _diffrax_tree
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import lineax
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
@@ -26,13 +28,51 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 from .potentials import AbstractPotential
 
 
-def brownian_path(key: PRNGKeyArray, t1: float, dt0: float, dim: int) -> diffrax.VirtualBrownianTree:
+class UncheckedBrownianTree(diffrax.AbstractBrownianPath):
+    """diffrax's `VirtualBrownianTree`, the same samples (tested equal), without its run-time check that
+    every time lies in [t0, t1]: that check is a host callback in every compiled step that holds it,
+    which blocks the host at each step and keeps JAX's persistent cache from storing the step. The
+    solves of this module evaluate only on their grid inside the range. (It calls the tree's private
+    sampler: `tests/test_objectives_variants.py` checks it against the public `evaluate`.)"""
+
+    tree: diffrax.VirtualBrownianTree
+
+    @property
+    def levy_area(self):
+        return self.tree.levy_area
+
+    @property
+    def t0(self):
+        return self.tree.t0
+
+    @property
+    def t1(self):
+        return self.tree.t1
+
+    def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
+        del left
+        tree = self.tree
+
+        def at(t):
+            r = _diffrax_tree.linear_rescale(tree.t0, t, tree.t1)
+            return jtu.tree_map(lambda key, shape: tree._evaluate_leaf(key, r, shape), tree.key, tree.shape)
+
+        levy_0 = at(jax.lax.stop_gradient(t0))
+        if t1 is None:
+            levy = jtu.tree_map(_diffrax_tree._make_levy_val, tree.shape, levy_0)
+        else:
+            levy = jtu.tree_map(_diffrax_tree._levy_diff, tree.shape, levy_0, at(jax.lax.stop_gradient(t1)))
+        levy = tree._denormalise_bm_inc(_diffrax_tree.levy_tree_transpose(tree.shape, levy))
+        return levy if use_levy else levy.W
+
+
+def brownian_path(key: PRNGKeyArray, t1: float, dt0: float, dim: int) -> UncheckedBrownianTree:
     """A reparameterised Brownian motion in R^dim (and one spare scalar channel for the KL state) on
     [0, dt0 · 2^m] ⊇ [0, t1], exact at every multiple of dt0: those are dyadic points of the tree, which
     it samples exactly (between them it interpolates, and no solve of this module evaluates there)."""
     span = dt0 * 2 ** max(0, math.ceil(math.log2(max(t1 / dt0, 1.0))))
     shape = (jax.ShapeDtypeStruct((dim,), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
-    return diffrax.VirtualBrownianTree(0.0, span, tol=dt0 / 2, shape=shape, key=key)
+    return UncheckedBrownianTree(diffrax.VirtualBrownianTree(0.0, span, tol=dt0 / 2, shape=shape, key=key))
 
 
 def sde_path(
@@ -81,5 +121,7 @@ def sde_path(
         saveat=diffrax.SaveAt(t0=True, steps=True),
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=max(1, steps)),
         max_steps=max(1, steps),
+        throw=False,  # no host callback in a jitted step (flows.integrate): a failed solve gives NaN instead
     )
-    return sol.ys[0][rows], sol.ys[1][rows]
+    failed = jnp.logical_not(diffrax.is_okay(sol.result))
+    return jax.tree.map(lambda y: jnp.where(failed, jnp.nan, y[rows]), (sol.ys[0], sol.ys[1]))

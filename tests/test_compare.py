@@ -172,7 +172,6 @@ def test_choose_learning_rate_takes_the_lowest_finite_validation_loss():
         choose_learning_rate(records[:1])
 
 
-@pytest.mark.slow
 def test_compare_chooses_the_learning_rate_on_validation_and_recomputes_only_a_deleted_run(tmp_path, capsys):
     out, kept = tmp_path / "cmp", tmp_path / "results"
     args = ["compare", "--preset", "mnist-medium", "--models", "vae", "--seeds", "2", "--steps", "2"]

@@ -14,7 +14,7 @@ from eqx_ffvae.ffvae_authors import AuthorsFFVAE, AuthorsFFVAEConfig, authors_ba
 from eqx_ffvae.flows import flow, frame_times
 from eqx_ffvae.layout import Layout
 from eqx_ffvae.potentials import AbstractAutodiffPotential, MLPPotential
-from eqx_ffvae.sde import sde_path
+from eqx_ffvae.sde import brownian_path, sde_path
 
 
 class QuadraticPotential(AbstractAutodiffPotential):
@@ -87,6 +87,18 @@ def test_sde_mean_path_without_noise_is_the_ffvae_flow(getkey):
     zs, _ = eqx.filter_jit(lambda z, k: sde_path(pot, z, ts, 1e-16, key=k))(z0, getkey())
     ode, _ = eqx.filter_jit(lambda z: flow(pot, z, 0.0, ts))(z0)
     np.testing.assert_allclose(zs, ode, atol=1e-5)
+
+
+def test_the_brownian_path_samples_as_diffrax_does_with_no_host_callback(getkey):
+    """`UncheckedBrownianTree` gives diffrax's `VirtualBrownianTree` samples bit for bit (values and
+    increments), and a compiled posterior path holds no host callback (the tree's range check is one)."""
+    path = brownian_path(getkey(), 8.0, 1.0, 4)
+    for t0, t1 in [(0.0, 1.0), (3.0, 4.0), (7.0, 8.0), (2.0, 5.0), (5.0, None)]:
+        for ours, theirs in zip(jax.tree.leaves(path.evaluate(t0, t1)), jax.tree.leaves(path.tree.evaluate(t0, t1))):
+            np.testing.assert_array_equal(ours, theirs)
+    pot = MLPPotential(4, 8, key=getkey())
+    solve = jax.jit(lambda z, key: sde_path(pot, z, frame_times(4), 0.1, key=key))
+    assert "callback" not in solve.lower(jnp.zeros(4), getkey()).as_text()
 
 
 def test_sde_path_rejects_times_off_its_grid(getkey):

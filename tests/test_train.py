@@ -525,6 +525,7 @@ def test_two_processes_agree_with_one(tmp_path, single_device_run):
     np.testing.assert_allclose(multi, _losses(single_device_run), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_second_run_loads_its_training_step_from_the_compilation_cache(tmp_path):
     """The persistent cache is on by default: the first run stores the step (whole entries only, no
     partial file left), a second run loads it, and --no-compile-cache neither reads nor writes."""
