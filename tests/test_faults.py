@@ -4,6 +4,7 @@ Each test is one case of the run-directory reliability issue, on a tiny configur
 --fresh, checkpoint fallback, tolerant metrics, data-file and flag validation, signals in every phase.
 """
 
+import dataclasses
 import gzip
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 from conftest import TINY_ARGS, TINY_EVAL, nan_frames
 
 from eqx_ffvae import cli, runs
+from eqx_ffvae.baselines.vae import VAEConfig
 from eqx_ffvae.data.mnist import _SPLIT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,6 +247,29 @@ def test_every_numeric_flag_is_checked_by_name(tmp_path, capsys, flag, value):
     out = tmp_path / "run"
     _one_line_error(capsys, [f"{flag}={value}", "--steps", "1", *TINY, "--out", str(out)], flag)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"validation_fraction": 0.95}, "--validation-fraction must be in"),
+        ({"factor_sizes": (3, 0)}, "--factor-sizes must all be"),
+        ({"matmul_precision": "fp8"}, "--matmul-precision must be one of"),
+        ({"model": VAEConfig()}, "'ffvae' needs a FFVAEConfig, got VAEConfig"),
+    ],
+)
+def test_a_spec_with_a_bad_value_is_refused_by_name(change, named):
+    with pytest.raises(runs.RunError, match=named):
+        dataclasses.replace(runs.resolve(), **change)
+
+
+def test_an_unknown_method_or_setting_is_named():
+    with pytest.raises(runs.RunError, match="--model: unknown model 'ffave'"):
+        runs.resolve(method="ffave")
+    with pytest.raises(runs.RunError, match="no method has the setting"):
+        runs.resolve(latent_dims=4)
+    with pytest.raises(runs.RunError, match="unknown preset 'mnist-huge'"):
+        runs.resolve("mnist-huge")
 
 
 def test_a_shapes3d_count_error_names_the_flag(tmp_path, capsys):

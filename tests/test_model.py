@@ -95,6 +95,23 @@ def test_what_a_model_observes_of_k_is_its_class(model, weak_model):
         ff.GroupFFVAE(weak_model.config, key=jr.key(0))
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"num_frames": 1}, "num_frames must be ≥ 2"),
+        ({"steps_per_frame": 0}, "steps_per_frame"),
+        ({"min_flow_share": 1.5}, "min_flow_share"),
+        ({"density": "exact"}, "density"),  # the suite's type checker names it first (TypeError)
+        ({"objective": "sde"}, "objective"),
+        ({"objective": "path", "group_supervised": True}, "objective='path'"),
+        ({"weakly_supervised": True, "group_supervised": True}, "exclude each other"),
+    ],
+)
+def test_a_bad_config_value_is_named(fields, named):
+    with pytest.raises((ValueError, TypeError), match=named):
+        ff.FFVAEConfig(**fields)
+
+
 def test_importance_sampled_likelihood_bounds_elbo(model, sequences, getkey):
     """The S-sample estimate lies above the mean of single-draw bounds (Jensen), and a single draw of
     the own proposal (S = 1) averages to the ELBO up to the trace form's log-det gap (the loss tracks

@@ -1,6 +1,7 @@
 """The FFVAE's other objectives (docs/method.md §4): the path-space ELBO (`ffvae-sde`), its authors'
 trainer (`ffvae-authors`) and the rate-tax rollout VAE (`ffvae-rollout-kl0`)."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -92,7 +93,8 @@ def test_sde_mean_path_without_noise_is_the_ffvae_flow(getkey):
 def test_the_brownian_path_samples_as_diffrax_does_with_no_host_callback(getkey):
     """`UncheckedBrownianTree` gives diffrax's `VirtualBrownianTree` samples bit for bit (values and
     increments), and a compiled posterior path holds no host callback (the tree's range check is one)."""
-    path = brownian_path(getkey(), 8.0, 1.0, 4)
+    path = brownian_path(getkey(), 6.0, 1.0, 4)
+    assert (path.t0, path.t1, path.levy_area) == (0.0, 8.0, diffrax.BrownianIncrement)  # the dyadic span ⊇ [0, 6]
     for t0, t1 in [(0.0, 1.0), (3.0, 4.0), (7.0, 8.0), (2.0, 5.0), (5.0, None)]:
         for ours, theirs in zip(jax.tree.leaves(path.evaluate(t0, t1)), jax.tree.leaves(path.tree.evaluate(t0, t1))):
             np.testing.assert_array_equal(ours, theirs)
