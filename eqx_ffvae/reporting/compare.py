@@ -63,70 +63,118 @@ def run_compare(
             "--lr-grid chooses learning rates on validation sequences: pass --validation-fraction > 0 "
             "(or a preset that has one, e.g. mnist-medium)"
         )
+    rates = _LearningRates(grid, spec_for, out, results_dir, log)
+    # seed 0 of each method right after its grid (its run is the grid's, still on disk), then the rest
+    plan = [(m, 0) for m in names] + [(m, s) for s in range(1, seeds) for m in names if s < seeds_of(m)]
+    results, specs = _run_plan(plan, spec_for, rates, out, results_dir, log)
+    results = {n: results[n] for n in names}
+    setup, header = _setup(specs[names[0]], seeds, ablation_seeds, grid)
+    rows = _rows(results, specs, rates)
+    summary = {
+        "setup": setup,
+        "methods": rows,
+        "runs": {n: [str(_run_dir(out, n, s, specs[n], grid)) for s in range(seeds_of(n))] for n in results},
+    }
+    table = to_markdown(rows, results, list(results[plan[0][0]][0]["transformations"]), header)
+    for folder in (out, results_dir) if results_dir is not None else (out,):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "compare.json", json.dumps(summary, indent=2))
+        atomic_write(folder / "compare.md", table)
+    log(table)
+    return summary
 
+
+def _run_dir(out: Path, name: str, seed: int, spec: RunSpec, grid: Sequence[float]) -> Path:
+    """Where a run of the comparison lives: `out/<method>/lr<rate>/seed<i>` with a grid, else `out/<method>/seed<i>`."""
+    return out / name / lr_name(spec.learning_rate) / f"seed{seed}" if grid else out / name / f"seed{seed}"
+
+
+@dataclasses.dataclass
+class _LearningRates:
+    """The learning rate of each method: the preset's without a grid; with one, chosen once per main
+    method on seed 0's validation loss at every rate (a variant uses its main method's)."""
+
+    grid: Sequence[float]
+    spec_for: Callable[[str, int], RunSpec]
+    out: Path
+    results_dir: Path | None
+    log: Callable[[str], None]
+    chosen: dict[str, float] = dataclasses.field(default_factory=dict)
+    records: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+
+    @staticmethod
     def tuned(name: str) -> str:
         return methods.get_method(name).ablation_of or name
 
-    chosen: dict[str, float] = {}
-    grids: dict[str, list[dict]] = {}
-
-    def run_dir(name: str, seed: int, spec: RunSpec) -> Path:
-        return out / name / lr_name(spec.learning_rate) / f"seed{seed}" if grid else out / name / f"seed{seed}"
-
-    def learning_rate(name: str) -> float | None:
-        if not grid:
+    def of(self, name: str) -> float | None:
+        if not self.grid:
             return None
-        base = tuned(name)
-        if base not in chosen:
+        base = self.tuned(name)
+        if base not in self.chosen:
             records = []
-            for lr in grid:
-                spec = dataclasses.replace(spec_for(base, 0), learning_rate=lr)
-                kept = None if results_dir is None else results_dir / "grid" / base / f"{lr_name(lr)}.json"
+            for lr in self.grid:
+                spec = dataclasses.replace(self.spec_for(base, 0), learning_rate=lr)
+                kept = None if self.results_dir is None else self.results_dir / "grid" / base / f"{lr_name(lr)}.json"
                 tic = time.perf_counter()
-                record, reused = grid_point(spec, run_dir(base, 0, spec), kept)
+                record, reused = grid_point(spec, _run_dir(self.out, base, 0, spec, self.grid), kept)
                 jax.clear_caches()
                 how = "reused" if reused else f"{time.perf_counter() - tic:.0f} s"
-                log(f"[grid] {base} lr {lr:g}: validation loss {record['validation_loss']:.2f} ({how})")
+                self.log(f"[grid] {base} lr {lr:g}: validation loss {record['validation_loss']:.2f} ({how})")
                 records.append(record)
-            chosen[base], grids[base] = choose_learning_rate(records), records
-            log(f"[grid] {base}: learning rate {chosen[base]:g} chosen by validation loss")
-        return chosen[base]
+            self.chosen[base], self.records[base] = choose_learning_rate(records), records
+            self.log(f"[grid] {base}: learning rate {self.chosen[base]:g} chosen by validation loss")
+        return self.chosen[base]
 
-    # seed 0 of each method right after its grid (its run is the grid's, still on disk), then the rest
-    plan = [(m, 0) for m in names] + [(m, s) for s in range(1, seeds) for m in names if s < seeds_of(m)]
+
+def _run_plan(
+    plan: list[tuple[str, int]],
+    spec_for: Callable[[str, int], RunSpec],
+    rates: _LearningRates,
+    out: Path,
+    results_dir: Path | None,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[dict]], dict[str, RunSpec]]:
+    """Train and evaluate (or reuse) each (method, seed) of the plan in order: eval.json per run, and
+    each method's spec."""
     results: dict[str, list[dict]] = {}
     specs: dict[str, RunSpec] = {}
     for i, (name, seed) in enumerate(plan):
         spec = spec_for(name, seed)
-        lr = learning_rate(name)
+        lr = rates.of(name)
         if lr is not None:
             spec = dataclasses.replace(spec, learning_rate=lr)
         specs[name] = spec
         tic = time.perf_counter()
         kept = None if results_dir is None else kept_path(results_dir, name, seed)
-        result, reused = one_run(spec, run_dir(name, seed, spec), kept)
+        result, reused = one_run(spec, _run_dir(out, name, seed, spec, rates.grid), kept)
         jax.clear_caches()
         secs = time.perf_counter() - tic
         results.setdefault(name, []).append(result)
         errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
         how = "reused" if reused else f"{secs:.0f} s"
         log(f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})")
-    transforms = list(results[plan[0][0]][0]["transformations"])
-    results = {n: results[n] for n in names}
+    return results, specs
+
+
+def _rows(results: dict[str, list[dict]], specs: dict[str, RunSpec], rates: _LearningRates) -> dict:
+    """`summarise`'s rows with each method's training time, learning rate (and grid), ablation and settings."""
     rows = summarise(results)
-    for name in names:
+    for name in results:
         secs = [r["training_seconds"] for r in results[name] if "training_seconds" in r]
         if secs:
             rows[name]["columns"]["training_seconds_per_run"] = seed_stats(secs)
-        method = methods.get_method(name)
         rows[name]["learning_rate"] = specs[name].learning_rate
-        rows[name]["ablation_of"] = method.ablation_of
+        rows[name]["ablation_of"] = methods.get_method(name).ablation_of
         rows[name]["settings"] = specs[name].to_json()["model"]
-        if grid:
+        if rates.grid:
             rows[name]["learning_rate_grid"] = {
-                lr_name(r["learning_rate"]): r["validation_loss"] for r in grids[tuned(name)]
+                lr_name(r["learning_rate"]): r["validation_loss"] for r in rates.records[rates.tuned(name)]
             }
-    spec = specs[names[0]]
+    return rows
+
+
+def _setup(spec: RunSpec, seeds: int, ablation_seeds: int | None, grid: Sequence[float]) -> tuple[dict, str]:
+    """compare.json's `setup` (the protocol every row shares) and the table's header line."""
     setup = {
         "preset": spec.preset,
         "dataset": spec.dataset,
@@ -139,7 +187,7 @@ def run_compare(
         "eval_sequences": spec.eval.eval_sequences,
         "ll_samples": spec.eval.ll_samples,
         "validation_fraction": spec.validation_fraction,
-        "learning_rate_grid": grid,
+        "learning_rate_grid": list(grid),
         "learning_rate_selection": (
             "per main method: seed 0 at every rate of the grid, the lowest own loss on the validation sequences; "
             "ablations use the rate of the method they ablate"
@@ -150,22 +198,13 @@ def run_compare(
     if not grid:
         setup["learning_rate"] = spec.learning_rate
     lr_text = (
-        f"learning rate chosen per method from {grid} on validation loss" if grid else f"lr {spec.learning_rate:g}"
+        f"learning rate chosen per method from {list(grid)} on validation loss"
+        if grid
+        else f"lr {spec.learning_rate:g}"
     )
     header = (
         f"Comparison on {spec.dataset} (preset {spec.preset}): {spec.steps} steps × batch {spec.batch_size}, "
         f"d = {setup['latent_dim']}, width {setup['width']}, {lr_text}, {seeds} seed(s), "
         f"{setup['eval_sequences']} held-out sequences, {setup['ll_samples']} importance samples."
     )
-    summary = {
-        "setup": setup,
-        "methods": rows,
-        "runs": {n: [str(run_dir(n, s, specs[n])) for s in range(seeds_of(n))] for n in results},
-    }
-    table = to_markdown(rows, results, transforms, header)
-    for folder in (out, results_dir) if results_dir is not None else (out,):
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "compare.json", json.dumps(summary, indent=2))
-        atomic_write(folder / "compare.md", table)
-    log(table)
-    return summary
+    return setup, header
