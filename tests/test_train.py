@@ -484,6 +484,8 @@ def test_the_default_slice_size_follows_the_backend(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert runs.resolve("quick").slice_size == 32 and runs.resolve("quick", batch_size=8).slice_size == 8
     assert runs.resolve("quick", slice_size=4).slice_size == 4
+    # a spec built by hand leaves it to the backend, as make_step does (never the CPU's 16 on a GPU)
+    assert {f.name: f.default for f in dataclasses.fields(runs.RunSpec)}["slice_size"] is None
 
 
 def test_a_run_resumes_with_another_slice_size_not_another_width(trained_run):

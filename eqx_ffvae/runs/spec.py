@@ -51,7 +51,8 @@ class RunSpec:
     """The resolved, validated configuration of a run, saved as config.json.
 
     `model` is the method's config dataclass (`methods.make_config`); `slice_size` lays the training
-    step out in memory and does not change its numbers, so a run may resume with another.
+    step out in memory and does not change its numbers, so a run may resume with another (None: the
+    backend's default, `layout.default_slice_size`; `resolve` records the value it picks).
     `frames_on`: where training frames are made (`frames_made_on_device`): "host" (Grain builds float32
     frames), "device" (the host ships compact uint8 data, `data.device` makes the frames inside the
     step) or "auto" (the device, on every backend: on a 2-core CPU too the loop is faster so, docs/performance.md).
@@ -71,7 +72,7 @@ class RunSpec:
     eval: EvalSettings
     factor_sizes: tuple[int, ...] | None = None
     matmul_precision: str = "float32"
-    slice_size: int = 16
+    slice_size: int | None = None
     validation_fraction: float = 0.0
     frames_on: str = "auto"
 
@@ -94,7 +95,8 @@ class RunSpec:
         _check_int("--batch-size", self.batch_size, 1)
         _check_int("--checkpoint-every", self.checkpoint_every, 1)
         _check_int("--workers", self.workers, 0)
-        _check_int("--slice-size", self.slice_size, 1)
+        if self.slice_size is not None:
+            _check_int("--slice-size", self.slice_size, 1)
         if self.frames_on not in FRAMES_ON:
             raise RunError(f"--frames-on must be one of {', '.join(FRAMES_ON)}, got {self.frames_on!r}")
         if not (
