@@ -30,7 +30,7 @@ from .data.factors import prepare_png_folder
 from .data.mnist import download_mnist
 from .presets import PRESETS
 from .reporting import figures
-from .reporting.claims import write_claims
+from .reporting.claims import write_claims, write_readme_summary
 from .reporting.compare import run_compare
 from .reporting.evaluate import evaluate_and_draw
 from .runs import RunError
@@ -141,6 +141,9 @@ def _dispatch(name: str, args, stop: dict, argv: list[str]) -> int:
         return 0
     if name == "claims":
         written = write_claims(args.results)
+        if args.readme is not None:
+            write_readme_summary(args.readme, args.results)
+            written = (*written, args.readme)
         print("wrote " + " and ".join(map(str, written)))
         return 0
     if name == "download":

@@ -85,6 +85,20 @@ class Shared(Cached):
             "importance samples per frame for the log-likelihood (docs/method.md §5: 100 for tables)", "ll_samples"
         ),
     ] = None
+    ll_sequences: Annotated[
+        int | None,
+        _override(
+            "held-out sequences whose log-likelihood is estimated, the first of those scored (None: all)",
+            "ll_sequences",
+        ),
+    ] = None
+    drift_samples: Annotated[
+        int | None,
+        _override(
+            "importance samples of the estimator's drift check on the first 20 of them (0: no check; tables: 1000)",
+            "drift_samples",
+        ),
+    ] = None
     validation_fraction: Annotated[
         float | None,
         _override(
@@ -188,8 +202,10 @@ class Sample:
 class Compare(Shared):
     """Train and evaluate every listed method for the same steps, batch and width over several seeds;
     write compare.json and compare.md (methods × every probe and log-likelihood, mean ± std over seeds,
-    paired bootstrap intervals of each method minus FFVAE).
-    Re-running resumes: finished runs are reused, interrupted ones continue from their checkpoints."""
+    paired differences of each method minus FFVAE with 95% seed-level intervals).
+    Re-running resumes: finished runs are reused, interrupted ones continue from their checkpoints.
+    Two comparisons given one --results share it: each (method, seed) record is claimed before it is
+    trained, so the second leaves it for last and reads it; a damaged record is named and moved aside."""
 
     seeds: int = 3
     """seeds 0 … N−1 per method"""
@@ -217,11 +233,15 @@ class Compare(Shared):
 class Claims:
     """Put the paper's claims (FFVAE < PoFlow < the other baselines on every E_k; weak ≈ supervised;
     FFVAE the highest likelihood; the baselines' own order) to the records of a `compare --results`
-    folder: a verdict per claim from paired 95% bootstrap intervals, and the ablation rows against
-    PoFlow and the FFVAE. Writes claims.json and claims.md into that folder; trains nothing."""
+    folder: a verdict per claim from paired 95% seed-level intervals, Holm-corrected over the claim's
+    columns (docs/method.md §5), with columns that do not discriminate and likelihood gaps within the
+    estimator's drift named instead of judged, and the ablation rows against PoFlow and the FFVAE.
+    Writes claims.json and claims.md into that folder; trains nothing."""
 
     results: Annotated[Path, tyro.conf.arg(metavar="PATH")]
     """the folder given to `compare --results` (it holds runs/<method>/seed<i>/eval.json)"""
+    readme: Annotated[Path | None, tyro.conf.arg(metavar="PATH")] = None
+    """also rewrite the summary of these claims in this README (between its `<!-- claims PATH … -->` markers)"""
 
 
 @dataclasses.dataclass

@@ -30,36 +30,68 @@ def _inferred_flows(model, frames):
 
 
 @eqx.filter_jit
-def _scores(model, batch, shifts, matching, key, num_samples):
-    """Every per-sequence number of docs/method.md §5 for one batch (`jax.lax.map` over its sequences)."""
+def _likelihoods(model, frames, ks, keys, num_samples):
+    """Each sequence's per-frame log p(x_t) and effective sample size (`jax.lax.map` over the sequences)."""
+
+    def one(args):
+        x, k, kk = args
+        if infers_flow(model):
+            return metrics.marginal_log_likelihood(model, x, key=kk, num_samples=num_samples)
+        return metrics.log_likelihood(model, x, k, key=kk, num_samples=num_samples)
+
+    return jax.lax.map(one, (frames, ks, keys))
+
+
+def _likelihood_pass(model, batches, count, key, num_samples, desc):
+    """(log p per frame, ESS per frame) of the first `count` sequences of `batches`, sequence i drawn
+    with `fold_in(key, i)`: the same draws whichever batches they arrive in."""
+    lls, ess, done = [], [], 0
+    with tqdm(total=count, desc=desc, unit="seq", leave=False) as bar:
+        for batch in batches:
+            take = min(batch["frames"].shape[0], count - done)
+            if take <= 0:
+                break
+            keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(done, done + take))
+            ll, e = _likelihoods(model, batch["frames"][:take], batch["k"][:take], keys, num_samples)
+            lls.append(np.asarray(ll)), ess.append(np.asarray(e))
+            done += take
+            bar.update(take)
+    return np.concatenate(lls), np.concatenate(ess)
+
+
+@eqx.filter_jit
+def _scores(model, batch, shifts, matching):
+    """Every per-sequence E of docs/method.md §5 for one batch (`jax.lax.map` over its sequences)."""
     frames, ks = batch["frames"], batch["k"]
-    keys = jr.split(key, frames.shape[0])
     inferred, transport = infers_flow(model), has_transport(model)
     horizon = frames.shape[1] - 1
     probes = "extrapolation" in batch
     num_flows = shifts.shape[0]
 
     def one(args):
-        x, k, kk = args[:3]
+        x, k = args[:2]
         mu, _ = model.encode(x[0])
         flow = jnp.argmax(model.flow_posterior_logits(x)) if inferred else k
         out = {
             "flow": flow,
             "linear": metrics.equivariance_error_linear(model, x, k, shifts),
             "identity": metrics.equivariance_error_identity(model, x),
+            "identity_changed": metrics.equivariance_error_identity(model, x, pixels="changed"),
+            "changed_pixels": jnp.sum(metrics.changed_pixels(x)[:, 0]),
         }
-        out["own"] = metrics.equivariance_error(model, x, flow) if transport else out["linear"]
-        if inferred:
-            out["ll"], out["ess"] = metrics.marginal_log_likelihood(model, x, key=kk, num_samples=num_samples)
+        if transport:
+            out["own"] = metrics.equivariance_error(model, x, flow)
+            out["own_changed"] = metrics.equivariance_error(model, x, flow, pixels="changed")
         else:
-            out["ll"], out["ess"] = metrics.log_likelihood(model, x, k, key=kk, num_samples=num_samples)
+            out["own"] = out["linear"]
+            out["own_changed"] = metrics.equivariance_error_linear(model, x, k, shifts, pixels="changed")
         if isinstance(model, AbstractPotentialFlowModel):
             path = model.map_density(flow, mu, 0.0)
             out["min_eigenvalue"], out["logdet_gap"] = path.min_eigenvalue, path.logdet_gap
             fine = model.map_density(flow, mu, 0.0, model.proposal_steps_per_frame)
             out["proposal_min_eigenvalue"] = fine.min_eigenvalue
         if probes:
-            extra, pairs = args[3], args[4]
+            extra, pairs = args[2], args[3]
             linear = mu[None] + metrics.continued_shifts(shifts, horizon)[k]
             out["extrapolation_linear"] = metrics.l1_error(model, linear, extra)
             out["extrapolation_identity"] = metrics.l1_error(model, jnp.broadcast_to(mu, linear.shape), extra)
@@ -83,7 +115,7 @@ def _scores(model, batch, shifts, matching, key, num_samples):
             out["composition"], out["composition_linear"], out["composition_identity"] = jax.vmap(pair)(pair_ids, pairs)
         return out
 
-    args = (frames, ks, keys) + ((batch["extrapolation"], batch["composition"]) if probes else ())
+    args = (frames, ks) + ((batch["extrapolation"], batch["composition"]) if probes else ())
     return jax.lax.map(one, args)
 
 
@@ -138,28 +170,44 @@ def evaluate(
     transform_names: Sequence[str],
     key: PRNGKeyArray,
     num_samples: int = 100,
+    likelihood_sequences: int | None = None,
+    drift_samples: int = 0,
+    drift_sequences: int = 20,
 ) -> dict:
     """docs/method.md §5 on held-out batches. Per transformation: E_k with each probe the model admits —
     `equivariance_error` (its own transformation; the best linear shift for a model without one),
-    `equivariance_error_linear`, `equivariance_error_identity` — and past the trained horizon
+    `equivariance_error_linear`, `equivariance_error_identity` — the same over the pixels that change
+    between x_0 and x_t (`…_changed`, `metrics.changed_pixels`), and past the trained horizon
     (`equivariance_error_extrapolation[_linear|_identity]`, t = T+1 … 2T); the mixture-proposal
-    log-likelihood overall and per frame with its `effective_sample_size`. Top level: E over pairs
-    of transformations applied together (`equivariance_error_composition`, batches that carry the
-    probes' ground truth, i.e. MNIST) and, for potential-flow models, per flow the smallest eigenvalue
-    of I + h∇²u met along held-out paths from μ(x_0) (`min_eigenvalue`; the Euler map is invertible
-    iff > 0) and the mean Σ(h Δu − log det(I + h∇²u)) at frame T (`logdet_gap`: how much lower the
-    trace form puts log q_T).
+    log-likelihood with `num_samples` draws per frame over the first `likelihood_sequences` sequences
+    (all when None), overall and per frame with its `effective_sample_size`; with `drift_samples` > 0,
+    `likelihood_drift`: the first `drift_sequences` of them again with `drift_samples` draws, and how
+    far the estimate at `num_samples` lies from it (the estimator's resolution). Top level: E over
+    pairs of transformations applied together (`equivariance_error_composition`, batches that carry
+    the probes' ground truth, i.e. MNIST) and, for potential-flow models, per flow the smallest
+    eigenvalue of I + h∇²u met along held-out paths from μ(x_0) (`min_eigenvalue`; the Euler map is
+    invertible iff > 0) and the mean Σ(h Δu − log det(I + h∇²u)) at frame T (`logdet_gap`: how much
+    lower the trace form puts log q_T).
 
     A model that does not observe k (`infers_flow`) moves each sequence along the flow its q(k | x̄)
     infers; composition uses the flows matched to the two transformations; its likelihood marginalises
     k, and the result gains `flow_assignment`. E_k stays per *true* transformation.
 
-    `per_sequence` holds every held-out sequence's E (each probe), log-likelihood (mean over frames)
-    and true k, for paired comparisons across methods.
+    `per_sequence` holds every held-out sequence's E (each probe), log-likelihood (mean over frames;
+    the first `likelihood_sequences` only) and true k, for paired comparisons across methods.
     """
     test_batches = [{name: jnp.asarray(v) for name, v in batch.items()} for batch in test_batches]
     if not test_batches:
         raise ValueError("evaluate needs at least one test batch")
+    total = sum(int(b["k"].shape[0]) for b in test_batches)
+    num_ll = total if likelihood_sequences is None else likelihood_sequences
+    if not 1 <= num_ll <= total:
+        raise ValueError(f"likelihood_sequences must be in [1, {total}] (the held-out sequences), got {num_ll}")
+    if drift_samples and not (drift_samples > num_samples and 1 <= drift_sequences <= num_ll):
+        raise ValueError(
+            f"the drift check needs drift_samples > num_samples = {num_samples} (got {drift_samples}) and "
+            f"drift_sequences in [1, {num_ll}] (got {drift_sequences})"
+        )
     num_flows = len(transform_names)
     ks = np.concatenate([np.asarray(b["k"]) for b in test_batches])
     assignment = None
@@ -169,42 +217,67 @@ def evaluate(
         assignment = flow_assignment(ks, flows, num_flows)
         matching = jnp.asarray(assignment["matching"])
     cols: dict[str, list] = {}
-    for i, batch in enumerate(tqdm(test_batches, desc="evaluate", unit="batch", leave=False)):
-        scores = _scores(model, batch, shifts, matching, jr.fold_in(key, i), num_samples)
-        for name, value in scores.items():
+    for batch in tqdm(test_batches, desc="evaluate", unit="batch", leave=False):
+        for name, value in _scores(model, batch, shifts, matching).items():
             cols.setdefault(name, []).append(np.asarray(value))
     data = {name: np.concatenate(v) for name, v in cols.items()}
+    likelihood_key, drift_key = jr.split(key)
+    ll, ess = _likelihood_pass(model, test_batches, num_ll, likelihood_key, num_samples, f"log p(x), S={num_samples}")
+    ll_ks = ks[:num_ll]
     out: dict = {"transformations": {}, "transformation": "own" if has_transport(model) else "linear shift"}
     for k, name in enumerate(transform_names):
-        sel = ks == k
+        sel, ll_sel = ks == k, ll_ks == k
         n = int(sel.sum())
-        entry: dict = {"num_sequences": n}
+        entry: dict = {"num_sequences": n, "num_likelihood_sequences": int(ll_sel.sum())}
         if n:
             entry.update(
                 equivariance_error=float(data["own"][sel].mean()),
                 equivariance_error_identity=float(data["identity"][sel].mean()),
                 equivariance_error_linear=float(data["linear"][sel].mean()),
-                log_likelihood=float(data["ll"][sel].mean()),
-                log_likelihood_per_frame=[float(v) for v in data["ll"][sel].mean(0)],
-                effective_sample_size=float(data["ess"][sel].mean()),
+                equivariance_error_changed=float(data["own_changed"][sel].mean()),
+                equivariance_error_identity_changed=float(data["identity_changed"][sel].mean()),
+                changed_pixels_per_sequence=float(data["changed_pixels"][sel].mean()),
             )
-            if "extrapolation" in data:
-                entry.update(
-                    equivariance_error_extrapolation=float(data["extrapolation"][sel].mean()),
-                    equivariance_error_extrapolation_linear=float(data["extrapolation_linear"][sel].mean()),
-                    equivariance_error_extrapolation_identity=float(data["extrapolation_identity"][sel].mean()),
-                )
+        if ll_sel.any():
+            entry.update(
+                log_likelihood=float(ll[ll_sel].mean()),
+                log_likelihood_per_frame=[float(v) for v in ll[ll_sel].mean(0)],
+                effective_sample_size=float(ess[ll_sel].mean()),
+            )
+        if n and "extrapolation" in data:
+            entry.update(
+                equivariance_error_extrapolation=float(data["extrapolation"][sel].mean()),
+                equivariance_error_extrapolation_linear=float(data["extrapolation_linear"][sel].mean()),
+                equivariance_error_extrapolation_identity=float(data["extrapolation_identity"][sel].mean()),
+            )
         out["transformations"][name] = entry
-    out["log_likelihood"] = float(data["ll"].mean())
-    out["log_likelihood_per_frame"] = [float(v) for v in data["ll"].mean(0)]
-    out["effective_sample_size"] = float(data["ess"].mean())
-    out["effective_sample_size_per_frame"] = [float(v) for v in data["ess"].mean(0)]
+    out["log_likelihood"] = float(ll.mean())
+    out["log_likelihood_per_frame"] = [float(v) for v in ll.mean(0)]
+    out["effective_sample_size"] = float(ess.mean())
+    out["effective_sample_size_per_frame"] = [float(v) for v in ess.mean(0)]
     out["num_sequences"] = int(ks.size)
+    out["num_likelihood_sequences"] = num_ll
     out["num_importance_samples"] = num_samples
     out["likelihood_proposal"] = (
         "mixture in fixed numbers: ½ the model's own proposal for frame t, ½ its encoder on x_t, "
         "each draw weighted by its own half's density"
     )
+    out["changed_pixel_threshold"] = metrics.CHANGED_PIXEL_THRESHOLD
+    if drift_samples:
+        more, more_ess = _likelihood_pass(
+            model, test_batches, drift_sequences, drift_key, drift_samples, f"log p(x), S={drift_samples}"
+        )
+        diff = more.mean(1) - ll[:drift_sequences].mean(1)
+        out["likelihood_drift"] = {
+            "samples": drift_samples,
+            "sequences": drift_sequences,
+            "log_likelihood": float(more.mean()),
+            "log_likelihood_at_num_samples": float(ll[:drift_sequences].mean()),
+            "mean_difference": float(diff.mean()),
+            "mean_abs_difference": float(np.abs(diff).mean()),
+            "max_abs_difference": float(np.abs(diff).max()),
+            "effective_sample_size": float(more_ess.mean()),
+        }
     if "composition" in data:
         out["equivariance_error_composition"] = {
             f"{transform_names[a]}+{transform_names[b]}": {
@@ -228,11 +301,11 @@ def evaluate(
             }
     if assignment is not None:
         out["flow_assignment"] = assignment
-    out["per_sequence"] = _per_sequence(data, ks)
+    out["per_sequence"] = _per_sequence(data, ks, ll)
     return out
 
 
-def _per_sequence(data: dict, ks: np.ndarray) -> dict:
+def _per_sequence(data: dict, ks: np.ndarray, ll: np.ndarray) -> dict:
     """Each held-out sequence's numbers (the order of the run's fixed evaluation set, the same for
     every method and seed): what `compare` pairs across methods for its bootstrap intervals."""
 
@@ -244,6 +317,8 @@ def _per_sequence(data: dict, ks: np.ndarray) -> dict:
         "own": "equivariance_error",
         "linear": "equivariance_error_linear",
         "identity": "equivariance_error_identity",
+        "own_changed": "equivariance_error_changed",
+        "identity_changed": "equivariance_error_identity_changed",
     }
     if "extrapolation" in data:
         names |= {
@@ -253,7 +328,7 @@ def _per_sequence(data: dict, ks: np.ndarray) -> dict:
         }
     for short, name in names.items():
         per[name] = col(data[short])
-    per["log_likelihood"] = col(data["ll"].mean(1))
+    per["log_likelihood"] = col(ll.mean(1))
     if "composition" in data:
         for short in ("composition", "composition_linear", "composition_identity"):
             name = "equivariance_error_" + short
@@ -265,7 +340,7 @@ def format_table(result: dict) -> str:
     """eval.json as a text table: one row per transformation, then composition and the flows' maps."""
     head = (
         f"{'transformation':<16} {'E_k model':>10} {'E_k linear':>11} {'E_k identity':>13} {'model/id':>8} "
-        f"{'E_k extrap.':>12} {'log p(x)':>10} {'ESS':>6} {'n':>5}"
+        f"{'changed/id':>10} {'E_k extrap.':>12} {'log p(x)':>10} {'ESS':>6} {'n':>5}"
     )
     lines = [head, "-" * len(head)]
     for name, e in result["transformations"].items():
@@ -273,20 +348,39 @@ def format_table(result: dict) -> str:
             lines.append(f"{name:<16} {'(no sequences)':>10}")
             continue
         ratio = e["equivariance_error"] / e["equivariance_error_identity"]
+        changed = e.get("equivariance_error_changed")
+        changed_ratio = "—" if changed is None else f"{changed / e['equivariance_error_identity_changed']:.3f}"
         extra = e.get("equivariance_error_extrapolation")
+        ll = "—" if "log_likelihood" not in e else f"{e['log_likelihood']:.2f}"
+        ess = "—" if "effective_sample_size" not in e else f"{e['effective_sample_size']:.1f}"
         lines.append(
             f"{name:<16} {e['equivariance_error']:>10.2f} {e['equivariance_error_linear']:>11.2f} "
-            f"{e['equivariance_error_identity']:>13.2f} {ratio:>8.3f} {'—' if extra is None else f'{extra:.2f}':>12} "
-            f"{e['log_likelihood']:>10.2f} {e['effective_sample_size']:>6.1f} {e['num_sequences']:>5}"
+            f"{e['equivariance_error_identity']:>13.2f} {ratio:>8.3f} {changed_ratio:>10} "
+            f"{'—' if extra is None else f'{extra:.2f}':>12} {ll:>10} {ess:>6} {e['num_sequences']:>5}"
+        )
+    if "changed_pixel_threshold" in result:
+        lines.append(
+            "changed/id: E_k over the pixels that change between x_0 and x_t (some channel by more than "
+            f"{result['changed_pixel_threshold']:g}) over the identity's on them"
         )
     if result.get("transformation") == "linear shift":
         lines.append(
             "E_k model: this model learns no transformation, so it is the best linear shift (docs/method.md §5)"
         )
+    n_ll = result.get("num_likelihood_sequences", result["num_sequences"])
     lines.append(
-        f"log-likelihood (mean over frames and sequences): {result['log_likelihood']:.2f} nats/image, "
-        f"S = {result['num_importance_samples']} (mixture proposal), mean ESS {result['effective_sample_size']:.1f}"
+        f"log-likelihood (mean over frames and the first {n_ll} sequences): {result['log_likelihood']:.2f} "
+        f"nats/image, S = {result['num_importance_samples']} (mixture proposal), mean ESS "
+        f"{result['effective_sample_size']:.1f}"
     )
+    if "likelihood_drift" in result:
+        d = result["likelihood_drift"]
+        lines.append(
+            f"estimator drift: at S = {d['samples']} on the first {d['sequences']} sequences "
+            f"{d['log_likelihood']:.2f} (S = {result['num_importance_samples']}: "
+            f"{d['log_likelihood_at_num_samples']:.2f}); mean |Δ| {d['mean_abs_difference']:.2f} nats, "
+            f"max {d['max_abs_difference']:.2f}, ESS {d['effective_sample_size']:.1f}"
+        )
     for pair, e in result.get("equivariance_error_composition", {}).items():
         lines.append(
             f"composition {pair:<16} E model {e['equivariance_error']:.2f}, linear {e['equivariance_error_linear']:.2f}, "

@@ -8,6 +8,8 @@ learned transformation are scored by the best linear shift.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -23,9 +25,30 @@ def l1_error(model: AbstractSequenceModel, zs: Float[Array, "n d"], targets: Flo
     return jnp.sum(jnp.abs(means - targets))
 
 
-def _l1_after_first(model: AbstractSequenceModel, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Scalar:
-    """Σ_{t≥1} ‖sigmoid(dec(z_t)) − x_t‖_1 (pixels and channels summed)."""
-    return l1_error(model, zs[1:], x_seq[1:])
+CHANGED_PIXEL_THRESHOLD = 0.1
+"""A pixel of frame t has changed when some channel differs from frame 0's by more than this (in [0, 1])."""
+
+Pixels = Literal["all", "changed"]
+
+
+def changed_pixels(x_seq: Float[Array, "n c h w"]) -> Float[Array, "n c h w"]:
+    """1 where a pixel of frame t differs from frame 0's by more than `CHANGED_PIXEL_THRESHOLD` in some
+    channel (the mask repeated over channels), else 0; frame 0 is all 0."""
+    moved = jnp.max(jnp.abs(x_seq - x_seq[:1]), axis=1, keepdims=True) > CHANGED_PIXEL_THRESHOLD
+    return jnp.broadcast_to(moved, x_seq.shape).astype(x_seq.dtype)
+
+
+def _l1_after_first(
+    model: AbstractSequenceModel, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"], pixels: Pixels = "all"
+) -> Scalar:
+    """Σ_{t≥1} ‖sigmoid(dec(z_t)) − x_t‖_1 (pixels and channels summed); with `pixels="changed"`, over
+    the pixels that changed between x_0 and x_t only (`changed_pixels`)."""
+    if pixels == "all":
+        return l1_error(model, zs[1:], x_seq[1:])
+    if pixels != "changed":
+        raise ValueError(f"pixels must be 'all' or 'changed', got {pixels!r}")
+    means = jax.vmap(lambda z: jax.nn.sigmoid(model.decode(z)))(zs[1:])
+    return jnp.sum(jnp.abs(means - x_seq[1:]) * changed_pixels(x_seq)[1:])
 
 
 def equivariance_error(
@@ -34,17 +57,21 @@ def equivariance_error(
     k: Int[ArrayLike, ""],
     *,
     key: PRNGKeyArray | None = None,
+    pixels: Pixels = "all",
 ) -> Scalar:
-    """E_k of one sequence: start at μ(x_0), follow the model's own flow k, compare frames 1…T."""
+    """E_k of one sequence: start at μ(x_0), follow the model's own flow k, compare frames 1…T (over
+    every pixel, or with `pixels="changed"` over those that changed from x_0)."""
     mu, _ = model.encode(x_seq[0])
     zs = model.transport(k, mu, frame_times(x_seq.shape[0]), key=key)
-    return _l1_after_first(model, zs, x_seq)
+    return _l1_after_first(model, zs, x_seq, pixels)
 
 
-def equivariance_error_identity(model: AbstractSequenceModel, x_seq: Float[Array, "n c h w"]) -> Scalar:
+def equivariance_error_identity(
+    model: AbstractSequenceModel, x_seq: Float[Array, "n c h w"], *, pixels: Pixels = "all"
+) -> Scalar:
     """The same error when the latent does not move (z_t = μ(x_0)): the floor a flow must beat."""
     mu, _ = model.encode(x_seq[0])
-    return _l1_after_first(model, jnp.broadcast_to(mu, (x_seq.shape[0], mu.shape[0])), x_seq)
+    return _l1_after_first(model, jnp.broadcast_to(mu, (x_seq.shape[0], mu.shape[0])), x_seq, pixels)
 
 
 def extrapolation_path(
@@ -90,17 +117,26 @@ def linear_shifts(sums: Float[Array, "k n d"], counts: Float[Array, " k"]) -> Fl
 
 
 def equivariance_error_linear(
-    model: AbstractSequenceModel, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], shifts: Float[Array, "k n d"]
+    model: AbstractSequenceModel,
+    x_seq: Float[Array, "n c h w"],
+    k: Int[ArrayLike, ""],
+    shifts: Float[Array, "k n d"],
+    *,
+    pixels: Pixels = "all",
 ) -> Scalar:
     """E_k with z_t = μ(x_0) + Δ_{k,t}: latent arithmetic, the transformation any VAE admits."""
     mu, _ = model.encode(x_seq[0])
-    return _l1_after_first(model, mu[None] + shifts[k], x_seq)
+    return _l1_after_first(model, mu[None] + shifts[k], x_seq, pixels)
 
 
 def importance_estimate(log_w: Float[Array, "s n"]) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
     """log (1/S) Σ_s w_s and the effective sample size (Σ w)² / Σ w² (1 … S) of each column."""
     lse = jax.nn.logsumexp(log_w, axis=0)
     return lse - jnp.log(log_w.shape[0]), jnp.exp(2 * lse - jax.nn.logsumexp(2 * log_w, axis=0))
+
+
+LIKELIHOOD_CHUNK = 100
+"""Importance samples drawn and decoded at once; larger S is drawn in chunks of (about) this many."""
 
 
 def log_likelihood(
@@ -123,7 +159,28 @@ def log_likelihood(
     A draw where the prior's density is 0 in float32 (or that overflowed) gets weight 0.
     S = 1 is the single draw of the model's own proposal: log p(x|z) + log p(z) − log q(z), the
     proposal's ELBO-type bound.
+
+    S > `LIKELIHOOD_CHUNK` is drawn as c = ⌈S / LIKELIHOOD_CHUNK⌉ chunks of ⌈S / c⌉ draws, each chunk
+    split between the components as above (one key per chunk; `jax.lax.map`, so memory stays that of
+    one chunk), and the first S draws are kept: every draw's weight is unbiased on its own, so the
+    estimate stays unbiased with the components' shares within one draw per chunk of ½.
     """
+    if num_samples <= LIKELIHOOD_CHUNK:
+        return importance_estimate(_log_weights(model, x_seq, k, key, num_samples))
+    chunks = -(-num_samples // LIKELIHOOD_CHUNK)
+    size = -(-num_samples // chunks)
+    log_w = jax.lax.map(lambda kk: _log_weights(model, x_seq, k, kk, size), jr.split(key, chunks))
+    return importance_estimate(log_w.reshape(chunks * size, -1)[:num_samples])
+
+
+def _log_weights(
+    model: AbstractSequenceModel,
+    x_seq: Float[Array, "n c h w"],
+    k: Int[ArrayLike, ""],
+    key: PRNGKeyArray,
+    num_samples: int,
+) -> Float[Array, "s n"]:
+    """`log_likelihood`'s log-weights of `num_samples` mixture draws per frame."""
     num_frame = num_samples // 2
     num_own = num_samples - num_frame
     own_key, frame_key = jr.split(key)
@@ -140,7 +197,7 @@ def log_likelihood(
     # A draw far out (an encoder σ of 1e18 and more, seen on frames unlike its training data) has prior
     # density 0 in float32, so weight 0, whatever its decoder gives there (inf − inf in the logits).
     nowhere = (logp == -jnp.inf) | ~jnp.all(jnp.isfinite(zs), axis=-1)
-    return importance_estimate(jnp.where(nowhere, -jnp.inf, loglik + logp - logq))
+    return jnp.where(nowhere, -jnp.inf, loglik + logp - logq)
 
 
 def marginal_log_likelihood(

@@ -13,9 +13,10 @@ TRANSFORMS = ("scale", "rotation", "hue")
 PER_FLOW = 40
 
 
-def record(errors: np.ndarray, log_likelihood: np.ndarray) -> dict:
+def record(errors: np.ndarray, log_likelihood: np.ndarray, identity: float = 2000.0, drift: float = 1.0) -> dict:
     """An eval.json with only what `claims` reads: `errors` (K, PER_FLOW) per-sequence E_k, the
-    extrapolation at twice that, one composition pair at three times, and per-sequence log p(x)."""
+    extrapolation at twice that, one composition pair at three times, per-sequence log p(x), the
+    identity score of every transformation and the likelihood estimator's drift."""
     k = np.repeat(np.arange(len(TRANSFORMS)), PER_FLOW)
     flat = errors.reshape(-1)
     comp = 3 * flat[:, None]
@@ -25,11 +26,13 @@ def record(errors: np.ndarray, log_likelihood: np.ndarray) -> dict:
             t: {
                 "equivariance_error": float(errors[i].mean()),
                 "equivariance_error_extrapolation": float(2 * errors[i].mean()),
+                "equivariance_error_identity": identity,
             }
             for i, t in enumerate(TRANSFORMS)
         },
         "equivariance_error_composition": {"scale+rotation": {"equivariance_error": float(comp.mean())}},
         "log_likelihood": float(log_likelihood.mean()),
+        "likelihood_drift": {"mean_abs_difference": drift},
         "per_sequence": {
             "k": k.tolist(),
             "equivariance_error": flat.tolist(),
@@ -86,6 +89,7 @@ def test_verdicts_on_records_with_known_answers():
     ordering = {(r["a"], r["b"]): r["verdict"] for r in out["claims"]["baseline-ordering"]["rows"]}
     assert ordering[("tvae", "factorvae")] == "missing"
     tvae_vs_vae = claims.compare_columns(records, claims.Comparison("tvae", "vae", "equivariance_error/", "less"))
+    claims.decide(tvae_vs_vae)
     assert {r["verdict"] for r in tvae_vs_vae} == {"not separated"}
     # the FFVAE is 500 below the VAE on every sequence: the difference is exact, not estimated
     rows = claims.compare_columns(records, claims.Comparison("ffvae", "vae", "equivariance_error/", "less"))
@@ -93,6 +97,7 @@ def test_verdicts_on_records_with_known_answers():
         assert r["difference"] == pytest.approx(-500) and r["ci95"] == pytest.approx([-500, -500])
     # a reversed claim fails on the same records
     rows = claims.compare_columns(records, claims.Comparison("vae", "ffvae", "equivariance_error/", "less"))
+    claims.decide(rows)
     assert {r["verdict"] for r in rows} == {"fails"}
     assert claims._overall([r["verdict"] for r in rows]) == "fails"
     likelihood = {r["b"]: r["verdict"] for r in out["claims"]["ffvae-highest-likelihood"]["rows"]}
@@ -102,7 +107,7 @@ def test_verdicts_on_records_with_known_answers():
         None
     }
     ffvae_vs_vae = next(r for r in out["claims"]["ffvae-highest-likelihood"]["rows"] if r["b"] == "vae")
-    assert claims._row_md(ffvae_vs_vae, paper=False).split(" | ")[5] == "—"
+    assert claims._row_md(ffvae_vs_vae, paper=False).split(" | ")[6] == "—"
     ablation = out["ablations"]["ffvae − poflow, beyond the horizon"]
     assert [r["difference"] for r in ablation] == pytest.approx([-200] * 3)
 
@@ -114,6 +119,7 @@ def test_weak_far_from_supervised_fails_the_equivalence():
         "ffvae-weak": [record(noisy(800, s, 5), ll) for s in range(3)],
     }
     rows = claims.compare_columns(records, claims.Comparison("ffvae-weak", "ffvae", "equivariance_error/", "equal"))
+    claims.decide(rows)
     assert {r["verdict"] for r in rows} == {"fails"}
 
 
@@ -125,6 +131,12 @@ def test_cli_writes_claims_and_names_bad_folders(tmp_path, capsys):
     text = (tmp_path / "claims.md").read_text()
     assert "FFVAE has a lower E_k than every baseline without a flow" in text
     assert json.loads((tmp_path / "claims.json").read_text())["seeds"] == {"ffvae": 2, "vae": 2}
+    aside = tmp_path / "runs" / "vae" / "seed1.superseded-20261206T000000Z"
+    aside.mkdir()
+    (aside / "eval.json").write_text("{}")
+    assert claims.load_records(tmp_path)["vae"] == [
+        json.loads((tmp_path / "runs" / "vae" / f"seed{s}" / "eval.json").read_text()) for s in range(2)
+    ]
     (tmp_path / "runs" / "vae" / "seed1" / "eval.json").unlink()
     (tmp_path / "runs" / "vae" / "seed2").mkdir()
     (tmp_path / "runs" / "vae" / "seed2" / "eval.json").write_text("{}")
@@ -136,20 +148,85 @@ def test_cli_writes_claims_and_names_bad_folders(tmp_path, capsys):
 
 def test_ratio_and_equivalence_band_use_the_paired_seeds():
     """A one-seed variant against a three-seed reference: the ratio pairs the same seed as the
-    difference, so the two agree in sign even when the reference's other seeds lie far off."""
+    difference, so the two agree in sign even when the reference's other seeds lie far off; with one
+    paired seed there is no interval (the seed spread is unknown), so no verdict."""
     ll = np.zeros(len(TRANSFORMS) * PER_FLOW)
     reference = [record(np.full((len(TRANSFORMS), PER_FLOW), level), ll) for level in (500.0, 200.0, 200.0)]
     variant = [record(np.full((len(TRANSFORMS), PER_FLOW), 520.0), ll)]
     records = {"ffvae": reference, "ffvae-weak": variant}
     rows = claims.compare_columns(records, claims.Comparison("ffvae-weak", "ffvae", "equivariance_error/", "less"))
+    claims.decide(rows)
     for r in rows:
         assert r["seeds_paired"] == 1 and r["difference"] == pytest.approx(20)
         assert r["ratio"] == pytest.approx(520 / 500)  # not 520 / 300, the all-seed mean
-        assert r["mean_b"] == pytest.approx(300) and r["verdict"] == "fails"
-    # +40 lies outside ±10% of the all-seed mean (30) but inside ±10% of the paired seed's (50)
-    records["ffvae-weak"] = [record(np.full((len(TRANSFORMS), PER_FLOW), 540.0), ll)]
+        assert r["mean_b"] == pytest.approx(300) and r["ci95"] is None and r["verdict"] == "not separated"
+        assert "+20.0 (1 seed: no interval)" in claims._row_md(r, paper=False)
+    # three seeds each, +40 on every one: outside ±10% of the all-seed mean (30) but inside ±10% of 500
+    # for the first seed only; the band is that of the paired seeds' mean (300): +40 > 30, so it fails
+    records["ffvae-weak"] = [
+        record(np.full((len(TRANSFORMS), PER_FLOW), level + 40.0), ll) for level in (500.0, 200.0, 200.0)
+    ]
     rows = claims.compare_columns(records, claims.Comparison("ffvae-weak", "ffvae", "equivariance_error/", "equal"))
-    assert {r["verdict"] for r in rows} == {"holds"}
+    claims.decide(rows)
+    assert {r["verdict"] for r in rows} == {"fails"}
+
+
+def test_holm_adjusts_a_claims_p_values_together():
+    """Holm's step-down: p = (0.01, 0.04, 0.03) over three rows adjusts to (0.03, 0.06, 0.06), so the two
+    rows that pass at 5% alone are not separated in their family of three."""
+    assert claims.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    rows = [{"verdict_uncorrected": "holds", "p": p, "direction": "holds"} for p in (0.01, 0.04, 0.03)]
+    claims.decide(rows)
+    assert [r["verdict"] for r in rows] == ["holds", "not separated", "not separated"]
+    assert claims._overall([r["verdict"] for r in rows]) == "not separated"
+    noisy_rows = [
+        {"verdict_uncorrected": "fails", "p": 0.001, "direction": "fails"},
+        {"verdict_uncorrected": "holds", "p": 0.001, "direction": "holds"},
+    ]
+    claims.decide(noisy_rows)
+    assert claims._overall([r["verdict"] for r in noisy_rows]) == "fails"
+
+
+def test_a_column_near_every_methods_identity_score_gets_no_verdict():
+    """When every method's E_k on a column is within 10% of its own identity score, the column ranks
+    reconstruction: it is named, its rows say "not discriminating", and a claim judged on such columns
+    only says so instead of holding or failing."""
+    ll = np.full(len(TRANSFORMS) * PER_FLOW, -200.0)
+    near = [record(noisy(1000, s), ll, identity=1050.0) for s in range(3)]
+    records = {"ffvae": near, "vae": [record(noisy(1010, 5 + s), ll, identity=1050.0) for s in range(3)]}
+    records["vae"][0]["transformations"]["hue"]["equivariance_error_identity"] = 1500.0  # vae at 0.67 on hue
+    out = claims.assess(records)
+    assert set(out["not_discriminating"]) == {"equivariance_error/scale", "equivariance_error/rotation"}
+    rows = out["claims"]["ffvae-beats-baselines"]["rows"]
+    verdicts = {r["column"]: r["verdict"] for r in rows if r["b"] == "vae"}
+    assert verdicts["equivariance_error/scale"] == verdicts["equivariance_error/rotation"] == "not discriminating"
+    assert verdicts["equivariance_error/hue"] != "not discriminating"
+    assert claims._overall(["not discriminating"] * 2) == "not discriminating"
+    assert "equivariance_error/scale: E_k / identity" in claims.to_markdown(out)
+
+
+def test_a_likelihood_gap_within_the_estimators_drift_is_unresolved():
+    """+5 nats on every sequence is decided by the interval; with a drift of 1 nat it holds, with a drift
+    of 6 (or none measured) it is unresolved by the estimator, and the claim says so."""
+    errors = [noisy(1000, s) for s in range(3)]
+    ll = np.full(len(TRANSFORMS) * PER_FLOW, -200.0)
+    for drift, expected in (
+        (1.0, "holds"),
+        (6.0, "unresolved by the estimator"),
+        (None, "unresolved by the estimator"),
+    ):
+        records = {
+            "ffvae": [record(e, ll + 5, drift=drift or 0.0) for e in errors],
+            "vae": [record(e + 10, ll, drift=drift or 0.0) for e in errors],
+        }
+        if drift is None:
+            for r in records["vae"]:
+                del r["likelihood_drift"]
+        out = claims.assess(records)
+        (row,) = [r for r in out["claims"]["ffvae-highest-likelihood"]["rows"] if r["b"] == "vae"]
+        assert row["verdict"] == expected, drift
+        if drift == 6.0:
+            assert "(drift 6.0)" in claims._row_md(row, paper=False)
 
 
 def test_places_a_dataset_does_not_probe_are_named_not_raised():
@@ -165,7 +242,7 @@ def test_places_a_dataset_does_not_probe_are_named_not_raised():
         return r
 
     records = {
-        m: [in_range_only(noisy(level, 20 + i))]
+        m: [in_range_only(noisy(level, 20 + 3 * i + s)) for s in range(3)]
         for i, (m, level) in enumerate([("ffvae", 500), ("poflow", 600), ("ffvae-rollout", 450)])
     }
     out = claims.assess(records)
@@ -189,3 +266,38 @@ def test_places_a_dataset_does_not_probe_are_named_not_raised():
         {m: [record(noisy(500, 30), np.full(3 * PER_FLOW, -200.0))] for m in ("ffvae", "poflow")}
     )
     assert with_probes["ablation_places_not_measured"] == []
+
+
+def test_the_readmes_claim_summaries_are_generated_from_the_committed_claims():
+    """Every verdict word, tally and ratio range in the README's claim summaries is claims.json's: each
+    marked block equals `summary` of its folder's committed claims.json (rewrite it with `claims --readme`)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    folders = re.findall(r"<!-- claims (\S+): written by", readme)
+    assert set(folders) >= {"results/mnist", "results/shapes3d"}
+    for folder in folders:
+        begin, end = claims.readme_block(folder)
+        block = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+        expected = claims.summary(json.loads((root / folder / "claims.json").read_text()))
+        assert block == expected, f"README's summary of {folder} differs from its claims.json: rerun claims --readme"
+
+
+def test_the_readme_summary_is_rewritten_between_its_markers_only(tmp_path):
+    ll = np.full(len(TRANSFORMS) * PER_FLOW, -200.0)
+    write(tmp_path, "vae", [record(noisy(1000, s), ll) for s in range(3)])
+    write(tmp_path, "ffvae", [record(noisy(600, 3 + s), ll + 5) for s in range(3)])
+    readme = tmp_path / "README.md"
+    begin, end = claims.readme_block(tmp_path)
+    readme.write_text(f"before\n{begin}\nold text\n{end}\nafter\n")
+    assert cli.main(["claims", "--results", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"before\n{begin}\n- ") and text.endswith(f"\n{end}\nafter\n") and "old text" not in text
+    assert (
+        "- FFVAE < every flow-less baseline: **incomplete** (3 holds of 3 comparisons; a / b 0.60–0.60×; no records yet:"
+        in text
+    )
+    with pytest.raises(RunError, match="has no block for"):
+        claims.write_readme_summary(tmp_path / "claims.md", tmp_path)

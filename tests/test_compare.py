@@ -1,8 +1,11 @@
 """`train/run.py compare`: the table's arithmetic and layout, and an end-to-end run that resumes."""
 
+import dataclasses
 import json
 import math
 import shutil
+import threading
+import time
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -13,8 +16,8 @@ import pytest
 from eqx_ffvae import cli as run
 from eqx_ffvae import runs
 from eqx_ffvae.reporting.compare import run_compare
-from eqx_ffvae.reporting.records import choose_learning_rate
-from eqx_ffvae.reporting.table import paired_bootstrap, summarise, to_markdown
+from eqx_ffvae.reporting.records import choose_learning_rate, claim, kept_path, one_run
+from eqx_ffvae.reporting.table import seed_interval, summarise, to_markdown
 from eqx_ffvae.runs import RunError, read_spec
 
 
@@ -74,16 +77,35 @@ def test_bold_only_where_the_interval_excludes_the_runner_up():
     assert "Paired difference to FFVAE" in table and "+2.0 [+2.0, +2.0]" in table
 
 
-def test_paired_bootstrap_interval():
+def test_seed_interval_is_the_wider_of_the_seed_and_the_seed_and_sequence_t_intervals():
+    """Seed i of a against seed i of b over every seed both have. Where the seeds differ far more than the
+    sequences, the interval is scipy's t-interval over the per-seed mean differences (S − 1 degrees of
+    freedom, its p the one-sample t-test's); where the seeds agree and the sequences spread, it is the
+    Welch interval that adds the per-sequence means' variance."""
+    from scipy import stats
+
     rng = np.random.default_rng(0)
-    a = [rng.normal(size=400)]
-    same = paired_bootstrap(a, a)
-    assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0]
-    d = rng.normal(1.0, 2.0, size=400)
-    out = paired_bootstrap([a[0] + d], a)
-    lo, hi = out["ci95"]
-    assert out["mean"] == pytest.approx(d.mean()) and lo < d.mean() < hi
-    assert hi - lo == pytest.approx(2 * 1.96 * d.std() / np.sqrt(400), rel=0.15)
+    b = [rng.normal(size=50) for _ in range(3)]
+    a = [x + shift + rng.normal(0, 0.1, size=50) for x, shift in zip(b, (1.0, 2.0, 4.0))] + [rng.normal(size=50)]
+    out = seed_interval(a, b)
+    d = [float(np.mean(x - y)) for x, y in zip(a, b)]
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(d), scale=stats.sem(d))
+    assert out["seeds"] == 3 and out["per_seed"] == pytest.approx(d) and out["df"] == 2
+    assert out["ci95"] == pytest.approx([lo, hi]) and out["mean"] == pytest.approx(np.mean(d))
+    assert out["p"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+    spread = rng.normal(0, 3.0, size=50)  # each sequence's own offset, the same for every seed
+    a2 = [y + 0.5 + spread + rng.normal(0, 0.01, size=50) for y in b]
+    out2 = seed_interval(a2, b)
+    diff = np.stack([x - y for x, y in zip(a2, b)])
+    var_a, var_b = diff.mean(1).var(ddof=1) / 3, diff.mean(0).var(ddof=1) / 50
+    nu = (var_a + var_b) ** 2 / (var_a**2 / 2 + var_b**2 / 49)
+    half = stats.t.ppf(0.975, nu) * np.sqrt(var_a + var_b)
+    assert out2["ci95"] == pytest.approx([diff.mean() - half, diff.mean() + half]) and out2["df"] == pytest.approx(nu)
+    assert out2["ci95"][0] < 0 < out2["ci95"][1]  # the seed-only interval is ±0.01 wide: the seeds agree
+    one = seed_interval(a[:1], b)
+    assert one["seeds"] == 1 and one["ci95"] is None and one["p"] is None
+    with pytest.raises(RunError, match="seed 0 of the two rows scored different sequences \\(50 against 20"):
+        seed_interval(a, [x[:20] for x in b])
 
 
 @pytest.mark.slow
@@ -178,7 +200,7 @@ def test_compare_chooses_the_learning_rate_on_validation_and_recomputes_only_a_d
     args += ["--latent-dim", "4", "--width", "2", "--eval-sequences", "10", "--ll-samples", "2"]
     args += ["--lr-grid", "1e-3", "3e-3", "--out", str(out), "--results", str(kept)]
     assert run.main(args) == 0
-    grid = {p.stem: json.loads(p.read_text()) for p in (kept / "grid" / "vae").iterdir()}
+    grid = {p.stem: json.loads(p.read_text()) for p in (kept / "grid" / "vae").glob("lr*.json")}
     assert set(grid) == {"lr0.001", "lr0.003"}
     best = min(grid.values(), key=lambda r: r["validation_loss"])["learning_rate"]
     row = json.loads((kept / "compare.json").read_text())["methods"]["vae"]
@@ -240,3 +262,74 @@ def test_a_grid_record_made_before_a_config_field_existed_is_still_its_configura
     assert not same_identity(None, spec) and not same_identity({"method": "ffvae"}, spec)
     taxed = json.loads(json.dumps(runs.resolve("mnist-medium", method="ffvae-rollout-kl0").identity()))
     assert not same_identity(taxed, spec)
+
+
+def _finished_run(tiny_run, run_dir):
+    """A copy of the tiny run whose eval.json is compare's (it names the steps it was trained for)."""
+    shutil.copytree(tiny_run, run_dir)
+    spec = runs.read_spec(run_dir)
+    result = json.loads((run_dir / "eval.json").read_text()) | {"trained_steps": spec.steps}
+    (run_dir / "eval.json").write_text(json.dumps(result))
+    return spec, result
+
+
+def test_a_damaged_record_is_named_in_one_line_moved_aside_and_made_again(tiny_run, tmp_path):
+    """A kept record whose eval.json was cut short is not silently replaced: one line names it and what
+    is wrong, and it is moved aside intact (never deleted) before the record is made again (here from
+    the finished run directory). A whole record of another configuration is moved aside the same way."""
+    spec, result = _finished_run(tiny_run, tmp_path / "run")
+    kept = tmp_path / "results" / "runs" / spec.method / "seed0"
+    kept.mkdir(parents=True)
+    (kept / "config.json").write_text((tiny_run / "config.json").read_text())
+    cut = json.dumps(result)[:200]
+    (kept / "eval.json").write_text(cut)
+    lines = []
+    got, reused = one_run(spec, tmp_path / "run", kept, lines.append)
+    assert reused and got == result and json.loads((kept / "eval.json").read_text()) == result
+    (aside,) = kept.parent.glob("seed0.damaged-*")
+    assert (aside / "eval.json").read_text() == cut
+    assert len(lines) == 1 and str(kept) in lines[0] and "is damaged (eval.json:" in lines[0] and aside.name in lines[0]
+    other = dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, ll_samples=3))
+    lines.clear()
+    got, reused = one_run(other, tmp_path / "run", kept, lines.append)  # evaluated again, at S = 3
+    assert not reused and got["num_importance_samples"] == 3
+    (superseded,) = kept.parent.glob("seed0.superseded-*")
+    assert json.loads((superseded / "eval.json").read_text()) == result
+    assert len(lines) == 1 and "was made for another configuration" in lines[0]
+
+
+def test_a_record_claimed_by_another_comparison_is_left_for_last_then_read_not_trained(tiny_run, tmp_path):
+    """Two comparisons on one record store: while one holds a (method, seed) record's claim, the other
+    does not train it; it goes on with its plan, then waits for the claim and reuses the record."""
+    spec, result = _finished_run(tiny_run, tmp_path / "elsewhere")
+    results = tmp_path / "results"
+    kept = kept_path(results, spec.method, 0)
+    passed_over, released = threading.Event(), threading.Event()
+
+    def other_comparison():
+        with claim(kept, wait=False) as mine:
+            assert mine
+            passed_over.wait(60)
+            kept.mkdir(parents=True)
+            for name in ("config.json", "eval.json"):
+                (kept / name).write_text((tmp_path / "elsewhere" / name).read_text())
+        released.set()
+
+    holder = threading.Thread(target=other_comparison)
+    holder.start()
+    while not (kept.parent / f".{kept.name}.lock").exists():
+        time.sleep(0.01)
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if "another comparison is making it" in line:
+            passed_over.set()
+
+    with claim(kept, wait=False) as mine:
+        assert not mine  # held by the other "process" (its own open file)
+    summary = run_compare([spec.method], 1, tmp_path / "out", lambda m, s: spec, log=log, results_dir=results)
+    holder.join()
+    assert released.is_set() and not (tmp_path / "out" / spec.method).exists()
+    assert any("(reused)" in line for line in lines) and any("waiting for it" in line for line in lines)
+    assert summary["methods"][spec.method]["columns"]["log_likelihood"]["values"] == [result["log_likelihood"]]

@@ -230,3 +230,115 @@ def test_probe_ground_truth_continues_the_grid_and_composes():
 def test_continued_shifts_keep_the_last_step():
     shifts = jnp.cumsum(jnp.ones((2, 4, 3)), axis=1) - 1.0  # Δ_t = t
     np.testing.assert_allclose(metrics.continued_shifts(shifts, 3)[:, :, 0], [[4.0, 5.0, 6.0]] * 2)
+
+
+def test_a_likelihood_past_one_chunk_averages_every_chunks_weights(small_models, monkeypatch):
+    """S above `LIKELIHOOD_CHUNK` is drawn in chunks: at S = 8 with chunks of 4 the estimate is the mean of
+    the two chunks' weights, log((e^{l_1} + e^{l_2}) / 2) with l_i the S = 4 estimate of chunk i's key;
+    at S = 7 (two chunks of 4, the last draw dropped) its ESS stays within [1, 7]."""
+    monkeypatch.setattr(metrics, "LIKELIHOOD_CHUNK", 4)
+    model = small_models["vae"]
+    x, key = jr.uniform(jr.key(21), (3, 3, 28, 28)), jr.key(22)
+    estimate = lambda s, kk: metrics.log_likelihood(model, x, 1, key=kk, num_samples=s)  # noqa: E731
+    whole, ess = estimate(8, key)
+    parts = jnp.stack([estimate(4, kk)[0] for kk in jr.split(key, 2)])
+    np.testing.assert_allclose(whole, jax.nn.logsumexp(parts, axis=0) - jnp.log(2.0), rtol=1e-5)
+    assert jnp.all((ess >= 1 - 1e-4) & (ess <= 8 + 1e-4))
+    seven, ess7 = estimate(7, key)
+    assert jnp.all(jnp.isfinite(seven)) and jnp.all((ess7 >= 1 - 1e-4) & (ess7 <= 7 + 1e-4))
+
+
+def test_the_changed_pixel_error_counts_only_the_pixels_that_moved(small_models):
+    """`pixels="changed"` sums |sigmoid(dec(z_t)) − x_t| over the pixels where some channel moved by more
+    than the threshold from x_0: a frame equal to x_0 contributes nothing, and the sum is the full
+    error's restricted to that mask."""
+    model = small_models["vae"]
+    x0 = jr.uniform(jr.key(23), (3, 28, 28))
+    moved = x0.at[:, :10].set(1.0 - x0[:, :10])  # the top rows move (by > 0.1 where |1 − 2x| > 0.1)
+    x = jnp.stack([x0, x0, moved])
+    mask = np.asarray(metrics.changed_pixels(x))
+    expected = (
+        np.max(np.abs(np.asarray(x) - np.asarray(x0)[None]), axis=1, keepdims=True) > metrics.CHANGED_PIXEL_THRESHOLD
+    )
+    np.testing.assert_array_equal(mask, np.broadcast_to(expected, x.shape).astype(np.float32))
+    assert mask[:2].sum() == 0 and 0 < mask[2].sum() < mask[2].size
+    mu, _ = model.encode(x0)
+    means = np.asarray(jax.nn.sigmoid(model.decode(mu)))
+    by_hand = np.sum(np.abs(means - np.asarray(moved)) * mask[2])
+    changed = metrics.equivariance_error_identity(model, x, pixels="changed")
+    np.testing.assert_allclose(changed, by_hand, rtol=1e-5)
+    assert changed < metrics.equivariance_error_identity(model, x)
+    with pytest.raises((ValueError, TypeError), match="some"):  # the type checker under tests, else ours
+        metrics.equivariance_error_identity(model, x, pixels="some")
+
+
+def test_evaluate_scores_the_likelihood_on_the_first_sequences_whatever_the_batches(small_models):
+    """The likelihood of sequence i uses its own key (`fold_in(key, i)`), so batches of 4 or of 2 + 2 give
+    the same per-sequence numbers; only the first `likelihood_sequences` get one, and the drift check
+    scores the first `drift_sequences` of them again with more draws."""
+    from eqx_ffvae.evaluation import evaluate
+
+    model = small_models["vae"]
+    frames = jr.uniform(jr.key(24), (4, 3, 3, 28, 28))
+    ks = jnp.array([0, 1, 0, 1])
+    shifts = jnp.zeros((2, 3, 4))
+    run = lambda batches: evaluate(  # noqa: E731
+        model,
+        batches,
+        shifts,
+        transform_names=("a", "b"),
+        key=jr.key(25),
+        num_samples=3,
+        likelihood_sequences=3,
+        drift_samples=6,
+        drift_sequences=2,
+    )
+    one = run([{"frames": frames, "k": ks}])
+    two = run([{"frames": frames[:2], "k": ks[:2]}, {"frames": frames[2:], "k": ks[2:]}])
+    assert len(one["per_sequence"]["log_likelihood"]) == 3 and len(one["per_sequence"]["k"]) == 4
+    np.testing.assert_allclose(one["per_sequence"]["log_likelihood"], two["per_sequence"]["log_likelihood"], rtol=1e-5)
+    assert one["transformations"]["a"]["num_likelihood_sequences"] == 2
+    drift = one["likelihood_drift"]
+    assert (drift["samples"], drift["sequences"]) == (6, 2)
+    np.testing.assert_allclose(
+        drift["log_likelihood_at_num_samples"], np.mean(one["per_sequence"]["log_likelihood"][:2]), rtol=1e-5
+    )
+    assert drift["mean_abs_difference"] <= drift["max_abs_difference"]
+    assert (
+        0
+        < one["transformations"]["b"]["equivariance_error_changed"]
+        < one["transformations"]["b"]["equivariance_error"]
+    )
+    with pytest.raises(ValueError, match="likelihood_sequences must be in \\[1, 4\\].*got 5"):
+        evaluate(
+            model,
+            [{"frames": frames, "k": ks}],
+            shifts,
+            transform_names=("a", "b"),
+            key=jr.key(0),
+            likelihood_sequences=5,
+        )
+    with pytest.raises(ValueError, match="drift_samples > num_samples = 3 \\(got 2\\)"):
+        evaluate(
+            model,
+            [{"frames": frames, "k": ks}],
+            shifts,
+            transform_names=("a", "b"),
+            key=jr.key(0),
+            num_samples=3,
+            drift_samples=2,
+        )
+
+
+def test_eval_settings_name_the_bad_likelihood_option():
+    from eqx_ffvae.runs import EvalSettings, RunError
+
+    with pytest.raises(RunError, match="--ll-sequences must be an integer in \\[1, --eval-sequences = 50\\], got 60"):
+        EvalSettings(eval_sequences=50, ll_sequences=60)
+    with pytest.raises(RunError, match="--drift-samples must be 0 .* above --ll-samples = 100, got 100"):
+        EvalSettings(drift_samples=100)
+    with pytest.raises(RunError, match="drift check's 20 sequences exceed the 10"):
+        EvalSettings(ll_sequences=10, drift_samples=1000)
+    assert ff.runs.resolve("mnist-medium", eval_sequences=50).eval.ll_sequences is None
+    table = ff.runs.resolve("mnist-medium").eval
+    assert (table.ll_samples, table.ll_sequences, table.drift_samples, table.drift_sequences) == (100, 100, 1000, 20)

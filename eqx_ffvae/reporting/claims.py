@@ -1,20 +1,29 @@
-"""The paper's claims put to a finished comparison: a verdict per claim from paired bootstrap intervals.
+"""The paper's claims put to a finished comparison: a verdict per claim from seed-level intervals.
 
 `python train/run.py claims --results results/mnist` reads the records `compare --results` keeps
 (`runs/<method>/seed<i>/eval.json`) and writes claims.json and claims.md next to them. Every verdict
-comes from one rule (SPEC §5: "better" means the 95% interval of the paired difference excludes 0):
+comes from one rule (docs/method.md §5):
 
-* "a < b" on a column (lower is better, E_k) **holds** when the interval of a − b lies below 0,
-  **fails** when it lies above 0 (the opposite order is supported), and is **not separated** otherwise;
-  "a > b" (log p(x)) is the mirror image.
-* "a ≈ b" **holds** when the interval of a − b lies inside ±`margin`·|mean of b| (equivalence within the
-  margin), **fails** when it lies wholly outside that band, and is **not separated** otherwise.
-* A claim fails when any comparison in it fails; otherwise it is **incomplete** while a comparison's
-  methods have no records (listed as missing, never guessed), holds when every comparison holds, and
-  is otherwise not separated.
-
-The intervals are `compare.paired_bootstrap` over seeds (paired by index: the first min(#a, #b)) and
-held-out sequences; a row with one seed covers only the variation over sequences, and says so.
+* Each comparison of a claim is one column (a transformation, a pair, the likelihood): the paired
+  difference a − b over every seed both methods have, its 95% interval (`table.seed_interval`: the
+  wider of the t-interval over seed means and the one over seeds and sequences) and the two-sided
+  p-value of its decisive direction (`directional_p`). The p-values of a claim's
+  comparisons are corrected together (Holm, family-wise 5%): a comparison is decided only where its
+  Holm-adjusted p-value is below 0.05.
+* "a < b" (E_k) **holds** when decided with a − b below 0, **fails** when decided above 0, and is
+  **not separated** otherwise; "a > b" (log p(x)) is the mirror image.
+* "a ≈ b" **holds** when a − b lies within ±`margin`·|mean of b| (two one-sided tests, decided as
+  above), **fails** when it lies outside that band, and is **not separated** otherwise.
+* **not discriminating**: an E_k column on which every method's E_k is within 10% of its own identity
+  score (z_t = μ(x_0)) ranks first-frame reconstruction, not equivariance: no verdict on it.
+* **unresolved by the estimator**: a likelihood difference no larger than the estimator's drift (the
+  larger of the two methods' mean |S = 100 − S = 1000| difference, `likelihood_drift` of their
+  records; unknown drift counts as unresolved).
+* A claim **fails** when any of its comparisons fails; otherwise it is **incomplete** while a
+  comparison's methods have no records (listed as missing, never guessed), **holds** when every
+  comparison that can be judged holds, and is otherwise **not separated** (or **not discriminating** /
+  **unresolved by the estimator** when no comparison of it can be judged, for that reason).
+* A comparison with one paired seed has no interval (the seed-to-seed spread is unknown): not separated.
 """
 
 from __future__ import annotations
@@ -26,16 +35,31 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from .. import methods
 from ..runs import RunError, atomic_write
-from .table import paired_bootstrap, run_columns
+from .table import run_columns, seed_interval
 
 Relation = Literal["less", "greater", "equal"]
-Verdict = Literal["holds", "fails", "not separated", "missing", "incomplete"]
+Verdict = Literal[
+    "holds",
+    "fails",
+    "not separated",
+    "missing",
+    "incomplete",
+    "not discriminating",
+    "unresolved by the estimator",
+]
 
 EQUIVALENCE_MARGIN = 0.10
-"""'a ≈ b' holds when the 95% interval of a − b lies within ±10% of b's mean."""
+"""'a ≈ b' holds when a − b lies within ±10% of b's mean (two one-sided tests)."""
+
+DISCRIMINATION = 0.90
+"""An E_k column discriminates only if some method's E_k is below this share of its identity score."""
+
+FAMILY_ALPHA = 0.05
+"""Holm's family-wise error rate over a claim's comparisons."""
 
 MAIN_BASELINES = ("vae", "beta-vae", "factorvae", "slowvae", "tvae")
 POFLOWS = ("poflow", "poflow-authors")
@@ -141,6 +165,20 @@ PAPER_CLAIMS = (
     ),
 )
 
+SHORT = {
+    "ffvae-beats-poflow": "FFVAE < PoFlow on every E_k (both PoFlow protocols)",
+    "ffvae-authors-beats-poflow": "FFVAE under its authors' trainer < PoFlow (both protocols)",
+    "ffvae-sde-beats-poflow": "FFVAE under the path-space ELBO < PoFlow (both protocols)",
+    "rate-tax-mechanism": "rollout VAE with z_0 KL × (T+1) ≈ the literal-ELBO FFVAE (the rate tax)",
+    "poflow-beats-baselines": "PoFlow < every flow-less baseline",
+    "ffvae-beats-baselines": "FFVAE < every flow-less baseline",
+    "weak-equals-supervised": "weak ≈ supervised (this package's weak FFVAE)",
+    "group-equals-supervised": "the authors' group variant ≈ supervised",
+    "ffvae-highest-likelihood": "FFVAE has the highest log p(x)",
+    "baseline-ordering": "the baselines' order (β-VAE < VAE, FactorVAE < β-VAE, SlowVAE, TVAE < FactorVAE)",
+}
+"""Each claim in a few words, for the README's summary (`summary`)."""
+
 ABLATION_METRICS = {
     "in range": "equivariance_error/",
     "beyond the horizon": "equivariance_error_extrapolation/",
@@ -150,7 +188,8 @@ ABLATION_METRICS = {
 
 def load_records(results_dir: str | Path) -> dict[str, list[dict]]:
     """Every method's eval.json records under `results_dir/runs/<method>/seed<i>/`, seeds in order
-    (a method's seeds must be 0 … n−1: a gap is an error that names the missing seed)."""
+    (a method's seeds must be 0 … n−1: a gap is an error that names the missing seed; records moved
+    aside, `seed<i>.damaged-…` and `seed<i>.superseded-…`, are not read)."""
     root = Path(results_dir) / "runs"
     if not root.is_dir():
         raise RunError(f"{root} does not exist: pass the folder given to `compare --results` (e.g. results/mnist)")
@@ -158,7 +197,11 @@ def load_records(results_dir: str | Path) -> dict[str, list[dict]]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name not in methods.METHODS:
             raise RunError(f"{folder} is not a method of this package ({', '.join(methods.METHODS)})")
-        seeds = sorted(int(p.name.removeprefix("seed")) for p in folder.glob("seed*") if (p / "eval.json").exists())
+        seeds = sorted(
+            int(p.name.removeprefix("seed"))
+            for p in folder.glob("seed*")
+            if p.name.removeprefix("seed").isdigit() and (p / "eval.json").exists()
+        )
         if seeds != list(range(len(seeds))):
             missing = sorted(set(range(max(seeds) + 1)) - set(seeds))
             raise RunError(f"{folder} has seeds {seeds} but not {missing}: rerun compare to finish them")
@@ -167,8 +210,49 @@ def load_records(results_dir: str | Path) -> dict[str, list[dict]]:
     return records
 
 
-def judge(ci95: Sequence[float], relation: Relation, reference: float) -> Verdict:
-    """The verdict on one column from the paired difference a − b and its 95% interval (module doc)."""
+def directional_p(diff: dict, relation: Relation, reference: float) -> tuple[float | None, str | None]:
+    """(two-sided p-value, the verdict it would decide) of one comparison from `seed_interval`'s mean,
+    standard error and degrees of freedom (those of its interval): for "less"/"greater" the test of a − b = 0, deciding by the sign of the mean; for
+    "equal" the two one-sided tests of |a − b| ≥ band ("holds") or, where the mean lies outside the band,
+    of |a − b| ≤ band ("fails"). None without an interval (one paired seed)."""
+    se, mean, df = diff["se"], diff["mean"], diff["df"]
+    if se is None:
+        return None, None
+
+    def above(x: float) -> float:  # one-sided p of "a − b > x"
+        if se == 0:
+            return 0.0 if mean > x else 1.0
+        return float(scipy_stats.t.sf((mean - x) / se, df))
+
+    def below(x: float) -> float:
+        if se == 0:
+            return 0.0 if mean < x else 1.0
+        return float(scipy_stats.t.cdf((mean - x) / se, df))
+
+    if relation in ("less", "greater"):
+        favoured = below(0.0) if relation == "less" else above(0.0)
+        opposed = above(0.0) if relation == "less" else below(0.0)
+        return (min(1.0, 2 * favoured), "holds") if favoured <= opposed else (min(1.0, 2 * opposed), "fails")
+    band = EQUIVALENCE_MARGIN * abs(reference)
+    inside = max(above(-band), below(band))
+    outside = above(band) if mean > 0 else below(-band)
+    return (min(1.0, 2 * inside), "holds") if inside <= outside else (min(1.0, 2 * outside), "fails")
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's adjusted p-values (step-down; each at most 1 and never below an earlier one in order)."""
+    order = np.argsort(p_values, kind="stable")
+    m, running, adjusted = len(p_values), 0.0, [1.0] * len(p_values)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def judge(ci95: Sequence[float] | None, relation: Relation, reference: float) -> Verdict:
+    """The uncorrected verdict on one column from the 95% interval of a − b (no interval: not separated)."""
+    if ci95 is None:
+        return "not separated"
     lo, hi = ci95
     if relation == "less":
         return "holds" if hi < 0 else "fails" if lo > 0 else "not separated"
@@ -180,6 +264,27 @@ def judge(ci95: Sequence[float], relation: Relation, reference: float) -> Verdic
     return "fails" if hi < -band or lo > band else "not separated"
 
 
+def not_discriminating(records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """The E_k columns on which every method's mean E_k over its seeds is within 10% of its own mean
+    identity score (`DISCRIMINATION`): column → each method's E_k / identity."""
+    ratios: dict[str, dict[str, float]] = {}
+    for name, runs in records.items():
+        for t in runs[0]["transformations"]:
+            own = [r["transformations"][t].get("equivariance_error") for r in runs]
+            ident = [r["transformations"][t].get("equivariance_error_identity") for r in runs]
+            if None in own or None in ident or not np.mean(ident):
+                continue
+            ratios.setdefault(f"equivariance_error/{t}", {})[name] = float(np.mean(own) / np.mean(ident))
+    return {c: r for c, r in ratios.items() if min(r.values()) >= DISCRIMINATION}
+
+
+def estimator_drift(runs: list[dict]) -> float | None:
+    """A method's likelihood drift: the mean over its seeds of |S − S'| (`likelihood_drift`), None if a
+    record has none."""
+    drifts = [r.get("likelihood_drift", {}).get("mean_abs_difference") for r in runs]
+    return None if None in drifts else float(np.mean(drifts))
+
+
 def _paper_ratio(a: str, b: str, column: str, transforms: list[str]) -> float | None:
     pa, pb = PAPER_TABLE_1.get(PAPER_ALIASES.get(a, a)), PAPER_TABLE_1.get(PAPER_ALIASES.get(b, b))
     name = column.split("/", 1)[1] if "/" in column else ""
@@ -189,13 +294,20 @@ def _paper_ratio(a: str, b: str, column: str, transforms: list[str]) -> float | 
     return pa[i] / pb[i]
 
 
-def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, paper: bool = False) -> list[dict]:
-    """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b with its
-    95% interval, the ratio a / b and the seeds paired, and the verdict; one row with verdict "missing"
-    when either method has no records. The ratio, the difference and the ±margin band of "equal" all
-    use the paired seeds only (the first min(#a, #b)), so on a positive column (E_k) the ratio lies
-    below 1 exactly when the difference lies below 0. Where either paired mean is not positive
-    (log p(x)) the ratio is None: a ratio of two negatives reads backwards."""
+def compare_columns(
+    records: dict[str, list[dict]],
+    comparison: Comparison,
+    *,
+    paper: bool = False,
+    undiscriminating: dict[str, dict[str, float]] | None = None,
+) -> list[dict]:
+    """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b over the
+    seeds both have with its 95% interval and p-value (`directional_p`), the ratio a / b of the paired
+    seeds' means and the seeds paired, and the uncorrected verdict (`judge`; `assess` corrects a claim's
+    rows together); one row with verdict "missing" when either method has no records. Rows of a column
+    in `undiscriminating` are marked "not discriminating"; likelihood rows carry the estimator's drift.
+    Where either paired mean is not positive (log p(x)) the ratio is None: a ratio of two negatives
+    reads backwards."""
     a, b = comparison.a, comparison.b
     if a not in records or b not in records:
         absent = [m for m in (a, b) if m not in records]
@@ -210,10 +322,11 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
         seqs_a, seqs_b = [c[column][1] for c in cols_a], [c[column][1] for c in cols_b]
         if any(s is None for s in seqs_a + seqs_b):
             raise RunError(f"{column} of {a} or {b} has no per-sequence values: re-evaluate those runs")
-        diff = paired_bootstrap(seqs_a, seqs_b)
-        paired = min(len(seqs_a), len(seqs_b))
+        diff = seed_interval(seqs_a, seqs_b)
+        paired = diff["seeds"]
         values_a, values_b = [c[column][0] for c in cols_a], [c[column][0] for c in cols_b]
         paired_a, paired_b = float(np.mean(values_a[:paired])), float(np.mean(values_b[:paired]))
+        p, direction = directional_p(diff, comparison.relation, paired_b)
         row = {
             "a": a,
             "b": b,
@@ -222,10 +335,18 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
             "mean_b": float(np.mean(values_b)),
             "difference": diff["mean"],
             "ci95": diff["ci95"],
+            "per_seed": diff["per_seed"],
+            "p": p,
+            "direction": direction,
             "ratio": paired_a / paired_b if paired_a > 0 and paired_b > 0 else None,
             "seeds_paired": paired,
-            "verdict": judge(diff["ci95"], comparison.relation, paired_b),
+            "verdict_uncorrected": judge(diff["ci95"], comparison.relation, paired_b),
         }
+        if undiscriminating and column in undiscriminating:
+            row["not_discriminating"] = True
+        if column == "log_likelihood":
+            drifts = [estimator_drift(records[a]), estimator_drift(records[b])]
+            row["estimator_drift"] = None if None in drifts else max(drifts)
         if paper:
             row["paper_ratio"] = _paper_ratio(a, b, column, transforms)
         rows.append(row)
@@ -234,12 +355,34 @@ def compare_columns(records: dict[str, list[dict]], comparison: Comparison, *, p
     return rows
 
 
+def decide(rows: list[dict]) -> None:
+    """Set each row's `verdict` (and `p_holm`): Holm over the rows that can be judged (not missing, not
+    on a column that does not discriminate, with an interval), then the estimator's drift on likelihoods."""
+    judged = [r for r in rows if r.get("verdict") != "missing"]
+    for r in judged:
+        if r.get("not_discriminating"):
+            r["verdict"] = "not discriminating"
+    tested = [r for r in judged if not r.get("not_discriminating") and r["p"] is not None]
+    for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
+        r["p_holm"] = adjusted
+        r["verdict"] = r["direction"] if adjusted < FAMILY_ALPHA else "not separated"
+    for r in judged:
+        r.setdefault("verdict", "not separated")
+        if "estimator_drift" in r and r["verdict"] in ("holds", "fails"):
+            drift = r["estimator_drift"]
+            if drift is None or abs(r["difference"]) <= drift:
+                r["verdict"] = "unresolved by the estimator"
+
+
 def _overall(verdicts: Sequence[str]) -> Verdict:
     if "fails" in verdicts:
         return "fails"
     if "missing" in verdicts:
         return "incomplete"
-    return "holds" if all(v == "holds" for v in verdicts) else "not separated"
+    judged = [v for v in verdicts if v not in ("not discriminating", "unresolved by the estimator")]
+    if judged:
+        return "holds" if all(v == "holds" for v in judged) else "not separated"
+    return "unresolved by the estimator" if "unresolved by the estimator" in verdicts else "not discriminating"
 
 
 def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIMS, *, paper: bool = False) -> dict:
@@ -247,11 +390,26 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
     variant against PoFlow and against the FFVAE, in range, beyond the horizon and in composition.
     A place no record measured (extrapolation and composition need MNIST's analytic transformations)
     is listed under `ablation_places_not_measured` instead. `paper`: add the paper's Table 1 ratio
-    where it has both rows (MNIST)."""
-    out: dict = {"equivalence_margin": EQUIVALENCE_MARGIN, "seeds": {m: len(r) for m, r in records.items()}}
+    where it has both rows (MNIST). Each claim's rows, and each ablation comparison's, are one Holm
+    family (`decide`)."""
+    undiscriminating = not_discriminating(records)
+    out: dict = {
+        "equivalence_margin": EQUIVALENCE_MARGIN,
+        "interval": "t-interval over the per-seed mean differences, paired over every seed both methods have",
+        "correction": f"Holm over each claim's comparisons, family-wise {FAMILY_ALPHA:.0%}",
+        "discrimination": DISCRIMINATION,
+        "not_discriminating": undiscriminating,
+        "seeds": {m: len(r) for m, r in records.items()},
+        "estimator_drift": {m: estimator_drift(r) for m, r in records.items()},
+    }
     out["claims"] = {}
     for claim in claims:
-        rows = [row for c in claim.comparisons for row in compare_columns(records, c, paper=paper)]
+        rows = [
+            row
+            for c in claim.comparisons
+            for row in compare_columns(records, c, paper=paper, undiscriminating=undiscriminating)
+        ]
+        decide(rows)
         out["claims"][claim.name] = {
             "text": claim.text,
             "verdict": _overall([r["verdict"] for r in rows]),
@@ -267,7 +425,10 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
             if variant == against:
                 continue
             for where, metric in places.items():
-                rows = compare_columns(records, Comparison(variant, against, metric, "less"))
+                rows = compare_columns(
+                    records, Comparison(variant, against, metric, "less"), undiscriminating=undiscriminating
+                )
+                decide(rows)
                 ablation[f"{variant} − {against}, {where}"] = rows
     out["ablations"] = ablation
     return out
@@ -285,36 +446,72 @@ def _ratio(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}"
 
 
+def _interval_md(row: dict) -> str:
+    if row["ci95"] is None:
+        return f"{_fmt(row['difference'])} (1 seed: no interval)"
+    lo, hi = row["ci95"]
+    return f"{_fmt(row['difference'])} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _p_md(row: dict) -> str:
+    if row.get("p") is None:
+        return "—"
+    holm_p = row.get("p_holm")
+    return f"{row['p']:.3f}" + ("" if holm_p is None else f" / {holm_p:.3f}")
+
+
+def _verdict_md(row: dict) -> str:
+    verdict = row["verdict"]
+    if verdict == "unresolved by the estimator":
+        drift = row.get("estimator_drift")
+        return f"**{verdict}** (drift {'unknown' if drift is None else f'{drift:.1f}'})"
+    return f"**{verdict}**"
+
+
 def _row_md(row: dict, paper: bool) -> str:
     column = row["column"]
     if row["verdict"] == "missing":
-        cells = [_label(row["a"]), _label(row["b"]), column, "—", "—", "—", "—"]
+        cells = [_label(row["a"]), _label(row["b"]), column, "—", "—", "—", "—", "—"]
         return "| " + " | ".join(cells + (["—"] if paper else []) + ["no records: " + ", ".join(row["missing"])]) + " |"
-    lo, hi = row["ci95"]
     cells = [
         _label(row["a"]),
         _label(row["b"]),
         column,
         f"{row['mean_a']:.1f} / {row['mean_b']:.1f}",
-        f"{_fmt(row['difference'])} [{_fmt(lo)}, {_fmt(hi)}]",
+        _interval_md(row),
+        _p_md(row),
         _ratio(row["ratio"]),
         str(row["seeds_paired"]),
     ]
     if paper:
         cells.append("—" if row.get("paper_ratio") is None else f"{row['paper_ratio']:.2f}")
-    return "| " + " | ".join(cells + [f"**{row['verdict']}**"]) + " |"
+    return "| " + " | ".join(cells + [_verdict_md(row)]) + " |"
 
 
 def to_markdown(assessment: dict, header: str = "") -> str:
     """claims.md: a summary line per claim, then each claim's comparisons, then the ablation table."""
     paper = any("paper_ratio" in r for c in assessment["claims"].values() for r in c["rows"])
-    head = "| a | b | column | mean a / mean b | a − b [95% CI] | a / b (paired) | seeds paired |"
-    rule = "|---|---|---|---:|---:|---:|---:|"
+    head = "| a | b | column | mean a / mean b | a − b [95% CI] | p / Holm | a / b (paired) | seeds paired |"
+    rule = "|---|---|---|---:|---:|---:|---:|---:|"
     if paper:
         head, rule = head + " paper a / b |", rule + "---:|"
     head, rule = head + " verdict |", rule + "---|"
     seeds = ", ".join(f"{_label(m)} {n}" for m, n in assessment["seeds"].items())
-    lines = [header, "", f"Seeds per method: {seeds}.", "", "| claim | verdict |", "|---|---|"]
+    lines = [header, "", f"Seeds per method: {seeds}."]
+    if assessment.get("not_discriminating"):
+        lines += ["", "Columns that do not discriminate (every method's E_k within 10% of its own identity score):"]
+        for column, ratios in assessment["not_discriminating"].items():
+            spread = f"{min(ratios.values()):.2f}–{max(ratios.values()):.2f}"
+            lines.append(f"- {column}: E_k / identity {spread} over {len(ratios)} methods; no verdict on it.")
+    drifts = {m: d for m, d in assessment.get("estimator_drift", {}).items() if d is not None}
+    if drifts:
+        spread = f"{min(drifts.values()):.2f}–{max(drifts.values()):.2f}"
+        lines += [
+            "",
+            f"Likelihood estimator drift (mean |S − S'| per method, `likelihood_drift` of its records): {spread} nats; "
+            "a likelihood difference within the larger drift of its two methods is unresolved by the estimator.",
+        ]
+    lines += ["", "| claim | verdict |", "|---|---|"]
     for claim in assessment["claims"].values():
         note = f" (no records yet: {', '.join(claim['missing'])})" if claim["missing"] else ""
         lines.append(f"| {claim['text']} | **{claim['verdict']}**{note} |")
@@ -325,28 +522,81 @@ def to_markdown(assessment: dict, header: str = "") -> str:
         "",
         "### Ablations: each FFVAE variant against PoFlow and against the FFVAE",
         "",
-        "a − b below 0 favours the variant (a); the verdict reads 'a < b'.",
+        "a − b below 0 favours the variant (a); the verdict reads 'a < b', Holm-corrected over the columns of each line's comparison.",
         "",
         *(
             [f"Not measured on this dataset (its records have no such probe): {', '.join(absent)}.", ""]
             if (absent := assessment.get("ablation_places_not_measured"))
             else []
         ),
-        "| comparison | column | mean a / mean b | a − b [95% CI] | a / b (paired) | seeds paired | a < b |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| comparison | column | mean a / mean b | a − b [95% CI] | p / Holm | a / b (paired) | seeds paired | a < b |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, rows in assessment["ablations"].items():
         for r in rows:
             if r["verdict"] == "missing":
-                lines.append(f"| {name} | — | — | — | — | — | no records: {', '.join(r['missing'])} |")
+                lines.append(f"| {name} | — | — | — | — | — | — | no records: {', '.join(r['missing'])} |")
                 continue
-            lo, hi = r["ci95"]
             lines.append(
-                f"| {name} | {r['column']} | {r['mean_a']:.1f} / {r['mean_b']:.1f} | "
-                f"{_fmt(r['difference'])} [{_fmt(lo)}, {_fmt(hi)}] | {_ratio(r['ratio'])} | {r['seeds_paired']} | "
-                f"{r['verdict']} |"
+                f"| {name} | {r['column']} | {r['mean_a']:.1f} / {r['mean_b']:.1f} | {_interval_md(r)} | {_p_md(r)} | "
+                f"{_ratio(r['ratio'])} | {r['seeds_paired']} | {r['verdict']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def summary(assessment: dict) -> str:
+    """The README's summary of a claims.json: one line per claim with its verdict, how many of its
+    comparisons hold, fail and stay undecided, and the range of a / b over its E_k comparisons; then the
+    columns that do not discriminate and the estimator's drift. Generated, never edited by hand
+    (`write_readme_summary`)."""
+    lines = []
+    for name, claim in assessment["claims"].items():
+        rows = [r for r in claim["rows"] if r["verdict"] != "missing"]
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        order = ("holds", "fails", "not separated", "not discriminating", "unresolved by the estimator")
+        tally = ", ".join(f"{counts[v]} {v}" for v in order if v in counts)
+        ratios = [r["ratio"] for r in rows if r.get("ratio") is not None]
+        ratio = f"; a / b {min(ratios):.2f}–{max(ratios):.2f}×" if ratios else ""
+        parts = [f"{tally} of {len(rows)} comparisons{ratio}"] if rows else []
+        if claim["missing"]:
+            parts.append(f"no records yet: {', '.join(claim['missing'])}")
+        lines.append(f"- {SHORT.get(name, claim['text'])}: **{claim['verdict']}** ({'; '.join(parts)})")
+    if assessment.get("not_discriminating"):
+        columns = ", ".join(c.split("/", 1)[1] for c in assessment["not_discriminating"])
+        lines.append(f"- Not discriminating (every method within 10% of its identity score; no verdict): {columns}.")
+    drifts = [d for d in assessment.get("estimator_drift", {}).values() if d is not None]
+    if drifts:
+        lines.append(
+            f"- Likelihood estimator drift (S = 100 against S = 1000): {min(drifts):.2f}–{max(drifts):.2f} nats."
+        )
+    return "\n".join(lines)
+
+
+def readme_block(results_dir: str | Path) -> tuple[str, str]:
+    """The README markers around the summary of `results_dir`'s claims."""
+    return (
+        f"<!-- claims {Path(results_dir).as_posix()}: written by `python train/run.py claims --results "
+        f"{Path(results_dir).as_posix()} --readme README.md` from its claims.json; do not edit -->",
+        f"<!-- /claims {Path(results_dir).as_posix()} -->",
+    )
+
+
+def write_readme_summary(readme: str | Path, results_dir: str | Path) -> None:
+    """Replace the text between `readme_block`'s markers in `readme` by `summary` of `results_dir`'s
+    claims.json; an error naming the markers if the README has none."""
+    readme, results_dir = Path(readme), Path(results_dir)
+    begin, end = readme_block(results_dir)
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise RunError(
+            f"{readme} has no block for {results_dir}: add the lines\n{begin}\n{end}\nwhere the summary goes"
+        )
+    assessment = json.loads((results_dir / "claims.json").read_text())
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write(readme, f"{head}{begin}\n{summary(assessment)}\n{end}{tail}")
 
 
 def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple[Path, Path]:
@@ -362,14 +612,15 @@ def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple
     header = (
         f"# The paper's claims on {dataset or results_dir.name}\n\n"
         f"Written by `python train/run.py claims --results {results_dir}` from the records in `runs/`. "
-        f"a − b is the paired difference over seeds and held-out sequences with its 95% bootstrap interval: "
-        "it pairs seed i with seed i over the seeds both methods have, and so does a / b (the ratio of the two "
-        "means over those paired seeds, given for E_k only: for log p(x) a ratio of two negatives reads backwards), "
-        "while mean a and mean b average every seed of each; "
-        f"'a < b' holds when the interval lies below 0, 'a ≈ b' when it lies within ±{EQUIVALENCE_MARGIN:.0%} "
-        "of b's mean over the paired seeds. "
-        "Where one of the two has a single seed, the interval covers the variation over held-out sequences only, "
-        "not over training seeds."
+        "a − b is the paired difference over every seed both methods have (seed i with seed i, each seed's "
+        "difference the mean over the same held-out sequences) with its 95% t-interval over those seeds' "
+        "differences (docs/method.md §5; its coverage: results/statistics); a / b is the ratio of the two means over "
+        "the paired seeds (E_k only: for log p(x) a ratio of two negatives reads backwards), while mean a and mean b "
+        "average every seed of each. p / Holm: the two-sided p-value of the row's decisive direction and its Holm "
+        f"adjustment over the claim's rows; a row is decided only where the adjusted p is below {FAMILY_ALPHA}. "
+        f"'a < b' holds when decided below 0, 'a ≈ b' when decided within ±{EQUIVALENCE_MARGIN:.0%} of b's mean "
+        "over the paired seeds (two one-sided tests); 'not separated' is undecided, not 'fails'. "
+        "A row with one paired seed has no interval and is not separated."
     )
     json_path, md_path = results_dir / "claims.json", results_dir / "claims.md"
     atomic_write(json_path, json.dumps(assessment, indent=2))

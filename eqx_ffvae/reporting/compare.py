@@ -3,6 +3,7 @@ metric code, summarised as the paper's table (mean ± std over seeds) in compare
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -13,7 +14,7 @@ import jax
 
 from .. import methods
 from ..runs import RunError, RunSpec, atomic_write
-from .records import choose_learning_rate, grid_point, kept_path, lr_name, one_run
+from .records import choose_learning_rate, claim, grid_point, kept_path, lr_name, one_run
 from .table import seed_stats, summarise, to_markdown
 
 
@@ -116,7 +117,10 @@ class _LearningRates:
                 spec = dataclasses.replace(self.spec_for(base, 0), learning_rate=lr)
                 kept = None if self.results_dir is None else self.results_dir / "grid" / base / f"{lr_name(lr)}.json"
                 tic = time.perf_counter()
-                record, reused = grid_point(spec, _run_dir(self.out, base, 0, spec, self.grid), kept)
+                with contextlib.ExitStack() as held:
+                    if kept is not None:
+                        held.enter_context(claim(kept, wait=True, log=self.log))
+                    record, reused = grid_point(spec, _run_dir(self.out, base, 0, spec, self.grid), kept, self.log)
                 jax.clear_caches()
                 how = "reused" if reused else f"{time.perf_counter() - tic:.0f} s"
                 self.log(f"[grid] {base} lr {lr:g}: validation loss {record['validation_loss']:.2f} ({how})")
@@ -135,24 +139,41 @@ def _run_plan(
     log: Callable[[str], None],
 ) -> tuple[dict[str, list[dict]], dict[str, RunSpec]]:
     """Train and evaluate (or reuse) each (method, seed) of the plan in order: eval.json per run, and
-    each method's spec."""
-    results: dict[str, list[dict]] = {}
+    each method's spec. With a record store, each record is claimed first (`records.claim`); one another
+    comparison is making is left for last, then waited for and read (so two comparisons started on
+    one store share its work instead of repeating it)."""
+    done: dict[tuple[str, int], dict] = {}
     specs: dict[str, RunSpec] = {}
-    for i, (name, seed) in enumerate(plan):
+    later: list[tuple[int, str, int]] = []
+
+    def run(i: int, name: str, seed: int, wait: bool) -> bool:
         spec = spec_for(name, seed)
         lr = rates.of(name)
         if lr is not None:
             spec = dataclasses.replace(spec, learning_rate=lr)
         specs[name] = spec
-        tic = time.perf_counter()
         kept = None if results_dir is None else kept_path(results_dir, name, seed)
-        result, reused = one_run(spec, _run_dir(out, name, seed, spec, rates.grid), kept)
+        tic = time.perf_counter()
+        with contextlib.ExitStack() as held:
+            if kept is not None and not held.enter_context(claim(kept, wait=wait, log=log)):
+                log(f"[{i + 1}/{len(plan)}] {name} seed {seed}: another comparison is making it; coming back to it")
+                return False
+            result, reused = one_run(spec, _run_dir(out, name, seed, spec, rates.grid), kept, log)
         jax.clear_caches()
-        secs = time.perf_counter() - tic
-        results.setdefault(name, []).append(result)
+        done[name, seed] = result
         errs = ", ".join(f"{t} {e['equivariance_error']:.1f}" for t, e in result["transformations"].items())
-        how = "reused" if reused else f"{secs:.0f} s"
+        how = "reused" if reused else f"{time.perf_counter() - tic:.0f} s"
         log(f"[{i + 1}/{len(plan)}] {name} seed {seed}: E {errs}; log p(x) {result['log_likelihood']:.1f} ({how})")
+        return True
+
+    for i, (name, seed) in enumerate(plan):
+        if not run(i, name, seed, wait=False):
+            later.append((i, name, seed))
+    for i, name, seed in later:
+        run(i, name, seed, wait=True)
+    results: dict[str, list[dict]] = {}
+    for name, seed in plan:
+        results.setdefault(name, []).append(done[name, seed])
     return results, specs
 
 
@@ -186,6 +207,9 @@ def _setup(spec: RunSpec, seeds: int, ablation_seeds: int | None, grid: Sequence
         "ablation_seeds": seeds if ablation_seeds is None else ablation_seeds,
         "eval_sequences": spec.eval.eval_sequences,
         "ll_samples": spec.eval.ll_samples,
+        "ll_sequences": spec.eval.ll_sequences or spec.eval.eval_sequences,
+        "drift_samples": spec.eval.drift_samples,
+        "drift_sequences": spec.eval.drift_sequences if spec.eval.drift_samples else 0,
         "validation_fraction": spec.validation_fraction,
         "learning_rate_grid": list(grid),
         "learning_rate_selection": (
@@ -205,6 +229,12 @@ def _setup(spec: RunSpec, seeds: int, ablation_seeds: int | None, grid: Sequence
     header = (
         f"Comparison on {spec.dataset} (preset {spec.preset}): {spec.steps} steps × batch {spec.batch_size}, "
         f"d = {setup['latent_dim']}, width {setup['width']}, {lr_text}, {seeds} seed(s), "
-        f"{setup['eval_sequences']} held-out sequences, {setup['ll_samples']} importance samples."
+        f"{setup['eval_sequences']} held-out sequences; log p(x) with {setup['ll_samples']} importance samples on "
+        f"the first {setup['ll_sequences']}"
+        + (
+            f", the estimator's drift against {setup['drift_samples']} samples on {setup['drift_sequences']}."
+            if setup["drift_samples"]
+            else "."
+        )
     )
     return setup, header

@@ -36,7 +36,15 @@ def evaluate_with_batches(spec: RunSpec, model: AbstractSequenceModel) -> tuple[
     test = eval_batches(spec, "test", -(-ev.eval_sequences // ev.eval_batch_size))
     shifts = fit_linear_shifts(model, eval_batches(spec, "train", ev.shift_batches), len(spec.transforms))
     result = evaluate(
-        model, test, shifts, transform_names=spec.transforms, key=jr.key(EVAL_SEED), num_samples=ev.ll_samples
+        model,
+        test,
+        shifts,
+        transform_names=spec.transforms,
+        key=jr.key(EVAL_SEED),
+        num_samples=ev.ll_samples,
+        likelihood_sequences=ev.ll_sequences,
+        drift_samples=ev.drift_samples,
+        drift_sequences=ev.drift_sequences,
     )
     result["dataset"] = spec.dataset
     result["model"] = spec.method

@@ -31,19 +31,41 @@ class NonFiniteLoss(RunError):
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """How a run is scored: held-out sequences, their batch size, importance samples per frame, and
-    training batches used to fit the best linear shift."""
+    """How a run is scored: held-out sequences, their batch size, importance samples per frame, the
+    sequences whose likelihood is estimated (the first `ll_sequences`; None: all), the estimator's
+    drift check (`drift_samples` draws per frame on the first `drift_sequences` of them; 0: none) and
+    training batches used to fit the best linear shift (`evaluation.evaluate`)."""
 
     eval_sequences: int = 600
     eval_batch_size: int = 50
     ll_samples: int = 100
     shift_batches: int = 20
+    ll_sequences: int | None = None
+    drift_samples: int = 0
+    drift_sequences: int = 20
 
     def __post_init__(self):
-        for name in ("eval_sequences", "eval_batch_size", "ll_samples", "shift_batches"):
+        for name in ("eval_sequences", "eval_batch_size", "ll_samples", "shift_batches", "drift_sequences"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
+        if self.ll_sequences is not None and not (
+            isinstance(self.ll_sequences, int) and 1 <= self.ll_sequences <= self.eval_sequences
+        ):
+            raise RunError(
+                f"--ll-sequences must be an integer in [1, --eval-sequences = {self.eval_sequences}], "
+                f"got {self.ll_sequences!r}"
+            )
+        if not isinstance(self.drift_samples, int) or (self.drift_samples and self.drift_samples <= self.ll_samples):
+            raise RunError(
+                f"--drift-samples must be 0 (no drift check) or an integer above --ll-samples = {self.ll_samples}, "
+                f"got {self.drift_samples!r}"
+            )
+        if self.drift_samples and self.drift_sequences > (self.ll_sequences or self.eval_sequences):
+            raise RunError(
+                f"the drift check's {self.drift_sequences} sequences exceed the {self.ll_sequences or self.eval_sequences} "
+                "whose likelihood is estimated; lower drift_sequences or raise --ll-sequences"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +202,8 @@ def resolve(
     slice_size: int | None = None,
     eval_sequences: int | None = None,
     ll_samples: int | None = None,
+    ll_sequences: int | None = None,
+    drift_samples: int | None = None,
     factor_sizes: tuple[int, ...] | None = None,
     matmul_precision: str = "float32",
     validation_fraction: float | None = None,
@@ -255,6 +279,8 @@ def resolve(
     except ValueError as err:
         raise RunError(str(err).replace("num_frames", "--num-frames")) from None
     pick = lambda value, default: default if value is None else value  # noqa: E731
+    scored = pick(eval_sequences, p.eval_sequences)
+    with_likelihood = _capped(pick(ll_sequences, p.ll_sequences), scored)
     return RunSpec(
         preset=preset,
         method=method,
@@ -268,10 +294,13 @@ def resolve(
         workers=pick(workers, p.workers),
         model=config,
         eval=EvalSettings(
-            eval_sequences=pick(eval_sequences, p.eval_sequences),
+            eval_sequences=scored,
             eval_batch_size=p.eval_batch_size,
             ll_samples=pick(ll_samples, p.ll_samples),
             shift_batches=p.shift_batches,
+            ll_sequences=with_likelihood,
+            drift_samples=pick(drift_samples, p.drift_samples),
+            drift_sequences=min(p.drift_sequences, with_likelihood or scored),
         ),
         factor_sizes=None if factor_sizes is None else tuple(factor_sizes),
         matmul_precision=matmul_precision,
@@ -279,6 +308,11 @@ def resolve(
         validation_fraction=float(pick(validation_fraction, p.validation_fraction)),
         frames_on=frames_on,
     )
+
+
+def _capped(ll_sequences: int | None, eval_sequences: int) -> int | None:
+    """The preset's likelihood sequences within the scored ones (None, all, when it asks for as many or more)."""
+    return None if ll_sequences is None or ll_sequences >= eval_sequences else ll_sequences
 
 
 FRAMES_ON = ("auto", "host", "device")
