@@ -114,7 +114,9 @@ def main() -> None:
     if args.measured is not None:
         components = json.loads(args.measured.read_text())["measured"]
     else:
-        components = [c for b in ("poflow", "poflow-authors", "vae", "slowvae") for c in variance_components("ffvae", b)]
+        components = [
+            c for b in ("poflow", "poflow-authors", "vae", "slowvae") for c in variance_components("ffvae", b)
+        ]
     shares = np.array([c["seed_share"] for c in components])
     settings = {
         "median seed share": components[int(np.argsort(shares)[len(shares) // 2])],
