@@ -99,7 +99,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, precision: str = "float32") 
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def measure(config: str, laplacian: str, steps: int, precision: str = "float32", slice_size: int | None = None) -> dict:
+def build(config: str, laplacian: str, precision: str = "float32", slice_size: int | None = None) -> dict:
+    """The FFVAE training step of `config` compiled as the run compiles it and run once: {"compiled",
+    "step", "model", "opt_state", "data", "slice_size", "compile_s", "d", "batch"} (what `measure` and
+    benchmarks/profile_step.py time)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -107,7 +110,7 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
 
     import eqx_ffvae as ff
     from eqx_ffvae.cli import release_free_memory
-    from eqx_ffvae.layout import Layout, default_slice_size, slice_rows
+    from eqx_ffvae.layout import default_slice_size
     from eqx_ffvae.training import compile_step, make_optimizer, make_step
 
     spec = CONFIGS[config]
@@ -132,6 +135,32 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     release_free_memory()  # as the CLI does after compiling: XLA's scratch back to the OS
     model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
     jax.block_until_ready(loss)
+    return {
+        "compiled": compiled,
+        "step": step,
+        "model": model,
+        "opt_state": opt_state,
+        "data": data,
+        "slice_size": slice_size,
+        "compile_s": compile_s,
+        "d": d,
+        "batch": batch,
+    }
+
+
+def measure(config: str, laplacian: str, steps: int, precision: str = "float32", slice_size: int | None = None) -> dict:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    import eqx_ffvae as ff
+    from eqx_ffvae.cli import release_free_memory
+    from eqx_ffvae.layout import Layout, slice_rows
+
+    built = build(config, laplacian, precision, slice_size)
+    compiled, step, model, opt_state, data = (built[k] for k in ("compiled", "step", "model", "opt_state", "data"))
+    slice_size, compile_s, d, batch = built["slice_size"], built["compile_s"], built["d"], built["batch"]
 
     pot = model.flows.potential(0)
     zs = jr.normal(jr.key(3), (batch, d))
