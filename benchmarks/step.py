@@ -18,7 +18,9 @@ counted. `matmul_gflops_per_s` is jax's float32 2048×2048 matmul rate, at the s
 precision, measured in the same process just before and just after the timed steps (the mean of the
 two medians), so the fraction compares the step with the machine as it ran then. The step is
 compiled as the run compiles it (`compile_step`, then the CLI's `release_free_memory`, which returns
-XLA's scratch memory to the OS).
+XLA's scratch memory to the OS). Every row also records the machine (`cpu_model`, `cpu_count`, the
+AVX-512/AMX/AVX2/FMA `cpu_flags`, `xla_flags`) and `runtime_baseline_rss_mb`, the peak RSS of an empty
+jax process (import, one small op), with `above_baseline_mb` the row's peak above it.
 
 `--end-to-end PRESET` times the real training loop instead (`runs.TrainingRun`: Grain data, the
 step, metrics.jsonl and TensorBoard logging, a checkpoint every `--checkpoint-every` steps and at
@@ -46,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from eqx_ffvae.presets import PRESETS
 
@@ -63,6 +66,52 @@ CONFIGS = {
 }
 DEFAULT_CONFIGS = ["a", "b", "c"]
 T, K = 8, 3
+
+
+_EMPTY_RUNTIME = (
+    "import resource, jax, jax.numpy as jnp; jnp.ones(8).sum().block_until_ready(); "
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+)
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def runtime_baseline_mb() -> float:
+    """Peak RSS of a fresh process that imports jax and runs one small op: the runtime's own share of
+    every row's `peak_rss_mb` (compare the part above it, `above_baseline_mb`, across frameworks)."""
+    out = subprocess.run([sys.executable, "-c", _EMPTY_RUNTIME], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    """The CPU this ran on: its model, core count, AVX-512 flags, and the XLA_FLAGS in effect."""
+    import os
+
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(
+            (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), model
+        )
+        line = next((line for line in info.splitlines() if line.startswith("flags")), "")
+        flags = sorted(f for f in line.split(":", 1)[-1].split() if f.startswith(("avx512", "amx", "avx2", "fma")))
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": flags,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 def _flops(compiled) -> float:
@@ -131,11 +180,15 @@ def build(config: str, laplacian: str, precision: str = "float32", slice_size: i
     step = make_step(optimizer, slice_size=slice_size, matmul_precision=precision)
     data = {"frames": jr.uniform(jr.key(1), (batch, T + 1, 3, 28, 28)), "k": jnp.arange(batch, dtype=jnp.int32) % K}
 
+    before_compile_mb = _rss_mb()
     compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))
+    compile_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     release_free_memory()  # as the CLI does after compiling: XLA's scratch back to the OS
     model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
     jax.block_until_ready(loss)
     return {
+        "rss_before_compile_mb": before_compile_mb,
+        "peak_rss_through_compile_mb": compile_peak_mb,
         "compiled": compiled,
         "step": step,
         "model": model,
@@ -217,6 +270,9 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
         "gflops_per_s": flops / median / 1e9,
         "matmul_gflops_per_s": statistics.mean(matmul),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_compile_mb": built["rss_before_compile_mb"],
+        "peak_rss_through_compile_mb": built["peak_rss_through_compile_mb"],
+        "rss_after_steps_mb": _rss_mb(),
         "device_peak_mb": memory["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in memory else None,
     }
 
@@ -424,7 +480,11 @@ def main() -> None:
             row["fraction_of_matmul"] = row["gflops_per_s"] / row["matmul_gflops_per_s"]
             rows.append(row)
             print(f"{config}/{lap}: {row['median_s']:.3f} s/step", file=sys.stderr)
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {platform.processor() or platform.machine()}")
+    baseline, where = runtime_baseline_mb(), machine()
+    for row in rows:
+        row.update(runtime_baseline_rss_mb=baseline, above_baseline_mb=row["peak_rss_mb"] - baseline, **where)
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {where['cpu_model']} ({where['cpu_count']} cores)")
+    print(f"an empty jax process (import, one op): {baseline:.0f} MB peak RSS")
     columns = [
         "config",
         "laplacian",
@@ -438,6 +498,7 @@ def main() -> None:
         "matmul_gflops_per_s",
         "fraction_of_matmul",
         "peak_rss_mb",
+        "above_baseline_mb",
     ]
     if any(row["device_peak_mb"] is not None for row in rows):
         columns += ["device_peak_mb"]
