@@ -17,8 +17,8 @@ all of them. Recomputation (the flow's checkpointed backward re-evaluates each s
 counted. `matmul_gflops_per_s` is jax's float32 2048×2048 matmul rate, at the step's matmul
 precision, measured in the same process just before and just after the timed steps (the mean of the
 two medians), so the fraction compares the step with the machine as it ran then. The step is
-compiled as the run compiles it (`compile_step`, then the CLI's `release_free_memory`, which returns
-XLA's scratch memory to the OS). Every row also records the machine (`cpu_model`, `cpu_count`, the
+built and compiled as a run builds and compiles it (`methods.make_model`, `compile_step`, which
+returns the construction's and XLA's scratch memory to the OS). Every row also records the machine (`cpu_model`, `cpu_count`, the
 AVX-512/AMX/AVX2/FMA `cpu_flags`, `xla_flags`) and `runtime_baseline_rss_mb`, the peak RSS of an empty
 jax process (import, one small op), with `above_baseline_mb` the row's peak above it.
 
@@ -158,8 +158,8 @@ def build(config: str, laplacian: str, precision: str = "float32", slice_size: i
     import jax.random as jr
 
     import eqx_ffvae as ff
-    from eqx_ffvae.cli import release_free_memory
     from eqx_ffvae.layout import default_slice_size
+    from eqx_ffvae.methods import make_model
     from eqx_ffvae.training import compile_step, make_optimizer, make_step
 
     spec = CONFIGS[config]
@@ -174,7 +174,7 @@ def build(config: str, laplacian: str, precision: str = "float32", slice_size: i
         laplacian=laplacian,
     )
     slice_size = next(s for s in (slice_size, spec.get("slice_size"), default_slice_size(batch)) if s is not None)
-    model = ff.FlowFactorizedVAE(cfg, key=jr.key(0))
+    model = make_model("ffvae", cfg, key=jr.key(0))  # one compiled program, as runs build it
     optimizer = make_optimizer(1e-4)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     step = make_step(optimizer, slice_size=slice_size, matmul_precision=precision)
@@ -183,7 +183,6 @@ def build(config: str, laplacian: str, precision: str = "float32", slice_size: i
     before_compile_mb = _rss_mb()
     compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))
     compile_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    release_free_memory()  # as the CLI does after compiling: XLA's scratch back to the OS
     model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
     jax.block_until_ready(loss)
     return {
@@ -208,8 +207,8 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     import jax.random as jr
 
     import eqx_ffvae as ff
-    from eqx_ffvae.cli import release_free_memory
     from eqx_ffvae.layout import Layout, slice_rows
+    from eqx_ffvae.training import release_free_memory
 
     built = build(config, laplacian, precision, slice_size)
     compiled, step, model, opt_state, data = (built[k] for k in ("compiled", "step", "model", "opt_state", "data"))

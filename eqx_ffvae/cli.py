@@ -6,8 +6,6 @@ owns the process-level settings (signal handlers, the compilation cache, returni
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import http.client
 import inspect
 import json
@@ -63,19 +61,6 @@ def spec_from(
             frames_on=args.frames_on,
         )
     return runs.resolve(method=method, seed=seed, notes=notes, **shared, **model_fields)
-
-
-def release_free_memory() -> bool:
-    """Give the C allocator's free pages back to the OS (glibc's `malloc_trim`); False where unavailable.
-
-    Compiling a large step frees hundreds of MB of XLA scratch that glibc keeps mapped; the step's
-    own buffers are then allocated anew on top, so without this the process's peak RSS counts both.
-    """
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(trim(0))
 
 
 def main(argv: list[str] | None = None, *, compile_cache: bool = False) -> int:
@@ -223,7 +208,6 @@ def _train(args: Train, stop: dict, argv: list[str]) -> int:
                     total=event.total, initial=event.start, disable=not main_process, desc="train", dynamic_ncols=True
                 )
             elif isinstance(event, runs.Compiled):
-                release_free_memory()
                 how = "loaded from the compilation cache" if event.from_cache else "compiled"
                 bar.write(
                     f"traced the training step in {event.trace_seconds:.1f} s, {how} in {event.compile_seconds:.1f} s"

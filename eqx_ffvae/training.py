@@ -4,6 +4,8 @@ data-parallel over a ("batch",) mesh: batch sharded, model replicated. No proces
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 import warnings
 from collections.abc import Callable
@@ -158,6 +160,19 @@ def with_step(batch: dict[str, Any], step: int) -> dict[str, Any]:
     return {**batch, "step": np.full(np.shape(batch["k"]), step, np.int32)}
 
 
+def release_free_memory() -> bool:
+    """Give the C allocator's free pages back to the OS (glibc's `malloc_trim`); False where unavailable.
+
+    Building a model and compiling a large step free hundreds of MB of scratch that glibc keeps
+    mapped; what is allocated next lands on top, so without this a process's peak RSS counts both.
+    """
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(trim(0))
+
+
 def compile_step(step: Callable, *args: Any) -> tuple[Any, float]:
     """Compile `step` for these arguments without running it. Returns the compiled step (later calls
     of `step` with like arguments reuse it too) and the seconds tracing, lowering and compilation took
@@ -171,15 +186,20 @@ def trace_and_compile(step: Callable, *args: Any) -> tuple[Any, float, float]:
     function, seconds XLA took, or loading it from the persistent compilation cache).
 
     XLA warns that the batch's donated buffers cannot be reused (nothing of that shape is returned);
-    that warning is silenced here, for this compilation only.
+    that warning is silenced here, for this compilation only. The allocator's free pages go back to
+    the OS before the compilation (the model's construction leaves its scratch) and after it (XLA's),
+    so neither adds to the compilation's peak or to the steps' (`release_free_memory`).
     """
+    release_free_memory()
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         lowered = step.lower(*args)
         traced = time.perf_counter()
         compiled = lowered.compile()
-    return compiled, traced - start, time.perf_counter() - traced
+    done = time.perf_counter()
+    release_free_memory()
+    return compiled, traced - start, done - traced
 
 
 class FlatStep:
