@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Tables 1-2, second edition (issue 42): every row at three seeds under the table protocol of commit
+# ecb88b7 (log p(x) at S = 100 on 100 held-out sequences with the S = 1000 drift; E_k over changed
+# pixels). One of two processes sharing one record store; start the other with another TAG and CORE:
+#
+#   bash results/second-edition/run.sh mnist A 0 &  bash results/second-edition/run.sh mnist B 1 &
+#
+# Each (method, seed) record is claimed before it is trained (reporting.records.claim), so the two
+# split the work; the learning-rate grids of the committed tables are reused (their protocol is
+# unchanged), every record of another protocol is moved aside and made again. Runs from a worktree
+# of the protocol's commit (TREE), so later commits do not change what is trained; records go to
+# STORE/<table> (copy them into results/<table>/runs/ as they land, and commit).
+set -euo pipefail
+table=$1 tag=$2 core=$3
+root=$(cd "$(dirname "$0")/../.." && pwd)
+commit=${COMMIT:-ecb88b7}
+tree=${TREE:-/tmp/eqx_ffvae-$commit}
+store=${STORE:-/tmp/second-edition}
+[ -d "$tree" ] || git -C "$root" worktree add --detach "$tree" "$commit"
+[ -d "$store/$table" ] || { mkdir -p "$store"; cp -r "$root/results/$table" "$store/$table"; }
+. "$root/.venv/bin/activate"
+export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" PYTHONPATH="$tree"
+groups=(
+  "ffvae poflow poflow-authors"
+  "ffvae-authors ffvae-sde ffvae-rollout-kl0"
+  "vae beta-vae factorvae slowvae tvae"
+  "ffvae-weak ffvae-group"
+  "ffvae-no-flow-kl ffvae-no-hj ffvae-rollout ffvae-0.1"
+)
+cd "$tree"
+for group in "${groups[@]}"; do
+  # shellcheck disable=SC2086  # the group is a list of methods
+  nice -n 10 taskset -c "$core" python train/run.py compare --preset "$table-medium" --seeds 3 --models $group \
+    --results "$store/$table" --out "$store/runs-$table-$tag"
+done
