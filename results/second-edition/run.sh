@@ -9,7 +9,7 @@
 # split the work; the learning-rate grids of the committed tables are reused (their protocol is
 # unchanged), every record of another protocol is moved aside and made again. Runs from a worktree
 # of the protocol's commit (TREE), so later commits do not change what is trained; records go to
-# STORE/<table> (copy them into results/<table>/runs/ as they land, and commit).
+# STORE/<table> (copy its runs/ and grid/ into results/second-edition/<table>/ as they land, and commit).
 set -euo pipefail
 table=$1 tag=$2 core=$3
 root=$(cd "$(dirname "$0")/../.." && pwd)
