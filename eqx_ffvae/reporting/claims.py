@@ -303,8 +303,8 @@ def compare_columns(
 ) -> list[dict]:
     """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b over the
     seeds both have with its 95% interval and p-value (`directional_p`), the ratio a / b of the paired
-    seeds' means and the seeds paired, and the uncorrected verdict (`judge`; `assess` corrects a claim's
-    rows together); one row with verdict "missing" when either method has no records. Rows of a column
+    seeds' means and the seeds paired, and the verdict of the row alone (`judge`, also kept as
+    `verdict_uncorrected`; `decide` corrects a claim's rows together, as `assess` does); one row with verdict "missing" when either method has no records. Rows of a column
     in `undiscriminating` are marked "not discriminating"; likelihood rows carry the estimator's drift.
     Where either paired mean is not positive (log p(x)) the ratio is None: a ratio of two negatives
     reads backwards."""
@@ -342,6 +342,7 @@ def compare_columns(
             "seeds_paired": paired,
             "verdict_uncorrected": judge(diff["ci95"], comparison.relation, paired_b),
         }
+        row["verdict"] = row["verdict_uncorrected"]  # alone, a family of one; `decide` corrects a claim's rows
         if undiscriminating and column in undiscriminating:
             row["not_discriminating"] = True
         if column == "log_likelihood":
@@ -360,14 +361,12 @@ def decide(rows: list[dict]) -> None:
     on a column that does not discriminate, with an interval), then the estimator's drift on likelihoods."""
     judged = [r for r in rows if r.get("verdict") != "missing"]
     for r in judged:
-        if r.get("not_discriminating"):
-            r["verdict"] = "not discriminating"
+        r["verdict"] = "not discriminating" if r.get("not_discriminating") else "not separated"
     tested = [r for r in judged if not r.get("not_discriminating") and r["p"] is not None]
     for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"] = adjusted
         r["verdict"] = r["direction"] if adjusted < FAMILY_ALPHA else "not separated"
     for r in judged:
-        r.setdefault("verdict", "not separated")
         if "estimator_drift" in r and r["verdict"] in ("holds", "fails"):
             drift = r["estimator_drift"]
             if drift is None or abs(r["difference"]) <= drift:
