@@ -171,20 +171,40 @@ def test_ratio_and_equivalence_band_use_the_paired_seeds():
     assert {r["verdict"] for r in rows} == {"fails"}
 
 
-def test_holm_adjusts_a_claims_p_values_together():
-    """Holm's step-down: p = (0.01, 0.04, 0.03) over three rows adjusts to (0.03, 0.06, 0.06), so the two
-    rows that pass at 5% alone are not separated in their family of three."""
+def test_holm_corrects_a_claims_fails_and_every_row_must_hold_on_its_own():
+    """Holm's step-down: p = (0.01, 0.04, 0.03) adjusts to (0.03, 0.06, 0.06). A claim fails when any of its
+    rows fails (a union), so the opposite direction's p-values are corrected together: only the first
+    row fails. A claim holds only when every row holds (an intersection–union test, at 5% as it is), so
+    the claimed direction's p-values are not corrected: p_holds = 0.04 holds."""
     assert claims.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    rows = [{"verdict_uncorrected": "holds", "p": p, "direction": "holds"} for p in (0.01, 0.04, 0.03)]
+    rows = [{"p_holds": 1.0, "p_fails": p} for p in (0.01, 0.04, 0.03)]
+    claims.decide(rows)
+    assert [r["verdict"] for r in rows] == ["fails", "not separated", "not separated"]
+    assert [r["p_fails_holm"] for r in rows] == pytest.approx([0.03, 0.06, 0.06])
+    assert claims._overall([r["verdict"] for r in rows]) == "fails"
+    rows = [{"p_holds": p, "p_fails": 1.0} for p in (0.04, 0.049, 0.001)]
+    claims.decide(rows)
+    assert claims._overall([r["verdict"] for r in rows]) == "holds"
+    rows = [{"p_holds": 0.001, "p_fails": 1.0}, {"p_holds": 0.2, "p_fails": 0.4}, {"p_holds": None, "p_fails": None}]
     claims.decide(rows)
     assert [r["verdict"] for r in rows] == ["holds", "not separated", "not separated"]
-    assert claims._overall([r["verdict"] for r in rows]) == "not separated"
-    noisy_rows = [
-        {"verdict_uncorrected": "fails", "p": 0.001, "direction": "fails"},
-        {"verdict_uncorrected": "holds", "p": 0.001, "direction": "holds"},
-    ]
-    claims.decide(noisy_rows)
-    assert claims._overall([r["verdict"] for r in noisy_rows]) == "fails"
+
+
+def test_p_values_match_the_interval():
+    """p_holds < 0.05 exactly when the 95% interval lies on the claimed side, for every relation."""
+    from eqx_ffvae.reporting.table import seed_interval
+
+    rng = np.random.default_rng(3)
+    for shift in (-30.0, -8.0, 0.0, 8.0, 30.0):
+        b = [rng.normal(100, 5, 40) for _ in range(3)]
+        a = [x + shift + rng.normal(0, 4) for x in b]
+        diff = seed_interval(a, b)
+        lo, hi = diff["ci95"]
+        for relation, on_side in (("less", hi < 0), ("greater", lo > 0), ("equal", -10 < lo and hi < 10)):
+            p_holds, p_fails = claims.p_values(diff, relation, 100.0)
+            assert (p_holds < 0.05) == on_side, (shift, relation)
+            opposite = {"less": lo > 0, "greater": hi < 0, "equal": hi < -10 or lo > 10}[relation]
+            assert (p_fails < 0.05) == opposite, (shift, relation)
 
 
 def test_a_column_near_every_methods_identity_score_gets_no_verdict():

@@ -6,14 +6,15 @@ comes from one rule (docs/method.md §5):
 
 * Each comparison of a claim is one column (a transformation, a pair, the likelihood): the paired
   difference a − b over every seed both methods have, its 95% interval (`table.seed_interval`: the
-  wider of the t-interval over seed means and the one over seeds and sequences) and the two-sided
-  p-value of its decisive direction (`directional_p`). The p-values of a claim's
-  comparisons are corrected together (Holm, family-wise 5%): a comparison is decided only where its
-  Holm-adjusted p-value is below 0.05.
-* "a < b" (E_k) **holds** when decided with a − b below 0, **fails** when decided above 0, and is
-  **not separated** otherwise; "a > b" (log p(x)) is the mirror image.
-* "a ≈ b" **holds** when a − b lies within ±`margin`·|mean of b| (two one-sided tests, decided as
-  above), **fails** when it lies outside that band, and is **not separated** otherwise.
+  wider of the t-interval over seed means and the one over seeds and sequences) and two p-values
+  under the same t distribution, for the claimed direction and for the opposite (`p_values`).
+* "a < b" (E_k) **holds** on a column when the interval lies below 0, **fails** when the opposite
+  direction is significant after Holm's correction over all the claim's columns (family-wise 5%:
+  a claim fails when *any* comparison fails, so that union is corrected), and is **not separated**
+  otherwise; "a > b" (log p(x)) is the mirror image. A claim holds only when *every* comparison holds:
+  that intersection is already a 5% test without correction (an intersection–union test).
+* "a ≈ b" **holds** when a − b lies within ±`margin`·|mean of b| (two one-sided tests), **fails** when
+  it lies outside that band (Holm-corrected as above), and is **not separated** otherwise.
 * **not discriminating**: an E_k column on which every method's E_k is within 10% of its own identity
   score (z_t = μ(x_0)) ranks first-frame reconstruction, not equivariance: no verdict on it.
 * **unresolved by the estimator**: a likelihood difference no larger than the estimator's drift (the
@@ -59,7 +60,7 @@ DISCRIMINATION = 0.90
 """An E_k column discriminates only if some method's E_k is below this share of its identity score."""
 
 FAMILY_ALPHA = 0.05
-"""Holm's family-wise error rate over a claim's comparisons."""
+"""The level of every verdict: a row holds at it alone, a claim's "fails" at it family-wise (Holm)."""
 
 MAIN_BASELINES = ("vae", "beta-vae", "factorvae", "slowvae", "tvae")
 POFLOWS = ("poflow", "poflow-authors")
@@ -210,11 +211,13 @@ def load_records(results_dir: str | Path) -> dict[str, list[dict]]:
     return records
 
 
-def directional_p(diff: dict, relation: Relation, reference: float) -> tuple[float | None, str | None]:
-    """(two-sided p-value, the verdict it would decide) of one comparison from `seed_interval`'s mean,
-    standard error and degrees of freedom (those of its interval): for "less"/"greater" the test of a − b = 0, deciding by the sign of the mean; for
-    "equal" the two one-sided tests of |a − b| ≥ band ("holds") or, where the mean lies outside the band,
-    of |a − b| ≤ band ("fails"). None without an interval (one paired seed)."""
+def p_values(diff: dict, relation: Relation, reference: float) -> tuple[float | None, float | None]:
+    """(p_holds, p_fails) of one comparison from `seed_interval`'s mean, standard error and degrees of
+    freedom (those of its interval), each twice a one-sided p-value, so that p_holds < 0.05 exactly when
+    the 95% interval lies on the claimed side: for "less" ("greater") the tests of a − b < 0 (> 0)
+    and of the opposite; for "equal" the two one-sided tests of |a − b| < band (holds) and the test of
+    a − b lying outside the band on the mean's side (fails). (None, None) without an interval (one
+    paired seed)."""
     se, mean, df = diff["se"], diff["mean"], diff["df"]
     if se is None:
         return None, None
@@ -224,19 +227,17 @@ def directional_p(diff: dict, relation: Relation, reference: float) -> tuple[flo
             return 0.0 if mean > x else 1.0
         return float(scipy_stats.t.sf((mean - x) / se, df))
 
-    def below(x: float) -> float:
+    def below(x: float) -> float:  # one-sided p of "a − b < x"
         if se == 0:
             return 0.0 if mean < x else 1.0
         return float(scipy_stats.t.cdf((mean - x) / se, df))
 
-    if relation in ("less", "greater"):
-        favoured = below(0.0) if relation == "less" else above(0.0)
-        opposed = above(0.0) if relation == "less" else below(0.0)
-        return (min(1.0, 2 * favoured), "holds") if favoured <= opposed else (min(1.0, 2 * opposed), "fails")
+    if relation == "less":
+        return min(1.0, 2 * below(0.0)), min(1.0, 2 * above(0.0))
+    if relation == "greater":
+        return min(1.0, 2 * above(0.0)), min(1.0, 2 * below(0.0))
     band = EQUIVALENCE_MARGIN * abs(reference)
-    inside = max(above(-band), below(band))
-    outside = above(band) if mean > 0 else below(-band)
-    return (min(1.0, 2 * inside), "holds") if inside <= outside else (min(1.0, 2 * outside), "fails")
+    return min(1.0, 2 * max(above(-band), below(band))), min(1.0, 2 * min(above(band), below(-band)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -302,7 +303,7 @@ def compare_columns(
     undiscriminating: dict[str, dict[str, float]] | None = None,
 ) -> list[dict]:
     """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b over the
-    seeds both have with its 95% interval and p-value (`directional_p`), the ratio a / b of the paired
+    seeds both have with its 95% interval and p-values (`p_values`), the ratio a / b of the paired
     seeds' means and the seeds paired, and the verdict of the row alone (`judge`, also kept as
     `verdict_uncorrected`; `decide` corrects a claim's rows together, as `assess` does); one row with verdict "missing" when either method has no records. Rows of a column
     in `undiscriminating` are marked "not discriminating"; likelihood rows carry the estimator's drift.
@@ -326,7 +327,7 @@ def compare_columns(
         paired = diff["seeds"]
         values_a, values_b = [c[column][0] for c in cols_a], [c[column][0] for c in cols_b]
         paired_a, paired_b = float(np.mean(values_a[:paired])), float(np.mean(values_b[:paired]))
-        p, direction = directional_p(diff, comparison.relation, paired_b)
+        p_holds, p_fails = p_values(diff, comparison.relation, paired_b)
         row = {
             "a": a,
             "b": b,
@@ -336,8 +337,8 @@ def compare_columns(
             "difference": diff["mean"],
             "ci95": diff["ci95"],
             "per_seed": diff["per_seed"],
-            "p": p,
-            "direction": direction,
+            "p_holds": p_holds,
+            "p_fails": p_fails,
             "ratio": paired_a / paired_b if paired_a > 0 and paired_b > 0 else None,
             "seeds_paired": paired,
             "verdict_uncorrected": judge(diff["ci95"], comparison.relation, paired_b),
@@ -357,15 +358,22 @@ def compare_columns(
 
 
 def decide(rows: list[dict]) -> None:
-    """Set each row's `verdict` (and `p_holm`): Holm over the rows that can be judged (not missing, not
-    on a column that does not discriminate, with an interval), then the estimator's drift on likelihoods."""
+    """Set each row's `verdict` as one claim's (module doc): a row holds when its interval lies on the
+    claimed side (p_holds < 0.05: "every comparison holds" is an intersection–union test, at 5% without
+    correction); it fails when Holm's step-down over the claim's judged rows rejects it in the opposite
+    direction (`p_fails_holm` < 0.05: "some comparison fails" is a union, corrected); rows on columns
+    that do not discriminate, or without an interval, are not judged; then a likelihood difference
+    within the estimator's drift is unresolved."""
     judged = [r for r in rows if r.get("verdict") != "missing"]
     for r in judged:
         r["verdict"] = "not discriminating" if r.get("not_discriminating") else "not separated"
-    tested = [r for r in judged if not r.get("not_discriminating") and r["p"] is not None]
-    for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
-        r["p_holm"] = adjusted
-        r["verdict"] = r["direction"] if adjusted < FAMILY_ALPHA else "not separated"
+    tested = [r for r in judged if not r.get("not_discriminating") and r["p_holds"] is not None]
+    for r, adjusted in zip(tested, holm([r["p_fails"] for r in tested])):
+        r["p_fails_holm"] = adjusted
+        if r["p_holds"] < FAMILY_ALPHA:
+            r["verdict"] = "holds"
+        elif adjusted < FAMILY_ALPHA:
+            r["verdict"] = "fails"
     for r in judged:
         if "estimator_drift" in r and r["verdict"] in ("holds", "fails"):
             drift = r["estimator_drift"]
@@ -395,7 +403,10 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
     out: dict = {
         "equivalence_margin": EQUIVALENCE_MARGIN,
         "interval": "t-interval over the per-seed mean differences, paired over every seed both methods have",
-        "correction": f"Holm over each claim's comparisons, family-wise {FAMILY_ALPHA:.0%}",
+        "correction": (
+            f"a comparison holds at {FAMILY_ALPHA:.0%} alone (a claim holds only if all do: intersection-union); "
+            f"it fails at {FAMILY_ALPHA:.0%} family-wise, Holm over the claim's comparisons"
+        ),
         "discrimination": DISCRIMINATION,
         "not_discriminating": undiscriminating,
         "seeds": {m: len(r) for m, r in records.items()},
@@ -453,10 +464,10 @@ def _interval_md(row: dict) -> str:
 
 
 def _p_md(row: dict) -> str:
-    if row.get("p") is None:
+    if row.get("p_holds") is None:
         return "—"
-    holm_p = row.get("p_holm")
-    return f"{row['p']:.3f}" + ("" if holm_p is None else f" / {holm_p:.3f}")
+    fails = row.get("p_fails_holm", row["p_fails"])
+    return f"{row['p_holds']:.3f} / {fails:.3f}"
 
 
 def _verdict_md(row: dict) -> str:
@@ -490,7 +501,7 @@ def _row_md(row: dict, paper: bool) -> str:
 def to_markdown(assessment: dict, header: str = "") -> str:
     """claims.md: a summary line per claim, then each claim's comparisons, then the ablation table."""
     paper = any("paper_ratio" in r for c in assessment["claims"].values() for r in c["rows"])
-    head = "| a | b | column | mean a / mean b | a − b [95% CI] | p / Holm | a / b (paired) | seeds paired |"
+    head = "| a | b | column | mean a / mean b | a − b [95% CI] | p holds / p fails (Holm) | a / b (paired) | seeds paired |"
     rule = "|---|---|---|---:|---:|---:|---:|---:|"
     if paper:
         head, rule = head + " paper a / b |", rule + "---:|"
@@ -521,14 +532,14 @@ def to_markdown(assessment: dict, header: str = "") -> str:
         "",
         "### Ablations: each FFVAE variant against PoFlow and against the FFVAE",
         "",
-        "a − b below 0 favours the variant (a); the verdict reads 'a < b', Holm-corrected over the columns of each line's comparison.",
+        "a − b below 0 favours the variant (a); the verdict reads 'a < b', its 'fails' Holm-corrected over the columns of each line's comparison.",
         "",
         *(
             [f"Not measured on this dataset (its records have no such probe): {', '.join(absent)}.", ""]
             if (absent := assessment.get("ablation_places_not_measured"))
             else []
         ),
-        "| comparison | column | mean a / mean b | a − b [95% CI] | p / Holm | a / b (paired) | seeds paired | a < b |",
+        "| comparison | column | mean a / mean b | a − b [95% CI] | p holds / p fails (Holm) | a / b (paired) | seeds paired | a < b |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, rows in assessment["ablations"].items():
@@ -615,10 +626,12 @@ def write_claims(results_dir: str | Path, *, paper: bool | None = None) -> tuple
         "difference the mean over the same held-out sequences) with its 95% t-interval over those seeds' "
         "differences (docs/method.md §5; its coverage: results/statistics); a / b is the ratio of the two means over "
         "the paired seeds (E_k only: for log p(x) a ratio of two negatives reads backwards), while mean a and mean b "
-        "average every seed of each. p / Holm: the two-sided p-value of the row's decisive direction and its Holm "
-        f"adjustment over the claim's rows; a row is decided only where the adjusted p is below {FAMILY_ALPHA}. "
-        f"'a < b' holds when decided below 0, 'a ≈ b' when decided within ±{EQUIVALENCE_MARGIN:.0%} of b's mean "
-        "over the paired seeds (two one-sided tests); 'not separated' is undecided, not 'fails'. "
+        "average every seed of each. p holds / p fails: the p-value of the claimed direction (below "
+        f"{FAMILY_ALPHA} exactly when the interval lies on that side: the row holds) and that of the opposite "
+        "direction after Holm's correction over the claim's rows (below it: the row fails). A claim holds when every "
+        "row holds (an intersection-union test, at 5% as it is) and fails when any row fails (a union: hence the "
+        f"correction). 'a < b' holds below 0, 'a ≈ b' within ±{EQUIVALENCE_MARGIN:.0%} of b's mean over the paired "
+        "seeds (two one-sided tests); 'not separated' is undecided, not 'fails'. "
         "A row with one paired seed has no interval and is not separated."
     )
     json_path, md_path = results_dir / "claims.json", results_dir / "claims.md"
