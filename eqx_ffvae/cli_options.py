@@ -233,8 +233,8 @@ class Compare(Shared):
 class Claims:
     """Put the paper's claims (FFVAE < PoFlow < the other baselines on every E_k; weak ≈ supervised;
     FFVAE the highest likelihood; the baselines' own order) to the records of a `compare --results`
-    folder: a verdict per claim from paired 95% seed-level intervals, Holm-corrected over the claim's
-    columns (docs/method.md §5), with columns that do not discriminate and likelihood gaps within the
+    folder: a verdict per claim from paired 95% seed-level intervals (it holds when every comparison
+    holds; it fails when any fails after Holm's correction over its comparisons; docs/method.md §5), with columns that do not discriminate and likelihood gaps within the
     estimator's drift named instead of judged, and the ablation rows against PoFlow and the FFVAE.
     Writes claims.json and claims.md into that folder; trains nothing."""
 
