@@ -17,7 +17,16 @@ commit=${COMMIT:-ecb88b7}
 tree=${TREE:-/tmp/eqx_ffvae-$commit}
 store=${STORE:-/tmp/second-edition}
 [ -d "$tree" ] || git -C "$root" worktree add --detach "$tree" "$commit"
-[ -d "$store/$table" ] || { mkdir -p "$store"; cp -r "$root/results/$table" "$store/$table"; }
+if [ ! -d "$store/$table" ]; then  # the first edition's grids and records, the landed second-edition records over them
+  mkdir -p "$store" && cp -r "$root/results/$table" "$store/$table"
+  landed=$root/results/second-edition/$table/runs
+  if [ -d "$landed" ]; then
+    for record in "$landed"/*/seed*; do
+      rm -rf "$store/$table/runs/${record#"$landed"/}" && mkdir -p "$store/$table/runs/$(basename "$(dirname "$record")")"
+      cp -r "$record" "$store/$table/runs/${record#"$landed"/}"
+    done
+  fi
+fi
 . "$root/.venv/bin/activate"
 export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" PYTHONPATH="$tree"
 groups=(
