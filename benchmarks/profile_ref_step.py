@@ -32,6 +32,8 @@ from collections import defaultdict
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from _categories import category_table
+
 
 def categorise(name: str) -> str:
     n = name.lower()
@@ -89,21 +91,7 @@ def profile(harness: Path, config: str, steps: int, threads: int) -> dict:
         ops.append(
             {"op": event.key, "category": category, "calls": event.count / runs, "seconds": seconds, "flops": flops}
         )
-    total = sum(r["seconds"] for r in rows.values())
-    table = []
-    for category, r in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
-        rate = r["flops"] / r["seconds"] / 1e9 if r["flops"] and r["seconds"] else None
-        table.append(
-            {
-                "category": category,
-                "s/step": r["seconds"],
-                "share": r["seconds"] / total,
-                "GFLOP/step": r["flops"] / 1e9,
-                "GFLOP/s": rate,
-                "of matmul": None if rate is None else rate / matmul,
-                "ops": r["ops"],
-            }
-        )
+    table, total = category_table(rows, matmul, "ops")
     ops.sort(key=lambda o: -o["seconds"])
     return {
         "config": config,

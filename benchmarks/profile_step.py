@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from _categories import category_table
 from _util import print_table
 from step import CONFIGS, build, matmul_gflops
 
@@ -155,21 +156,7 @@ def profile(config: str, steps: int, laplacian: str = "exact") -> dict:
         thunks.append(
             {"thunk": name, "category": category, "runs": runs[name] / steps, "seconds": seconds, "flops": flops}
         )
-    total = sum(r["seconds"] for r in rows.values())
-    table = []
-    for category, r in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
-        rate = r["flops"] / r["seconds"] / 1e9 if r["flops"] and r["seconds"] else None
-        table.append(
-            {
-                "category": category,
-                "s/step": r["seconds"],
-                "share": r["seconds"] / total,
-                "GFLOP/step": r["flops"] / 1e9,
-                "GFLOP/s": rate,
-                "of matmul": None if rate is None else rate / matmul,
-                "thunks": r["thunks"],
-            }
-        )
+    table, total = category_table(rows, matmul, "thunks")
     thunks.sort(key=lambda t: -t["seconds"])
     return {
         "config": config,
