@@ -28,7 +28,8 @@ from .data.factors import prepare_png_folder
 from .data.mnist import download_mnist
 from .presets import PRESETS
 from .reporting import figures
-from .reporting.claims import write_claims, write_readme_summary
+from .reporting.claims import write_claims
+from .reporting.claims_text import write_readme_summary
 from .reporting.compare import run_compare
 from .reporting.evaluate import evaluate_and_draw
 from .runs import RunError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from eqx_ffvae import cli
-from eqx_ffvae.reporting import claims
+from eqx_ffvae.reporting import claims, claims_text
 from eqx_ffvae.runs import RunError
 
 TRANSFORMS = ("scale", "rotation", "hue")
@@ -107,7 +107,7 @@ def test_verdicts_on_records_with_known_answers():
         None
     }
     ffvae_vs_vae = next(r for r in out["claims"]["ffvae-highest-likelihood"]["rows"] if r["b"] == "vae")
-    assert claims._row_md(ffvae_vs_vae, paper=False).split(" | ")[6] == "—"
+    assert claims_text._row_md(ffvae_vs_vae, paper=False).split(" | ")[6] == "—"
     ablation = out["ablations"]["ffvae − poflow, beyond the horizon"]
     assert [r["difference"] for r in ablation] == pytest.approx([-200] * 3)
 
@@ -160,7 +160,7 @@ def test_ratio_and_equivalence_band_use_the_paired_seeds():
         assert r["seeds_paired"] == 1 and r["difference"] == pytest.approx(20)
         assert r["ratio"] == pytest.approx(520 / 500)  # not 520 / 300, the all-seed mean
         assert r["mean_b"] == pytest.approx(300) and r["ci95"] is None and r["verdict"] == "not separated"
-        assert "+20.0 (1 seed: no interval)" in claims._row_md(r, paper=False)
+        assert "+20.0 (1 seed: no interval)" in claims_text._row_md(r, paper=False)
     # three seeds each, +40 on every one: outside ±10% of the all-seed mean (30) but inside ±10% of 500
     # for the first seed only; the band is that of the paired seeds' mean (300): +40 > 30, so it fails
     records["ffvae-weak"] = [
@@ -222,7 +222,7 @@ def test_a_column_near_every_methods_identity_score_gets_no_verdict():
     assert verdicts["equivariance_error/scale"] == verdicts["equivariance_error/rotation"] == "not discriminating"
     assert verdicts["equivariance_error/hue"] != "not discriminating"
     assert claims._overall(["not discriminating"] * 2) == "not discriminating"
-    assert "equivariance_error/scale: E_k / identity" in claims.to_markdown(out)
+    assert "equivariance_error/scale: E_k / identity" in claims_text.to_markdown(out)
 
 
 def test_a_likelihood_gap_within_the_estimators_drift_is_unresolved():
@@ -246,7 +246,7 @@ def test_a_likelihood_gap_within_the_estimators_drift_is_unresolved():
         (row,) = [r for r in out["claims"]["ffvae-highest-likelihood"]["rows"] if r["b"] == "vae"]
         assert row["verdict"] == expected, drift
         if drift == 6.0:
-            assert "(drift 6.0)" in claims._row_md(row, paper=False)
+            assert "(drift 6.0)" in claims_text._row_md(row, paper=False)
 
 
 def test_places_a_dataset_does_not_probe_are_named_not_raised():
@@ -280,7 +280,7 @@ def test_places_a_dataset_does_not_probe_are_named_not_raised():
     assert [r["verdict"] for r in out["ablations"]["ffvae − poflow, in range"]] == ["holds"] * len(TRANSFORMS)
     assert (
         "Not measured on this dataset (its records have no such probe): beyond the horizon, in composition."
-        in claims.to_markdown(out)
+        in claims_text.to_markdown(out)
     )
     with_probes = claims.assess(
         {m: [record(noisy(500, 30), np.full(3 * PER_FLOW, -200.0))] for m in ("ffvae", "poflow")}
@@ -299,9 +299,9 @@ def test_the_readmes_claim_summaries_are_generated_from_the_committed_claims():
     folders = re.findall(r"<!-- claims (\S+): written by", readme)
     assert set(folders) >= {"results/mnist", "results/shapes3d"}
     for folder in folders:
-        begin, end = claims.readme_block(folder)
+        begin, end = claims_text.readme_block(folder)
         block = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-        expected = claims.summary(json.loads((root / folder / "claims.json").read_text()))
+        expected = claims_text.summary(json.loads((root / folder / "claims.json").read_text()))
         assert block == expected, f"README's summary of {folder} differs from its claims.json: rerun claims --readme"
 
 
@@ -310,7 +310,7 @@ def test_the_readme_summary_is_rewritten_between_its_markers_only(tmp_path):
     write(tmp_path, "vae", [record(noisy(1000, s), ll) for s in range(3)])
     write(tmp_path, "ffvae", [record(noisy(600, 3 + s), ll + 5) for s in range(3)])
     readme = tmp_path / "README.md"
-    begin, end = claims.readme_block(tmp_path)
+    begin, end = claims_text.readme_block(tmp_path)
     readme.write_text(f"before\n{begin}\nold text\n{end}\nafter\n")
     assert cli.main(["claims", "--results", str(tmp_path), "--readme", str(readme)]) == 0
     text = readme.read_text()
@@ -320,4 +320,4 @@ def test_the_readme_summary_is_rewritten_between_its_markers_only(tmp_path):
         in text
     )
     with pytest.raises(RunError, match="has no block for"):
-        claims.write_readme_summary(tmp_path / "claims.md", tmp_path)
+        claims_text.write_readme_summary(tmp_path / "claims.md", tmp_path)
