@@ -5,7 +5,10 @@
 
 Configs: (a) d=324, B=128, T=8, K=3 (docs/method.md §7 MNIST: conv widths d, 2d, 3d, 2d; potential width d);
 (b) d=64, B=128; (c) d=64, B=32; and, on request, `quick` (the default preset of train/run.py).
-Each row runs in its own process, so `peak_rss_mb` is that configuration's own peak. `compile_s`
+Each row runs in its own process, so `peak_rss_mb` is that configuration's own peak: read after the
+timed steps, before the FLOP count's compilations (the matmul yardstick before the step is built,
+its memory handed back). With `--compile-cache DIR` the step is compiled through the persistent
+cache runs use (a second run loads it: a resumed or repeated run's memory). `compile_s`
 is lowering plus XLA compilation of the step, nothing run. FLOPs come from XLA:CPU's cost analysis
 of the compiled step (on a GPU the step is compiled for the CPU once more to count them: XLA:GPU's
 count leaves out its cuBLAS calls), which counts a loop body once: one flow step of `slice_size`
@@ -150,14 +153,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, precision: str = "float32") 
 
 def build(config: str, laplacian: str, precision: str = "float32", slice_size: int | None = None) -> dict:
     """The FFVAE training step of `config` compiled as the run compiles it and run once: {"compiled",
-    "step", "model", "opt_state", "data", "slice_size", "compile_s", "d", "batch"} (what `measure` and
-    benchmarks/profile_step.py time)."""
+    "step", "model", "opt_state", "data", "slice_size", "compile_s", "from_cache", "d", "batch"} (what
+    `measure` and benchmarks/profile_step.py time)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import jax.random as jr
 
     import eqx_ffvae as ff
+    from eqx_ffvae import compile_cache
     from eqx_ffvae.layout import default_slice_size
     from eqx_ffvae.methods import make_model
     from eqx_ffvae.training import compile_step, make_optimizer, make_step
@@ -180,8 +184,9 @@ def build(config: str, laplacian: str, precision: str = "float32", slice_size: i
     step = make_step(optimizer, slice_size=slice_size, matmul_precision=precision)
     data = {"frames": jr.uniform(jr.key(1), (batch, T + 1, 3, 28, 28)), "k": jnp.arange(batch, dtype=jnp.int32) % K}
 
-    before_compile_mb = _rss_mb()
+    before_compile_mb, hits = _rss_mb(), compile_cache.hits()
     compiled, compile_s = compile_step(step, model, opt_state, data, jr.key(2))
+    from_cache = compile_cache.hits() > hits
     compile_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(2))
     jax.block_until_ready(loss)
@@ -195,24 +200,47 @@ def build(config: str, laplacian: str, precision: str = "float32", slice_size: i
         "data": data,
         "slice_size": slice_size,
         "compile_s": compile_s,
+        "from_cache": from_cache,
         "d": d,
         "batch": batch,
     }
 
 
-def measure(config: str, laplacian: str, steps: int, precision: str = "float32", slice_size: int | None = None) -> dict:
+def measure(
+    config: str,
+    laplacian: str,
+    steps: int,
+    precision: str = "float32",
+    slice_size: int | None = None,
+    cache: str | None = None,
+) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import jax.random as jr
 
     import eqx_ffvae as ff
+    from eqx_ffvae import compile_cache
     from eqx_ffvae.layout import Layout, slice_rows
     from eqx_ffvae.training import release_free_memory
 
+    if cache:
+        compile_cache.enable(cache)
+    matmul = [matmul_gflops(precision=precision)]
+    release_free_memory()
     built = build(config, laplacian, precision, slice_size)
     compiled, step, model, opt_state, data = (built[k] for k in ("compiled", "step", "model", "opt_state", "data"))
     slice_size, compile_s, d, batch = built["slice_size"], built["compile_s"], built["d"], built["batch"]
+
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(10 + i))
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - start)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the step's process, nothing else yet
+    rss_after_steps_mb = _rss_mb()
+    matmul.append(matmul_gflops(precision=precision))
 
     pot = model.flows.potential(0)
     zs = jr.normal(jr.key(3), (batch, d))
@@ -244,15 +272,6 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
     flops = _flops(compiled) if on_cpu else _cpu_flops(step, model, opt_state, data, jr.key(2))
     flops += (T - rows / batch) * flow_b
     flops += n * (1 - rows / batch) * features_b + (n - rows / batch) * pixels_b
-    release_free_memory()
-
-    times, matmul = [], [matmul_gflops(precision=precision)]
-    for i in range(steps):
-        start = time.perf_counter()
-        model, opt_state, loss, _ = compiled(model, opt_state, data, jr.key(10 + i))
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - start)
-    matmul.append(matmul_gflops(precision=precision))
     memory = jax.devices()[0].memory_stats() or {}
     median = statistics.median(times)
     return {
@@ -268,10 +287,11 @@ def measure(config: str, laplacian: str, steps: int, precision: str = "float32",
         "flops": flops,
         "gflops_per_s": flops / median / 1e9,
         "matmul_gflops_per_s": statistics.mean(matmul),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_from_compile_cache": built["from_cache"],
+        "peak_rss_mb": peak_rss_mb,
         "rss_before_compile_mb": built["rss_before_compile_mb"],
         "peak_rss_through_compile_mb": built["peak_rss_through_compile_mb"],
-        "rss_after_steps_mb": _rss_mb(),
+        "rss_after_steps_mb": rss_after_steps_mb,
         "device_peak_mb": memory["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in memory else None,
     }
 
@@ -414,10 +434,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="(--end-to-end) fresh runs, each against the step alone")
     parser.add_argument("--block", type=int, default=50, help="(--end-to-end) steps per turn of loop and step alone")
     parser.add_argument("--frames-on", default="auto", choices=["auto", "host", "device"], help="(--end-to-end)")
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="the persistent compilation cache runs use, in DIR: run twice, and the second run's rows "
+        "(step_from_compile_cache true) are a resumed or repeated run's memory, with no XLA compile",
+    )
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "LAPLACIAN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args.steps, args.matmul_precision, args.slice_size)))
+        row = measure(args.one[0], args.one[1], args.steps, args.matmul_precision, args.slice_size, args.compile_cache)
+        print(json.dumps(row))
         return
 
     import jax
@@ -468,6 +496,7 @@ def main() -> None:
                     "--matmul-precision",
                     args.matmul_precision,
                     *([] if args.slice_size is None else ["--slice-size", str(args.slice_size)]),
+                    *([] if args.compile_cache is None else ["--compile-cache", args.compile_cache]),
                 ],
                 capture_output=True,
                 text=True,
@@ -498,6 +527,7 @@ def main() -> None:
         "fraction_of_matmul",
         "peak_rss_mb",
         "above_baseline_mb",
+        "step_from_compile_cache",
     ]
     if any(row["device_peak_mb"] is not None for row in rows):
         columns += ["device_peak_mb"]
