@@ -44,6 +44,8 @@ def spec_from(
 ) -> runs.RunSpec:
     """The RunSpec the options describe (`method`/`seed` for a comparison's runs)."""
     shared = {name: getattr(args, name) for name in _SHARED}
+    path = shared.pop("data")
+    shared["dataset"] = None if path is None else data.file_dataset(path)
     model_fields = {
         "latent_dim": shared.pop("latent_dim"),
         "width": shared.pop("width"),

@@ -71,6 +71,13 @@ class Shared(Cached):
         Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: embedded or procedural data)")
     ] = None
     """dataset folder (MNIST IDX files, 3dshapes.h5, or the PNG folder)"""
+    data: Annotated[
+        Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(default: the preset's dataset)")
+    ] = None
+    """your own sequences instead of the preset's dataset: an .npz with frames [N, T+1, C, H, W] or
+    [N, T+1, H, W, C] (uint8, or float in [0, 1]), and k [N] with transforms (names) if labelled, or
+    num_flows if not (then only methods that do not read k train on it); the preset gives the model's
+    sizes and the training settings"""
     steps: Annotated[int | None, _override("training steps", "steps")] = None
     latent_dim: Annotated[int | None, _override("latent dimension d", "latent_dim")] = None
     width: Annotated[int | None, _override("conv width of the encoder/decoder", "width")] = None

@@ -29,6 +29,31 @@ def _inferred_flows(model, frames):
     return jax.vmap(lambda x: jnp.argmax(model.flow_posterior_logits(x)))(frames)
 
 
+def group_by_inferred_flow(model: AbstractFlowInferenceModel, batches: Sequence[dict]) -> list[dict]:
+    """`batches` with each sequence's "k" replaced by the flow the model's q(k | x̄) infers for it: how
+    unlabelled sequences are grouped for `evaluate` (their E "per transformation" is then per flow)."""
+    return [{**b, "k": np.asarray(_inferred_flows(model, jnp.asarray(b["frames"])), np.int32)} for b in batches]
+
+
+def unlabelled_result(result: dict, pooled_shift_flows: Sequence[int] = ()) -> dict:
+    """`evaluate`'s result on sequences grouped by inferred flow (`group_by_inferred_flow`), stated as
+    such: what needs labels (E per true transformation, the flows' agreement with them) is named as
+    not measured; q's usage of each flow stays, and the flows whose linear shift is the pooled one
+    (`fit_grouped_linear_shifts`) are listed."""
+    out = {name: value for name, value in result.items() if name != "flow_assignment"}
+    names = list(result["transformations"])
+    out["linear_shift_pooled_for"] = [names[j] for j in pooled_shift_flows]
+    usage = result["flow_assignment"]["usage"]
+    out["labelled"] = False
+    out["grouped_by"] = "the flow each sequence's q(k | x̄) infers (the data has no labels k)"
+    out["flow_usage"] = {name: share for name, share in zip(result["transformations"], usage)}
+    out["not_measured"] = (
+        "E_k per true transformation, the flows' agreement with the transformations (accuracy, matching): "
+        "they need labels k"
+    )
+    return out
+
+
 @eqx.filter_jit
 def _likelihoods(model, frames, ks, keys, num_samples):
     """Each sequence's per-frame log p(x_t) and effective sample size (`jax.lax.map` over the sequences)."""
@@ -151,15 +176,34 @@ def flow_assignment(true_ks: np.ndarray, flows: np.ndarray, num_flows: int) -> d
     }
 
 
-def fit_linear_shifts(model: AbstractSequenceModel, batches: Iterable[dict], num_flows: int) -> jax.Array:
-    """docs/method.md §5's best linear shift Δ_{k,t}, averaged over the given (training) batches."""
+def _summed_shifts(
+    model: AbstractSequenceModel, batches: Iterable[dict], num_flows: int
+) -> tuple[jax.Array, jax.Array]:
     sums, counts = None, None
     for batch in batches:
         s, c = _shift_sums(model, jnp.asarray(batch["frames"]), jnp.asarray(batch["k"]), num_flows)
         sums, counts = (s, c) if sums is None else (sums + s, counts + c)
     if sums is None:
-        raise ValueError("fit_linear_shifts needs at least one batch")
-    return metrics.linear_shifts(sums, counts)
+        raise ValueError("fitting linear shifts needs at least one batch")
+    return sums, counts
+
+
+def fit_linear_shifts(model: AbstractSequenceModel, batches: Iterable[dict], num_flows: int) -> jax.Array:
+    """docs/method.md §5's best linear shift Δ_{k,t}, averaged over the given (training) batches."""
+    return metrics.linear_shifts(*_summed_shifts(model, batches, num_flows))
+
+
+def fit_grouped_linear_shifts(
+    model: AbstractSequenceModel, batches: Iterable[dict], num_flows: int
+) -> tuple[jax.Array, list[int]]:
+    """`fit_linear_shifts` for sequences grouped by inferred flow (`group_by_inferred_flow`), where q may
+    send no training sequence to a flow: that flow gets the shift pooled over all sequences. Returns
+    (shifts, the flows given the pooled shift)."""
+    sums, counts = _summed_shifts(model, batches, num_flows)
+    pooled = jnp.sum(sums, 0) / jnp.sum(counts)
+    unused = counts == 0
+    shifts = jnp.where(unused[:, None, None], pooled[None], sums / jnp.maximum(counts, 1)[:, None, None])
+    return shifts, [int(j) for j in jnp.flatnonzero(unused)]
 
 
 def evaluate(
@@ -392,6 +436,10 @@ def format_table(result: dict) -> str:
                 f"flow {name:<12} min eigenvalue of I + h∇²u {f['min_eigenvalue']:.4f}; "
                 f"trace-form gap at T {f['logdet_gap']:.4f} nats"
             )
+    if "grouped_by" in result:
+        usage = " / ".join(f"{u:.2f}" for u in result["flow_usage"].values())
+        lines.append(f"rows are grouped by {result['grouped_by']}; flow usage {usage}")
+        lines.append(f"not measured: {result['not_measured']}")
     if "flow_assignment" in result:
         fa, names = result["flow_assignment"], list(result["transformations"])
         matched = ", ".join(f"{name} → flow {j}" for name, j in zip(names, fa["matching"]))

@@ -1,5 +1,10 @@
 """Transformation-sequence datasets (docs/method.md §1) as Grain pipelines, and the MNIST transforms."""
 
+from .arrays import DataError as DataError
+from .arrays import SequenceArrays as SequenceArrays
+from .arrays import file_dataset as file_dataset
+from .arrays import load_sequences as load_sequences
+from .arrays import sequences_from_arrays as sequences_from_arrays
 from .factors import (
     FACTOR_SIZES as FACTOR_SIZES,
 )
@@ -36,6 +41,8 @@ from .pipeline import (
 from .pipeline import (
     dataset_info as dataset_info,
 )
+from .pipeline import register_sequences as register_sequences
+from .pipeline import sequence_arrays as sequence_arrays
 from .pipeline import (
     sequence_dataset as sequence_dataset,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from .arrays import UNLABELLED, DataError, SequenceArrays, file_path, load_sequences, sequences_from_arrays
 from .factors import FACTOR_SIZES, PngFolderSource, ProceduralShapes, Shapes3DSource
 from .mnist import download_mnist, load_embedded_mnist, load_mnist_idx
 from .transforms import MNIST_FRAMES, MNIST_TRANSFORMS, colourise, mnist_frames, mnist_probe_frames
@@ -30,9 +32,11 @@ class DatasetInfo:
 
     `flow_factors[k]`: the factor that transformation k sweeps (factor datasets); `factor_sizes`: the
     factor grid; `source`: how the data is read ("mnist" IDX files or the embedded subset, an "hdf5"
-    file, a "png-folder", or "procedural" rendering); `data_dir`: "optional" (embedded or rendered data
-    without it), "required" or "unused"; `offline`: the dataset to use instead when no data_dir is
-    given (Shapes3D → procedural shapes).
+    file, a "png-folder", "procedural" rendering, or a user's "arrays": `register_sequences`, a
+    `file:` dataset); `data_dir`: "optional" (embedded or rendered data without it), "required" or
+    "unused"; `offline`: the dataset to use instead when no data_dir is given (Shapes3D → procedural
+    shapes); `labelled`: whether each sequence says which transformation made it (only a user's
+    arrays may not: weakly supervised methods only).
     """
 
     num_frames: int
@@ -40,10 +44,11 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     flow_factors: tuple[int, ...] = ()
     factor_sizes: tuple[int, ...] = ()
-    source: Literal["mnist", "hdf5", "png-folder", "procedural"] = "png-folder"
+    source: Literal["mnist", "hdf5", "png-folder", "procedural", "arrays"] = "png-folder"
     data_dir: Literal["optional", "required", "unused"] = "required"
     offline: str | None = None
     about: str = ""
+    labelled: bool = True
 
     @property
     def num_flows(self) -> int:
@@ -98,10 +103,69 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+BUILT_IN = tuple(DATASETS)
+_ARRAYS: dict[str, SequenceArrays] = {}
+
+
+def register_sequences(
+    name: str,
+    frames: np.ndarray | SequenceArrays,
+    k: np.ndarray | None = None,
+    *,
+    transforms: Sequence[str] | np.ndarray | None = None,
+    num_flows: int | None = None,
+    layout: str = "auto",
+    about: str = "",
+) -> DatasetInfo:
+    """Make the sequences `frames` (with labels `k`, or unlabelled) the dataset `name` in this process,
+    for `sequence_dataset`, `runs.resolve(dataset=name)` and everything above them (arrays.py says
+    what is accepted; bad data raises `arrays.DataError`). A name registered before is replaced;
+    the built-in datasets' names and `file:` names are not available."""
+    if not isinstance(name, str) or not name or name in BUILT_IN or file_path(name) is not None:
+        raise DataError(
+            f"cannot register sequences as {name!r}: choose a new name (not {', '.join(BUILT_IN)} or file:…)"
+        )
+    seqs = (
+        frames
+        if isinstance(frames, SequenceArrays)
+        else sequences_from_arrays(
+            frames, k, transforms=transforms, num_flows=num_flows, layout=layout, about=about or f"sequences {name!r}"
+        )
+    )
+    return _add_arrays(name, seqs)
+
+
+def _add_arrays(name: str, seqs: SequenceArrays) -> DatasetInfo:
+    _ARRAYS[name] = seqs
+    DATASETS[name] = DatasetInfo(
+        seqs.num_frames,
+        seqs.transforms,
+        seqs.image_shape,
+        source="arrays",
+        data_dir="unused",
+        about=seqs.about,
+        labelled=seqs.labelled,
+    )
     return DATASETS[name]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of `name`; a `file:` dataset is opened (and checked) on first use."""
+    if name not in DATASETS and file_path(name) is not None:
+        return _add_arrays(name, load_sequences(file_path(name)))
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or a file (--data PATH); sequences given "
+            "to data.register_sequences are known to the process that registered them: register them again"
+        )
+    return DATASETS[name]
+
+
+def sequence_arrays(name: str) -> SequenceArrays:
+    """The checked arrays of a user's dataset (`register_sequences` or a `file:` name)."""
+    if dataset_info(name).source != "arrays":
+        raise ValueError(f"{name} is a built-in dataset, not a user's arrays")
+    return _ARRAYS[name]
 
 
 class _Transformation:
@@ -191,6 +255,19 @@ class FactorSequence(grain.transforms.RandomMap):
         if not self.compact:
             frames = frames.astype(np.float32) / 255.0
         return {"frames": frames, "k": np.int32(k), "index": indices, "factors": factors}
+
+
+class ArraySequence(grain.transforms.RandomMap):
+    """Index of a user's sequence → its frames and label (`UNLABELLED` without labels)."""
+
+    def __init__(self, arrays: SequenceArrays, num_frames: int, *, compact: bool = False):
+        self.arrays, self.num_frames, self.compact = arrays, num_frames, compact
+
+    def random_map(self, element, rng: np.random.Generator):
+        index = int(element)
+        frames = self.arrays.sequence(index, compact=self.compact)[: self.num_frames]
+        k = UNLABELLED if self.arrays.k is None else int(self.arrays.k[index])
+        return {"frames": frames, "k": np.int32(k), "index": np.int64(index)}
 
 
 SPLITS = ("train", "validation", "test")
@@ -284,6 +361,12 @@ def sequence_dataset(
     num_frames = info.num_frames if num_frames is None else num_frames
     if num_frames < 2 or (info.source == "mnist" and num_frames > MNIST_FRAMES):
         raise ValueError(f"num_frames must be ≥ 2 (≤ {MNIST_FRAMES} for mnist), got {num_frames}")
+    if info.source == "arrays" and num_frames > info.num_frames:
+        raise ValueError(f"num_frames must be ≤ the {info.num_frames} frames of {name}'s sequences, got {num_frames}")
+    if info.source == "arrays" and (k is not None or group_size is not None):
+        raise ValueError(
+            f"{name} is a user's sequences: its k are its labels (a fixed k or group sampling is for generated data)"
+        )
     if k is not None and not 0 <= k < info.num_flows:
         raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
     if group_size is not None and (k is not None or group_size < 1):
@@ -315,6 +398,16 @@ def sequence_dataset(
             elif split == "validation":
                 raise ValueError("the validation split is empty: pass validation_fraction > 0 (--validation-fraction)")
         builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes, compact=compact)
+    elif info.source == "arrays":
+        arrays = sequence_arrays(name)
+        indices = split_indices(
+            len(arrays),
+            split,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+            split_seed=split_seed,
+        )
+        builder = ArraySequence(arrays, num_frames, compact=compact)
     else:
         source = _open_factor_source(name, data_dir, factor_sizes)
         indices = split_indices(

@@ -14,7 +14,13 @@ import jax.random as jr
 import numpy as np
 
 from .. import data
-from ..evaluation import evaluate, fit_linear_shifts
+from ..evaluation import (
+    evaluate,
+    fit_grouped_linear_shifts,
+    fit_linear_shifts,
+    group_by_inferred_flow,
+    unlabelled_result,
+)
 from ..interfaces import AbstractSequenceModel
 from .directory import atomic_write
 from .inputs import eval_batches, sequences
@@ -31,21 +37,32 @@ def evaluate_run(spec: RunSpec, model: AbstractSequenceModel, run_dir: str | os.
 
 
 def evaluate_with_batches(spec: RunSpec, model: AbstractSequenceModel) -> tuple[dict, list[dict], jax.Array]:
-    """(result, the held-out batches scored, the fitted linear shifts): what figures need as well."""
+    """(result, the held-out batches scored, the fitted linear shifts): what figures need as well.
+    Unlabelled sequences are grouped by the flow the model infers for each (`evaluation.unlabelled_result`)."""
     ev = spec.eval
     test = eval_batches(spec, "test", -(-ev.eval_sequences // ev.eval_batch_size))
-    shifts = fit_linear_shifts(model, eval_batches(spec, "train", ev.shift_batches), len(spec.transforms))
+    train = eval_batches(spec, "train", ev.shift_batches)
+    names, pooled = spec.transforms, []
+    labelled = data.dataset_info(spec.dataset).labelled
+    if labelled:
+        shifts = fit_linear_shifts(model, train, len(names))
+    else:  # only flow-inferring models train on such data (`resolve` checks)
+        test, train = group_by_inferred_flow(model, test), group_by_inferred_flow(model, train)
+        names = tuple(f"flow {j}" for j in range(len(names)))
+        shifts, pooled = fit_grouped_linear_shifts(model, train, len(names))
     result = evaluate(
         model,
         test,
         shifts,
-        transform_names=spec.transforms,
+        transform_names=names,
         key=jr.key(EVAL_SEED),
         num_samples=ev.ll_samples,
         likelihood_sequences=ev.ll_sequences,
         drift_samples=ev.drift_samples,
         drift_sequences=ev.drift_sequences,
     )
+    if not labelled:
+        result = unlabelled_result(result, pooled)
     result["dataset"] = spec.dataset
     result["model"] = spec.method
     return result, test, shifts

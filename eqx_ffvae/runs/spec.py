@@ -12,7 +12,9 @@ from typing import Any
 
 from .. import data, methods
 from .._version import __version__
+from ..interfaces import AbstractFlowInferenceModel
 from ..layout import default_slice_size
+from ..nn import SUPPORTED_SIZES
 from ..presets import PRESETS
 from ..training import MATMUL_PRECISIONS
 
@@ -192,6 +194,7 @@ def resolve(
     preset: str = "quick",
     *,
     method: str | None = None,
+    dataset: str | None = None,
     data_dir: str | os.PathLike | None = None,
     seed: int = 0,
     steps: int | None = None,
@@ -214,7 +217,9 @@ def resolve(
     """The RunSpec of preset `preset` with the given overrides (None: the preset's value).
 
     `method` is a registered method's name (`methods.METHODS`; the command line's --model); the spec's
-    `model` field is that method's config.
+    `model` field is that method's config. `dataset` replaces the preset's: a name of `data.DATASETS`,
+    a user's sequences (`data.register_sequences`) or a file's (`data.file_dataset(path)`, the command
+    line's --data); the preset then gives the model's sizes and the training settings.
 
     `model_fields` override the method's config (latent_dim, width, potential_width, laplacian,
     num_frames, …); shared settings a method's config does not have (a VAE's potential width) are not
@@ -224,8 +229,19 @@ def resolve(
     if preset not in PRESETS:
         raise RunError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    dataset = p.dataset
-    info = data.dataset_info(dataset)
+    dataset = p.dataset if dataset is None else dataset
+    try:
+        info = data.dataset_info(dataset)
+    except ValueError as err:  # a user's file that cannot be used (data.DataError), or an unknown name
+        raise RunError(str(err)) from None
+    if info.source == "arrays" and data_dir is not None:
+        raise RunError(f"--data-dir is for the built-in datasets; {dataset} is a user's sequences: drop --data-dir")
+    _, height, width = info.image_shape
+    if height != width or height not in SUPPORTED_SIZES:
+        raise RunError(
+            f"{dataset} has {height}×{width} images; the convolutional encoder and decoder take square images of "
+            f"{', '.join(map(str, SUPPORTED_SIZES))} px: resize the frames to one of them"
+        )
     if data_dir is None and info.offline is not None:
         dataset = info.offline
         if notes is not None:
@@ -252,9 +268,15 @@ def resolve(
         data_dir = str(path.resolve())
     method = method or p.method
     try:
-        methods.get_method(method)
+        chosen = methods.get_method(method)
     except ValueError as err:
         raise RunError(f"--model: {err}") from None
+    if not info.labelled and not issubclass(chosen.model_cls, AbstractFlowInferenceModel):
+        usable = [name for name, m in methods.METHODS.items() if issubclass(m.model_cls, AbstractFlowInferenceModel)]
+        raise RunError(
+            f"--model {method} needs to know which sequences share a transformation, and {dataset} has no labels k; "
+            f"train a method that infers each sequence's transformation ({', '.join(usable)}), or add k to the data"
+        )
     shared = {
         "image_shape": info.image_shape,
         "num_frames": info.num_frames,
@@ -280,6 +302,10 @@ def resolve(
         raise RunError(str(err).replace("num_frames", "--num-frames")) from None
     pick = lambda value, default: default if value is None else value  # noqa: E731
     scored = pick(eval_sequences, p.eval_sequences)
+    if info.source == "arrays":
+        _check_split_sizes(
+            dataset, pick(batch_size, p.batch_size), float(pick(validation_fraction, p.validation_fraction))
+        )
     with_likelihood = _capped(pick(ll_sequences, p.ll_sequences), scored)
     return RunSpec(
         preset=preset,
@@ -308,6 +334,24 @@ def resolve(
         validation_fraction=float(pick(validation_fraction, p.validation_fraction)),
         frames_on=frames_on,
     )
+
+
+def _check_split_sizes(dataset: str, batch_size: int, validation_fraction: float) -> None:
+    """A user's sequences must fill a training batch and leave held-out sequences to score."""
+    n = len(data.sequence_arrays(dataset))
+    sizes = {}
+    for split in ("train", "test") + (("validation",) if validation_fraction else ()):
+        try:
+            sizes[split] = len(data.split_indices(n, split, validation_fraction=validation_fraction))
+        except ValueError as err:
+            raise RunError(f"--validation-fraction: {err}") from None
+    if sizes["train"] < batch_size:
+        raise RunError(
+            f"{dataset} has {n} sequences, {sizes['train']} of them for training (the rest held out), fewer than "
+            f"--batch-size {batch_size}; lower --batch-size to at most {sizes['train']} or add sequences"
+        )
+    if n < 2 or sizes.get("validation", 1) < 1:
+        raise RunError(f"{dataset} has {n} sequences: too few to hold out test (and validation) sequences")
 
 
 def _capped(ll_sequences: int | None, eval_sequences: int) -> int | None:

@@ -1,0 +1,174 @@
+"""A user's own sequences: arrays and .npz files, labelled and not, through Python and the command line."""
+
+import json
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from conftest import TINY_ARGS, TINY_EVAL
+
+from eqx_ffvae import cli, data, evaluation, methods, runs
+from eqx_ffvae.data.arrays import UNLABELLED
+
+
+def _mnist_sequences(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """n coloured MNIST sequences (uint8, [N, T+1, H, W, C] as images are usually stored) and their k."""
+    ds = data.sequence_dataset("mnist", split="train", seed=3)
+    items = [ds[i] for i in range(n)]
+    frames = np.stack([np.round(item["frames"] * 255).astype(np.uint8) for item in items])
+    return np.moveaxis(frames, 2, 4), np.array([item["k"] for item in items])
+
+
+def test_layouts_and_dtypes_give_the_same_frames():
+    frames, k = _mnist_sequences(12)
+    data.register_sequences("own-nthwc", frames, k)
+    data.register_sequences(
+        "own-ntchw", np.moveaxis(frames, 4, 2).astype(np.float64) / 255, k, transforms=["scale", "rotation", "hue"]
+    )
+    a = data.sequence_dataset("own-nthwc", split="train", seed=1)
+    b = data.sequence_dataset("own-ntchw", split="train", seed=1)
+    assert len(a) == len(b) > 0
+    for i in range(len(a)):
+        np.testing.assert_allclose(a[i]["frames"], b[i]["frames"], atol=1e-6)
+        assert a[i]["frames"].shape == (9, 3, 28, 28) and a[i]["frames"].dtype == np.float32
+        assert a[i]["k"] == k[a[i]["index"]]
+    assert data.dataset_info("own-nthwc").transforms == ("transformation_0", "transformation_1", "transformation_2")
+    # compact batches ship the uint8 frames; the device makes the same floats
+    compact = data.sequence_dataset("own-nthwc", split="train", seed=1, compact=True)[0]["frames"]
+    assert compact.dtype == np.uint8
+    np.testing.assert_array_equal(
+        np.asarray(data.device.frames({"frames": jnp.asarray(compact[None])}, 9))[0], a[0]["frames"]
+    )
+
+
+def _bad(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+_GOOD = np.zeros((40, 9, 28, 28, 3), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "case, arrays, says",
+    [
+        ("rank", {"frames": _GOOD[:, :, :, :, 0]}, "must have rank 5"),
+        ("layout", {"frames": np.zeros((40, 9, 3, 8, 3), np.uint8), "num_flows": 2}, "cannot tell the channel axis"),
+        ("dtype", {"frames": _GOOD.astype(np.int64), "num_flows": 2}, "must be uint8"),
+        ("nan", {"frames": np.where(np.arange(28)[:, None] == 3, np.nan, _GOOD / 255.0), "num_flows": 2}, "NaN or inf"),
+        ("inf", {"frames": np.where(np.arange(28)[:, None] == 3, np.inf, _GOOD / 255.0), "num_flows": 2}, "NaN or inf"),
+        ("range", {"frames": _GOOD.astype(np.float32) + 2, "num_flows": 2}, "must be in [0, 1]"),
+        ("k range", {"frames": _GOOD, "k": np.full(40, 3), "transforms": np.array(["a", "b"])}, "k must be in [0, 2)"),
+        ("k length", {"frames": _GOOD, "k": np.zeros(39, np.int64)}, "one label per sequence"),
+        ("k float", {"frames": _GOOD, "k": np.full(40, 0.5)}, "k must hold integers"),
+        ("no count", {"frames": _GOOD}, "number of transformations must be given"),
+        ("ragged", {"frames": np.array([_GOOD[0], _GOOD[1, :5]], dtype=object)}, "object array"),
+        ("few", {"frames": _GOOD[:6], "k": np.zeros(6, np.int64)}, "fewer than --batch-size 8"),
+        ("supervised", {"frames": _GOOD, "num_flows": 2}, "has no labels k"),
+        ("size", {"frames": np.zeros((40, 9, 30, 30, 3), np.uint8), "num_flows": 2}, "30×30 images"),
+    ],
+)
+def test_bad_data_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case, arrays, says):
+    path = _bad(tmp_path, **arrays)
+    out = tmp_path / "run"
+    model = ["--model", "ffvae"] if case == "supervised" else ["--model", "ffvae-weak"]
+    assert cli.main(["--data", str(path), *model, *TINY_ARGS, "--steps", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and str(path) in err, err
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"not an archive", None])
+def test_an_unreadable_or_missing_file_is_named(tmp_path, capsys, content):
+    path = tmp_path / "sequences.npz"
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "run"
+    assert cli.main(["--data", str(path), *TINY_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and len(err.splitlines()) == 1, err
+    assert ("not an .npz archive" if content else "does not exist") in err
+    assert not out.exists()
+
+
+def test_a_labelled_file_trains_evaluates_and_resumes_on_the_command_line(tmp_path):
+    frames, k = _mnist_sequences()
+    path = tmp_path / "mine.npz"
+    np.savez(path, frames=frames, k=k, transforms=np.array(["grow", "turn", "tint"]))
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        str(path),
+        "--model",
+        "ffvae",
+        *TINY_ARGS,
+        *TINY_EVAL,
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert cli.main([*args, "--steps", "2"]) == 0
+    assert cli.main([*args, "--steps", "3"]) == 0  # resumes from step 2
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and steps.count(1) == 1
+    spec = runs.read_spec(out)
+    assert spec.dataset == data.file_dataset(path) and spec.transforms == ("grow", "turn", "tint")
+    result = json.loads((out / "eval.json").read_text())
+    assert set(result["transformations"]) == {"grow", "turn", "tint"}
+    assert "grouped_by" not in result
+    assert cli.main(["eval", "--run", str(out)]) == 0  # a fresh spec reads the file again by its name
+
+
+def test_unlabelled_sequences_train_weakly_and_evaluate_without_labels(tmp_path):
+    frames, _ = _mnist_sequences()
+    data.register_sequences("own-unlabelled", frames, num_flows=3)
+    with pytest.raises(runs.RunError, match="has no labels k"):
+        runs.resolve("quick", method="poflow", dataset="own-unlabelled")
+    spec = runs.resolve(
+        "quick",
+        method="ffvae-weak",
+        dataset="own-unlabelled",
+        steps=2,
+        batch_size=8,
+        latent_dim=4,
+        width=4,
+        potential_width=8,
+        eval_sequences=4,
+        ll_samples=2,
+        drift_samples=0,
+    )
+    assert all(int(b["k"]) == UNLABELLED for b in runs.sequences(spec, num_epochs=1))
+    run = runs.TrainingRun(spec, tmp_path / "run")
+    for _ in run:
+        pass
+    result = runs.evaluate_run(spec, run.model)
+    assert result["labelled"] is False and "need labels k" in result["not_measured"]
+    assert "flow_assignment" not in result
+    usage = result["flow_usage"]
+    assert list(usage) == ["flow 0", "flow 1", "flow 2"] and sum(usage.values()) == pytest.approx(1.0)
+    for name, entry in result["transformations"].items():  # per inferred flow, as many as q sent there
+        assert entry["num_sequences"] == round(usage[name] * result["num_sequences"])
+    assert np.isfinite(result["log_likelihood"])
+
+
+def test_grouped_linear_shifts_pool_the_flows_q_never_uses():
+    config = methods.make_config("vae", image_shape=(3, 28, 28), num_frames=4, num_flows=3, latent_dim=4, width=4)
+    model = methods.make_model("vae", config, key=jr.key(0))
+    frames = jnp.asarray(np.random.default_rng(0).uniform(size=(12, 4, 3, 28, 28)), jnp.float32)
+
+    def fit(batch_frames, ks, flows=3):
+        return evaluation.fit_linear_shifts(model, [{"frames": batch_frames, "k": jnp.asarray(ks)}], flows)
+
+    grouped, pooled = evaluation.fit_grouped_linear_shifts(model, [{"frames": frames, "k": jnp.arange(12) % 3}], 3)
+    np.testing.assert_allclose(grouped, fit(frames, np.arange(12) % 3), rtol=1e-6)
+    assert pooled == []
+    ks = np.where(np.arange(12) < 5, 0, 2)  # flow 1 never used
+    grouped, pooled = evaluation.fit_grouped_linear_shifts(model, [{"frames": frames, "k": jnp.asarray(ks)}], 3)
+    assert pooled == [1]
+    np.testing.assert_allclose(grouped[1], fit(frames, np.zeros(12, int), 1)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grouped[0], fit(frames[:5], np.zeros(5, int), 1)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grouped[2], fit(frames[5:], np.zeros(7, int), 1)[0], rtol=1e-5, atol=1e-6)
