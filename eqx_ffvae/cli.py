@@ -53,7 +53,13 @@ def spec_from(
     }
     if isinstance(args, Train):
         method, seed = args.model, args.seed
-        model_fields.update(laplacian=args.laplacian, num_frames=args.num_frames, density=args.density)
+        model_fields.update(
+            laplacian=args.laplacian,
+            num_frames=args.num_frames,
+            density=args.density,
+            likelihood=args.likelihood,
+            pixel_scale=args.pixel_scale,
+        )
         shared.update(
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,

@@ -151,6 +151,15 @@ class Train(Shared):
     ] = None
     """how the FFVAE's training tracks log q_t: trace (the Euler step's −hΔu; fast, but exploited at
     flow-KL weight 1) or map (the Euler map's exact log-determinant; docs/method.md §3)"""
+    likelihood: Annotated[
+        Literal["bernoulli", "gaussian"] | None, tyro.conf.arg(help_behavior_hint="(default: bernoulli)")
+    ] = None
+    """each pixel's likelihood given the decoder's mean: bernoulli (binary-ish images: MNIST, the renders)
+    or gaussian (natural images), with σ per channel learned unless --pixel-scale fixes it"""
+    pixel_scale: Annotated[
+        float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: learned, from 0.1)")
+    ] = None
+    """the Gaussian likelihood's fixed σ per pixel value in [0, 1]"""
     slice_size: Annotated[
         int | None,
         tyro.conf.arg(

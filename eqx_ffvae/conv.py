@@ -41,10 +41,15 @@ def _lax_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
     )[0]
 
 
-class Conv2d(eqx.Module):
-    """`y = W ⋆ x + b` (cross-correlation, zero padding) on `(H, W, C_in)`; weight `(k, k, in, out)`."""
+def _pair(kernel: int | tuple[int, int]) -> tuple[int, int]:
+    return (kernel, kernel) if isinstance(kernel, int) else (int(kernel[0]), int(kernel[1]))
 
-    weight: Float[Array, "k k i o"]
+
+class Conv2d(eqx.Module):
+    """`y = W ⋆ x + b` (cross-correlation, zero padding) on `(H, W, C_in)`; weight `(kh, kw, in, out)`
+    (`kernel` an int for a square one)."""
+
+    weight: Float[Array, "kh kw i o"]
     bias: Float[Array, " o"]
     stride: int = eqx.field(static=True)
     padding: int = eqx.field(static=True)
@@ -54,7 +59,7 @@ class Conv2d(eqx.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel: int,
+        kernel: int | tuple[int, int],
         stride: int = 1,
         padding: int = 0,
         *,
@@ -62,20 +67,21 @@ class Conv2d(eqx.Module):
         key: PRNGKeyArray,
     ):
         wkey, bkey = jr.split(key)
-        fan_in = in_channels * kernel * kernel
-        self.weight = _uniform(wkey, (kernel, kernel, in_channels, out_channels), fan_in)
+        kh, kw = _pair(kernel)
+        fan_in = in_channels * kh * kw
+        self.weight = _uniform(wkey, (kh, kw, in_channels, out_channels), fan_in)
         self.bias = _uniform(bkey, (out_channels,), fan_in)
         self.stride, self.padding, self.impl = stride, padding, impl
 
     def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "ho wo o"]:
-        k = self.weight.shape[0]
+        kh, kw = self.weight.shape[:2]
         h, w, _ = x.shape
         fast = self.impl == "fast"
-        if fast and k == 1 and self.stride == 1 and self.padding == 0:
+        if fast and kh == kw == 1 and self.stride == 1 and self.padding == 0:
             y = x @ self.weight[0, 0]
-        elif fast and k == h == w and self.padding == 0:
+        elif fast and (kh, kw) == (h, w) and self.padding == 0:
             y = (x.reshape(-1) @ self.weight.reshape(-1, self.weight.shape[-1]))[None, None]
-        elif fast and (k, self.stride, self.padding) == (4, 2, 1) and h % 2 == 0 == w % 2:
+        elif fast and (kh, kw, self.stride, self.padding) == (4, 4, 2, 1) and h % 2 == 0 == w % 2:
             y = _k4s2_conv(x, self.weight)
         elif fast and self.stride > 1:
             y = _strided_conv(x, self.weight, self.stride, self.padding)
@@ -114,19 +120,19 @@ def _strided_conv(x: Array, weight: Array, stride: int, padding: int) -> Array:
 
     Rematerialised: the backward pass rebuilds the patch matrix (k²/s² times the input) from x.
     """
-    k, _, i, o = weight.shape
+    kh, kw, i, o = weight.shape
     h, w, _ = x.shape
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     xp = jnp.pad(x, ((padding, padding), (padding, padding), (0, 0)))
     patches = jnp.stack(
         [
             xp[ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride]
-            for ky in range(k)
-            for kx in range(k)
+            for ky in range(kh)
+            for kx in range(kw)
         ],
         axis=2,
     )
-    return patches.reshape(ho, wo, k * k * i) @ weight.reshape(k * k * i, o)
+    return patches.reshape(ho, wo, kh * kw * i) @ weight.reshape(kh * kw * i, o)
 
 
 @jax.checkpoint
@@ -186,10 +192,11 @@ _im2col.defvjp(lambda g: (_im2col(g), None), lambda _, u: (_col2im(u),))
 class ConvTranspose2d(eqx.Module):
     """The adjoint of a `Conv2d` (PyTorch's `ConvTranspose2d`, output_padding 0), on `(H, W, C_in)`.
 
-    Weight `(in, k, k, out)`; output size `(H - 1) * stride - 2 * padding + k`.
+    Weight `(in, kh, kw, out)` (`kernel` an int for a square one); output size
+    `(H - 1) * stride - 2 * padding + kh` by the same with W and kw.
     """
 
-    weight: Float[Array, "i k k o"]
+    weight: Float[Array, "i kh kw o"]
     bias: Float[Array, " o"]
     stride: int = eqx.field(static=True)
     padding: int = eqx.field(static=True)
@@ -199,7 +206,7 @@ class ConvTranspose2d(eqx.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel: int,
+        kernel: int | tuple[int, int],
         stride: int = 1,
         padding: int = 0,
         *,
@@ -207,32 +214,34 @@ class ConvTranspose2d(eqx.Module):
         key: PRNGKeyArray,
     ):
         wkey, bkey = jr.split(key)
-        fan_in = in_channels * kernel * kernel / (stride * stride)
-        self.weight = _uniform(wkey, (in_channels, kernel, kernel, out_channels), fan_in)
+        kh, kw = _pair(kernel)
+        fan_in = in_channels * kh * kw / (stride * stride)
+        self.weight = _uniform(wkey, (in_channels, kh, kw, out_channels), fan_in)
         self.bias = _uniform(bkey, (out_channels,), fan_in)
         self.stride, self.padding, self.impl = stride, padding, impl
 
-    def out_size(self, size: int) -> int:
-        return (size - 1) * self.stride - 2 * self.padding + self.weight.shape[1]
+    def out_size(self, size: int, axis: int = 0) -> int:
+        """The output's size along image axis `axis` (0: height, 1: width) for an input of `size`."""
+        return (size - 1) * self.stride - 2 * self.padding + self.weight.shape[1 + axis]
 
     def _lax_transpose(self, x: Array) -> Array:
         h, w, _ = x.shape
-        like = jax.ShapeDtypeStruct((self.out_size(h), self.out_size(w), self.weight.shape[-1]), x.dtype)
+        like = jax.ShapeDtypeStruct((self.out_size(h, 0), self.out_size(w, 1), self.weight.shape[-1]), x.dtype)
         kernel = self.weight.transpose(1, 2, 3, 0)
         (y,) = jax.linear_transpose(lambda y: _lax_conv(y, kernel, self.stride, self.padding), like)(x)
         return y
 
     def __call__(self, x: Float[Array, "h w i"]) -> Float[Array, "ho wo o"]:
-        i, k, _, o = self.weight.shape
+        i, kh, kw, o = self.weight.shape
         h, w, _ = x.shape
         plain = self.stride == 1 and self.padding == 0
         if self.impl == "lax":
             y = self._lax_transpose(x)
         elif h == w == 1 and plain:
-            y = (x[0, 0] @ self.weight.reshape(i, -1)).reshape(k, k, o)
-        elif k == 1 and plain:
+            y = (x[0, 0] @ self.weight.reshape(i, -1)).reshape(kh, kw, o)
+        elif kh == kw == 1 and plain:
             y = x @ self.weight[:, 0, 0]
-        elif (k, self.stride, self.padding) == (4, 2, 1):
+        elif (kh, kw, self.stride, self.padding) == (4, 4, 2, 1):
             y = _subpixel_transpose(x, self.weight)
         else:
             y = self._lax_transpose(x)

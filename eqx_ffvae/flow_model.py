@@ -52,7 +52,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         return self.decoder(z)
 
     def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
-        return dist.bernoulli_log_likelihood(self.decode(z), x)
+        return self.decoder.output_log_likelihood(self.decode(z), x)
 
     def sample_z0(self, x0: Float[Array, "c h w"], key: PRNGKeyArray):
         """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""

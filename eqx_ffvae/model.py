@@ -19,7 +19,7 @@ from .flow_model import AbstractPotentialFlowModel, DensityForm
 from .flows import FlowSettings, LaplacianMethod
 from .interfaces import Terms, mean_sequence_loss
 from .layout import Layout, flow_rows, row_potentials
-from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
+from .nn import ConvDecoder, ConvEncoder, PixelLikelihoodName, SequenceEncoder, pixel_likelihood
 from .potentials import PotentialBank
 from .prior import DiffusionPrior
 from .sde import sde_path
@@ -73,6 +73,8 @@ class FFVAEConfig:
     density: DensityForm = "trace"
     objective: FlowObjective = "marginal"
     kl0_per_frame: bool = False
+    likelihood: PixelLikelihoodName = "bernoulli"
+    pixel_scale: float | None = None
 
     @property
     def infers_flow(self) -> bool:
@@ -99,6 +101,7 @@ class FFVAEConfig:
             )
         if self.weakly_supervised and self.group_supervised:
             raise ValueError("weakly_supervised and group_supervised exclude each other: pick one way to infer k")
+        pixel_likelihood(self.likelihood, self.image_shape[0], self.pixel_scale)  # raises on a bad choice
 
 
 class AbstractFFVAE(AbstractPotentialFlowModel):
@@ -241,7 +244,14 @@ def ffvae_parts(config: FFVAEConfig, *, key: PRNGKeyArray):
     c = config
     return (
         ConvEncoder(c.image_shape, c.latent_dim, c.width, impl=c.conv_impl, key=enc_key),
-        ConvDecoder(c.image_shape, c.latent_dim, c.width, impl=c.conv_impl, key=dec_key),
+        ConvDecoder(
+            c.image_shape,
+            c.latent_dim,
+            c.width,
+            pixels=pixel_likelihood(c.likelihood, c.image_shape[0], c.pixel_scale),
+            impl=c.conv_impl,
+            key=dec_key,
+        ),
         PotentialBank(
             c.num_flows, c.latent_dim, c.potential_width, depth=c.potential_depth, time_dim=c.time_dim, key=flow_key
         ),

@@ -1,13 +1,17 @@
 """Encoders and decoder (docs/method.md §7 architecture, width configurable).
 
-28 and 64 px: conv k4s2 ×2, conv k(n/4) to 1×1, then 1×1 convs; widths w, 2w, 3w, 2w.
-128 px: conv k4s2 ×4 at width w, conv k8 to 1×1, then 1×1 convs. The decoder mirrors the encoder
-and always returns exactly the input's spatial size.
+H × W up to 64 px (28, 64, and e.g. 32 × 48): conv k4s2 ×2, conv k(H/4 × W/4) to 1×1, then 1×1
+convs; widths w, 2w, 3w, 2w. Either side over 64 (128): conv k4s2 ×4 at width w, conv k(H/16 × W/16)
+to 1×1, then 1×1 convs (`image_size_problem` says which sizes work). The decoder mirrors the encoder
+and always returns exactly the input's spatial size; its pixel likelihood is Bernoulli or Gaussian
+(`pixel_likelihood`).
 """
 
 from __future__ import annotations
 
+import abc
 import functools
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -24,24 +28,40 @@ from .layout import Layout, sum_over_slices
 DECODER_SAVED = "decoder_preactivation"
 """Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
 
-SUPPORTED_SIZES = (28, 64, 128)
 
+def image_size_problem(height: int, width: int) -> str | None:
+    """Why the convolutional stack cannot take `height × width` images, or None when it can.
 
-def _check_size(image_size: int) -> None:
-    if image_size not in SUPPORTED_SIZES:
-        raise ValueError(
-            f"image_size={image_size} is not supported; use one of {SUPPORTED_SIZES} "
-            "(resize the data, or add a stack for that size in eqx_ffvae/nn.py)"
+    Images up to 64 px on both sides go through two stride-2 layers and a last layer whose kernel
+    covers the remaining (H/4 × W/4) map: both sides a multiple of 4. Larger ones (either side over
+    64) go through four stride-2 layers, then an (H/16 × W/16) kernel: both sides a multiple of 16.
+    Nothing is padded or cropped. 28, 64 and 128 px (the paper's datasets) keep the paper's layers."""
+    step = 16 if max(height, width) > 64 else 4
+    if min(height, width) < 8 or height % step or width % step:
+        return (
+            f"{height}×{width} images cannot go through the convolutional encoder/decoder: sides of 8 px or more, "
+            f"multiples of 4 when both are ≤ 64 px, of 16 when either is larger (e.g. 28×28, 32×48, 64×64, 128×96)"
         )
+    return None
 
 
-def _channel_plan(image_size: int, width: int) -> list[tuple[int, int, int]]:
+def check_image_size(height: int, width: int) -> None:
+    """Raise ValueError (saying which sizes work) if `image_size_problem`."""
+    problem = image_size_problem(height, width)
+    if problem:
+        raise ValueError(f"{problem}; resize the data")
+
+
+def _channel_plan(height: int, width: int, channels: int) -> list[tuple[int, tuple[int, int], int]]:
     """(out_channels, kernel, stride) of each strided layer, and the final layer to 1×1."""
-    _check_size(image_size)
-    if image_size == 128:
-        strided = [(width, 4, 2)] * 4
-        return strided + [(width, 8, 1)]
-    return [(width, 4, 2), (2 * width, 4, 2), (3 * width, image_size // 4, 1)]
+    check_image_size(height, width)
+    if max(height, width) > 64:
+        return [(channels, (4, 4), 2)] * 4 + [(channels, (height // 16, width // 16), 1)]
+    return [(channels, (4, 4), 2), (2 * channels, (4, 4), 2), (3 * channels, (height // 4, width // 4), 1)]
+
+
+def _hidden(height: int, width: int, channels: int) -> int:
+    return channels if max(height, width) > 64 else 2 * channels
 
 
 class ConvNet(eqx.Module):
@@ -53,21 +73,21 @@ class ConvNet(eqx.Module):
     def __init__(
         self,
         in_channels: int,
-        image_size: int,
+        image_size: tuple[int, int],
         width: int,
         out_features: int,
         *,
         impl: ConvImpl = "fast",
         key: PRNGKeyArray,
     ):
-        plan = _channel_plan(image_size, width)
+        plan = _channel_plan(*image_size, width)
         keys = jr.split(key, len(plan) + 2)
         convs, c = [], in_channels
         for (out, kernel, stride), k in zip(plan, keys):
             convs.append(Conv2d(c, out, kernel, stride, 1 if stride == 2 else 0, impl=impl, key=k))
             c = out
         self.convs = tuple(convs)
-        hidden = width if image_size == 128 else 2 * width
+        hidden = _hidden(*image_size, width)
         self.heads = (
             Conv2d(c, hidden, 1, impl=impl, key=keys[-2]),
             Conv2d(hidden, out_features, 1, impl=impl, key=keys[-1]),
@@ -96,9 +116,7 @@ class ConvEncoder(eqx.Module):
         key: PRNGKeyArray,
     ):
         c, h, w = image_shape
-        if h != w:
-            raise ValueError(f"images must be square, got image_shape={image_shape}")
-        self.net = ConvNet(c, h, width, 2 * latent_dim, impl=impl, key=key)
+        self.net = ConvNet(c, (h, w), width, 2 * latent_dim, impl=impl, key=key)
         self.latent_dim = latent_dim
 
     def __call__(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
@@ -106,11 +124,70 @@ class ConvEncoder(eqx.Module):
         return out[: self.latent_dim], out[self.latent_dim :]
 
 
+PixelLikelihoodName = Literal["bernoulli", "gaussian"]
+PIXEL_LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+class AbstractPixelLikelihood(eqx.Module):
+    """p(x | decoder output): `__call__(out, x, channel_axis)` is Σ_pixels log p(x | out). The decoder's
+    output is the logit of each pixel's mean (the mean image is `sigmoid(out)` for every likelihood),
+    so reconstructions and the equivariance errors read the same whichever is chosen."""
+
+    @abc.abstractmethod
+    def __call__(self, out: Float[Array, ...], x: Float[Array, ...], channel_axis: int) -> Scalar:
+        raise NotImplementedError
+
+
+class BernoulliPixels(AbstractPixelLikelihood):
+    """Each pixel Bernoulli(sigmoid(out)): binary images, and the paper's choice for MNIST and the renders
+    (a pmf on {0, 1} evaluated at x ∈ [0, 1])."""
+
+    def __call__(self, out: Float[Array, ...], x: Float[Array, ...], channel_axis: int) -> Scalar:
+        del channel_axis
+        return bernoulli_log_likelihood(out, x)
+
+
+class GaussianPixels(AbstractPixelLikelihood):
+    """Each pixel N(x; sigmoid(out), σ_c²), one σ per channel: natural images. `log_scale` is learned
+    (`scale=None`, starting at σ = 0.1) or fixed at log(scale) (held by a stop-gradient: the optimiser
+    never moves it). A density on pixel values: its log p(x) is not comparable with a Bernoulli's."""
+
+    log_scale: Float[Array, " c"]
+    learned: bool = eqx.field(static=True)
+
+    def __init__(self, channels: int, scale: float | None = None):
+        if scale is not None and not (isinstance(scale, float | int) and scale > 0):
+            raise ValueError(f"the Gaussian's pixel scale σ must be a number > 0 (or None: learned), got {scale!r}")
+        self.log_scale = jnp.full((channels,), jnp.log(0.1 if scale is None else float(scale)), jnp.float32)
+        self.learned = scale is None
+
+    def __call__(self, out: Float[Array, ...], x: Float[Array, ...], channel_axis: int) -> Scalar:
+        log_scale = self.log_scale if self.learned else jax.lax.stop_gradient(self.log_scale)
+        shape = [1] * x.ndim
+        shape[channel_axis] = -1
+        log_scale = log_scale.reshape(shape)
+        z = (x - jax.nn.sigmoid(out)) * jnp.exp(-log_scale)
+        return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + 2 * log_scale + z**2)
+
+
+def pixel_likelihood(name: str, channels: int, scale: float | None = None) -> AbstractPixelLikelihood:
+    """The pixel likelihood a config names: "bernoulli", or "gaussian" with σ = `scale` (None: learned)."""
+    if name == "bernoulli":
+        if scale is not None:
+            raise ValueError(f"pixel_scale is the Gaussian's σ; the Bernoulli likelihood has none (got {scale})")
+        return BernoulliPixels()
+    if name == "gaussian":
+        return GaussianPixels(channels, scale)
+    raise ValueError(f"likelihood must be one of {', '.join(PIXEL_LIKELIHOODS)}, got {name!r}")
+
+
 class ConvDecoder(eqx.Module):
-    """p(x | z): Bernoulli logits of every pixel, the mirror of `ConvEncoder`."""
+    """p(x | z): the logit of every pixel's mean, the mirror of `ConvEncoder`, and the pixel likelihood
+    on it (`pixels`: Bernoulli by default)."""
 
     heads: tuple[Conv2d, ...]
     deconvs: tuple[ConvTranspose2d, ...]
+    pixels: AbstractPixelLikelihood
     image_shape: tuple[int, int, int] = eqx.field(static=True)
 
     def __init__(
@@ -119,14 +196,15 @@ class ConvDecoder(eqx.Module):
         latent_dim: int,
         width: int,
         *,
+        pixels: AbstractPixelLikelihood | None = None,
         impl: ConvImpl = "fast",
         key: PRNGKeyArray,
     ):
-        c, h, _ = image_shape
-        plan = _channel_plan(h, width)
+        c, h, w = image_shape
+        plan = _channel_plan(h, w, width)
         keys = jr.split(key, len(plan) + 2)
         first = plan[-1][0]
-        hidden = width if h == 128 else 2 * width
+        hidden = _hidden(h, w, width)
         self.heads = (
             Conv2d(latent_dim, hidden, 1, impl=impl, key=keys[0]),
             Conv2d(hidden, first, 1, impl=impl, key=keys[1]),
@@ -137,6 +215,7 @@ class ConvDecoder(eqx.Module):
             ConvTranspose2d(i, o, kernel, stride, 1 if stride == 2 else 0, impl=impl, key=k)
             for i, o, (_, kernel, stride), k in zip(ins, outs, plan[::-1], keys[2:])
         )
+        self.pixels = BernoulliPixels() if pixels is None else pixels
         self.image_shape = image_shape
 
     def __call__(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
@@ -150,12 +229,21 @@ class ConvDecoder(eqx.Module):
             x = jax.nn.silu(layer(x))
         return jax.nn.silu(checkpoint_name(self.deconvs[0](x), DECODER_SAVED))
 
+    def output_log_likelihood(self, out: Float[Array, "c h w"], x: Float[Array, "c h w"]) -> Scalar:
+        """Σ_pixels log p(x | out) for an output `out` of this decoder (`__call__`), by its `pixels`."""
+        return self.pixels(out, x, 0)
+
     def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
-        """Σ_pixels log Bernoulli(x | sigmoid(decoder(z))) of one frame."""
+        """Σ_pixels log p(x | decoder(z)) of one frame."""
         return self._channels_last_log_likelihood(z, channels_last(x))
 
     def _channels_last_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "h w c"]) -> Scalar:
-        return feature_log_likelihood(self.deconvs[1:], self.features(z), x)
+        return feature_log_likelihood(self.tail, self.features(z), x)
+
+    @property
+    def tail(self) -> tuple:
+        """What follows `features`: the spatial layers and the pixel likelihood."""
+        return self.deconvs[1:], self.pixels
 
     def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n c h w"]) -> Float[Array, " n"]:
         """`frame_log_likelihood` of each frame, decoded one frame at a time.
@@ -178,7 +266,7 @@ class ConvDecoder(eqx.Module):
         m = zs.shape[0]
         features = jax.vmap(self.features)(rearrange(zs, "m b d -> (m b) d"))
         features = rearrange(features, "(m b) h w c -> m b h w c", m=m)
-        one = functools.partial(feature_log_likelihood, self.deconvs[1:])
+        one = functools.partial(feature_log_likelihood, self.tail)
         return jax.lax.map(lambda fx: jax.vmap(one)(*fx), (features, channels_last(xs)))
 
     def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b c h w"], layout: Layout) -> Scalar:
@@ -198,11 +286,11 @@ def _chunk_log_likelihood(
 ) -> Scalar:
     split = lambda a: rearrange(a, "(s r) ... -> s r ...", r=layout.rows(zs.shape[0]))  # noqa: E731
     features = jax.vmap(decoder.features)(zs)
-    return sum_over_slices(_slice_log_likelihood, decoder.deconvs[1:], split(features), split(xs))
+    return sum_over_slices(_slice_log_likelihood, decoder.tail, split(features), split(xs))
 
 
-def _slice_log_likelihood(deconvs: tuple, features: Array, xs: Float[Array, "b h w c"]) -> Scalar:
-    return jnp.sum(jax.vmap(functools.partial(feature_log_likelihood, deconvs))(features, xs))
+def _slice_log_likelihood(tail: tuple, features: Array, xs: Float[Array, "b h w c"]) -> Scalar:
+    return jnp.sum(jax.vmap(functools.partial(feature_log_likelihood, tail))(features, xs))
 
 
 def channels_last(x: Float[Array, "*b c h w"]) -> Float[Array, "*b h w c"]:
@@ -217,10 +305,12 @@ def _pixel_logits(deconvs: tuple[ConvTranspose2d, ...], x: Float[Array, "h w c"]
     return deconvs[-1](x)
 
 
-def feature_log_likelihood(deconvs: tuple[ConvTranspose2d, ...], feature: Array, x: Float[Array, "h w c"]) -> Scalar:
-    """The likelihood against channels-last targets: transposing the 3-channel logits instead costs as
-    much as the softplus (a strided copy inside the loop, and its transpose in the backward pass)."""
-    return bernoulli_log_likelihood(_pixel_logits(deconvs, feature), x)
+def feature_log_likelihood(tail: tuple, feature: Array, x: Float[Array, "h w c"]) -> Scalar:
+    """The likelihood against channels-last targets, `tail` = (spatial layers, pixel likelihood):
+    transposing the 3-channel logits instead costs as much as the softplus (a strided copy inside the
+    loop, and its transpose in the backward pass)."""
+    deconvs, pixels = tail
+    return pixels(_pixel_logits(deconvs, feature), x, -1)
 
 
 class SequenceEncoder(eqx.Module):
@@ -241,8 +331,8 @@ class SequenceEncoder(eqx.Module):
         impl: ConvImpl = "fast",
         key: PRNGKeyArray,
     ):
-        c, h, _ = image_shape
-        net = ConvNet(num_frames * c, h, width, num_flows, impl=impl, key=key)
+        c, h, w = image_shape
+        net = ConvNet(num_frames * c, (h, w), width, num_flows, impl=impl, key=key)
         last = net.heads[-1]
         zeroed = eqx.tree_at(
             lambda m: (m.weight, m.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias))

@@ -184,8 +184,16 @@ def test_hutchinson_model_loss_runs(sequences, getkey):
 def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="num_frames must be ≥ 2.*got 1"):
         ff.FFVAEConfig(num_frames=1)
-    with pytest.raises(ValueError, match="image_size=32"):
-        ff.FlowFactorizedVAE(ff.FFVAEConfig(image_shape=(1, 32, 32)), key=jr.key(0))
+    with pytest.raises(ValueError, match="30×30 images cannot go through"):
+        ff.FlowFactorizedVAE(ff.FFVAEConfig(image_shape=(1, 30, 30)), key=jr.key(0))
+    with pytest.raises(ValueError, match="128×100 images.*multiples of 4 when both are ≤ 64 px, of 16"):
+        ff.FlowFactorizedVAE(ff.FFVAEConfig(image_shape=(1, 128, 100)), key=jr.key(0))
+    with pytest.raises(ValueError, match="likelihood must be one of bernoulli, gaussian, got 'laplace'"):
+        ff.nn.pixel_likelihood("laplace", 3)  # what every config checks its `likelihood` with
+    with pytest.raises(ValueError, match="σ must be a number > 0.*got -1"):
+        ff.FFVAEConfig(likelihood="gaussian", pixel_scale=-1.0)
+    with pytest.raises(ValueError, match="the Bernoulli likelihood has none"):
+        ff.FFVAEConfig(pixel_scale=0.1)
 
 
 def test_hj_collocation_does_not_move_encoder(model, sequences, getkey):

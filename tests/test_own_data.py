@@ -172,3 +172,31 @@ def test_grouped_linear_shifts_pool_the_flows_q_never_uses():
     np.testing.assert_allclose(grouped[1], fit(frames, np.zeros(12, int), 1)[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grouped[0], fit(frames[:5], np.zeros(5, int), 1)[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grouped[2], fit(frames[5:], np.zeros(7, int), 1)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_square_rgb_dataset_trains_and_evaluates_with_the_gaussian_decoder(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(size=(24, 4, 32, 48, 3)).astype(np.float32)  # [N, T+1, H, W, C], float in [0, 1]
+    data.register_sequences("own-32x48", frames, rng.integers(0, 2, 24), transforms=["pan", "tilt"])
+    spec = runs.resolve(
+        "quick",
+        method="ffvae",
+        dataset="own-32x48",
+        steps=2,
+        batch_size=8,
+        latent_dim=4,
+        width=4,
+        potential_width=8,
+        eval_sequences=4,
+        ll_samples=2,
+        drift_samples=0,
+        likelihood="gaussian",
+    )
+    assert spec.model.image_shape == (3, 32, 48) and spec.model.likelihood == "gaussian"
+    run = runs.TrainingRun(spec, tmp_path / "run")
+    for _ in run:
+        pass
+    before = runs.build(spec)[0].decoder.pixels.log_scale
+    assert not np.allclose(run.model.decoder.pixels.log_scale, before)  # σ is learned
+    result = runs.evaluate_run(spec, run.model)
+    assert set(result["transformations"]) == {"pan", "tilt"} and np.isfinite(result["log_likelihood"])

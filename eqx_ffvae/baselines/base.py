@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from .. import distributions as dist
 from ..conv import ConvImpl
 from ..interfaces import AbstractSequenceModel
-from ..nn import ConvDecoder, ConvEncoder
+from ..nn import ConvDecoder, ConvEncoder, PixelLikelihoodName, pixel_likelihood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +26,13 @@ class BaselineConfig:
     num_flows: int = 3
     width: int = 32
     conv_impl: ConvImpl = "fast"
+    likelihood: PixelLikelihoodName = "bernoulli"
+    pixel_scale: float | None = None
 
     def __post_init__(self):
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be ≥ 2 (x_0 and at least one transformed frame), got {self.num_frames}")
+        pixel_likelihood(self.likelihood, self.image_shape[0], self.pixel_scale)  # raises on a bad choice
 
 
 def frame_elbo(
@@ -38,7 +41,7 @@ def frame_elbo(
     """(log p(x|z), KL[q(z|x) ‖ N(0, I)], z) of one frame with one reparameterised z."""
     mu, logvar = encoder(x)
     z = dist.gaussian_sample(mu, logvar, key)
-    return dist.bernoulli_log_likelihood(decoder(z), x), dist.kl_to_standard_normal(mu, logvar), z
+    return decoder.output_log_likelihood(decoder(z), x), dist.kl_to_standard_normal(mu, logvar), z
 
 
 class AbstractFrameVAE(AbstractSequenceModel):
@@ -69,7 +72,7 @@ class AbstractFrameVAE(AbstractSequenceModel):
         return jax.vmap(lambda x, kk: self.frame_proposal(x, key=kk))(x_seq, jr.split(key, x_seq.shape[0]))
 
     def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
-        return dist.bernoulli_log_likelihood(self.decode(z), x)
+        return self.decoder.output_log_likelihood(self.decode(z), x)
 
     def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
         return dist.gaussian_draw(*self.encoder(x), key)
@@ -81,5 +84,12 @@ def conv_pair(config: BaselineConfig, latent_dim: int, *, key: PRNGKeyArray) -> 
     c = config
     return (
         ConvEncoder(c.image_shape, latent_dim, c.width, impl=c.conv_impl, key=enc_key),
-        ConvDecoder(c.image_shape, latent_dim, c.width, impl=c.conv_impl, key=dec_key),
+        ConvDecoder(
+            c.image_shape,
+            latent_dim,
+            c.width,
+            pixels=pixel_likelihood(c.likelihood, c.image_shape[0], c.pixel_scale),
+            impl=c.conv_impl,
+            key=dec_key,
+        ),
     )

@@ -156,9 +156,9 @@ class PoFlow(AbstractPotentialFlowModel):
         mu_t1, logvar_t1 = self.encode(x_t1)
         z_t, z_t1 = dist.gaussian_sample(mu_t, logvar_t, kt), dist.gaussian_sample(mu_t1, logvar_t1, kt1)
         rolled_t, rolled_t1 = zs[t], zs[t + 1]
-        recon0 = dist.bernoulli_log_likelihood(self.decode(z), x_seq[0])
+        recon0 = self.decoder.output_log_likelihood(self.decode(z), x_seq[0])
         kl0 = dist.kl_to_standard_normal(mu0, logvar0)
-        recon_t1 = dist.bernoulli_log_likelihood(self.decode(rolled_t1), x_t1)
+        recon_t1 = self.decoder.output_log_likelihood(self.decode(rolled_t1), x_t1)
         kl_t1 = dist.kl_to_standard_normal(mu_t1, logvar_t1)
         latent = jnp.mean((z_t1 - z_t + rolled_t - rolled_t1) ** 2) + jnp.mean((z_t - rolled_t) ** 2)
         wave = self._wave(k, zs)

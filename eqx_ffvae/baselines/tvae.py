@@ -142,7 +142,7 @@ class TVAE(AbstractTransportModel):
     def proposal_log_likelihood(self, zu: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:
         """log p(x | s(z, u)) of a single frame, u² pooled over training's window (`frame_pool`)."""
         z, u = jnp.split(zu, 2)
-        return obj.bernoulli_log_likelihood(self.decode(self._student(z, self.frame_pool(u**2))), x)
+        return self.decoder.output_log_likelihood(self.decode(self._student(z, self.frame_pool(u**2))), x)
 
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
         return self.decoder(z)

@@ -14,7 +14,7 @@ from .. import data, methods
 from .._version import __version__
 from ..interfaces import AbstractFlowInferenceModel
 from ..layout import default_slice_size
-from ..nn import SUPPORTED_SIZES
+from ..nn import image_size_problem
 from ..presets import PRESETS
 from ..training import MATMUL_PRECISIONS
 
@@ -236,12 +236,9 @@ def resolve(
         raise RunError(str(err)) from None
     if info.source == "arrays" and data_dir is not None:
         raise RunError(f"--data-dir is for the built-in datasets; {dataset} is a user's sequences: drop --data-dir")
-    _, height, width = info.image_shape
-    if height != width or height not in SUPPORTED_SIZES:
-        raise RunError(
-            f"{dataset} has {height}×{width} images; the convolutional encoder and decoder take square images of "
-            f"{', '.join(map(str, SUPPORTED_SIZES))} px: resize the frames to one of them"
-        )
+    problem = image_size_problem(*info.image_shape[1:])
+    if problem:
+        raise RunError(f"{dataset}: {problem}; resize the frames")
     if data_dir is None and info.offline is not None:
         dataset = info.offline
         if notes is not None:
