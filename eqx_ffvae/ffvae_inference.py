@@ -23,7 +23,7 @@ from . import objectives as obj
 from .interfaces import AbstractFlowInferenceModel, Terms
 from .layout import Layout
 from .model import AbstractFFVAE, FFVAEConfig, ffvae_parts
-from .nn import ConvDecoder, ConvEncoder, SequenceEncoder
+from .nn import AbstractDecoder, AbstractEncoder, ConvDecoder, ConvEncoder, SequenceEncoder
 from .potentials import PotentialBank
 from .prior import DiffusionPrior
 
@@ -31,9 +31,9 @@ from .prior import DiffusionPrior
 class AbstractInferringFFVAE(AbstractFFVAE, AbstractFlowInferenceModel):
     """An FFVAE with a sequence encoder q(k | x̄)."""
 
-    sequence_encoder: eqx.AbstractVar[SequenceEncoder]
+    sequence_encoder: eqx.AbstractVar[eqx.Module]
 
-    def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
+    def flow_posterior_logits(self, x_seq: Float[Array, "n ..."]) -> Float[Array, " k"]:
         return self.sequence_encoder(x_seq)
 
 
@@ -45,21 +45,35 @@ def _check_config(config: FFVAEConfig, flag: str, cls: str) -> None:
 class WeakFFVAE(AbstractInferringFFVAE):
     """Weakly supervised FFVAE: `batch_loss` is variational EM with a balanced E-step (`ks` ignored)."""
 
-    encoder: ConvEncoder
-    decoder: ConvDecoder
+    encoder: AbstractEncoder
+    decoder: AbstractDecoder
     flows: PotentialBank
     prior: DiffusionPrior
-    sequence_encoder: SequenceEncoder
+    sequence_encoder: eqx.Module
     config: FFVAEConfig = eqx.field(static=True)
 
-    def __init__(self, config: FFVAEConfig, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        config: FFVAEConfig,
+        *,
+        key: PRNGKeyArray,
+        encoder: AbstractEncoder | None = None,
+        decoder: AbstractDecoder | None = None,
+        flows: PotentialBank | None = None,
+        sequence_encoder: eqx.Module | None = None,
+    ):
+        """As `FlowFactorizedVAE`'s, and `sequence_encoder`: your own q(k | x̄), any module mapping a
+        sequence (T+1, …) to K logits (default: `nn.SequenceEncoder` on images)."""
         _check_config(config, "weakly_supervised", "WeakFFVAE")
-        self.encoder, self.decoder, self.flows, self.prior, self.sequence_encoder = ffvae_parts(config, key=key)
+        parts = ffvae_parts(
+            config, key=key, encoder=encoder, decoder=decoder, flows=flows, sequence_encoder=sequence_encoder
+        )
+        self.encoder, self.decoder, self.flows, self.prior, self.sequence_encoder = parts
         self.config = config
 
     def batch_loss(
         self,
-        frames: Float[Array, "b n c h w"],
+        frames: Float[Array, "b n *x"],
         ks: Int[Array, " b"],
         *,
         key: PRNGKeyArray,
@@ -69,7 +83,7 @@ class WeakFFVAE(AbstractInferringFFVAE):
         del ks, step
         return self.weak_batch_loss(frames, key=key, layout=layout)
 
-    def weak_loss(self, x_seq: Float[Array, "n c h w"], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
+    def weak_loss(self, x_seq: Float[Array, "n ..."], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """The weak bound of one sequence under the model's own q: Σ_k q(k|x̄) loss_k + KL[q(k|x̄) ‖ U(K)].
 
         The exact expectation over k (docs/method.md §4); −elbo is a lower bound on log p(x̄) for any q. It is the
@@ -85,7 +99,7 @@ class WeakFFVAE(AbstractInferringFFVAE):
         weighted.update(loss=loss, elbo=weighted["elbo"] - kl_k, kl_k=kl_k)
         return loss, weighted
 
-    def assignment_scores(self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray) -> Float[Array, "b k"]:
+    def assignment_scores(self, frames: Float[Array, "b n *x"], *, key: PRNGKeyArray) -> Float[Array, "b k"]:
         """Each sequence's trained objective under each flow, up to a per-sequence constant (no gradient).
 
         Entry (i, k) is Σ_{t≥1} log p(x_t|z_t) − w·(flow term of `flow_path`) of sequence i carried by flow k, with the z_0 draw
@@ -106,14 +120,14 @@ class WeakFFVAE(AbstractInferringFFVAE):
         # per (flow, frame time): the batch's frames at that time.
         targets = jnp.broadcast_to(frames[None, :, 1:], (c.num_flows, *frames[:, 1:].shape))
         recon = self.decoder.sliced_log_likelihoods(
-            rearrange(zs, "k b t d -> (k t) b d"), rearrange(targets, "k b t c h w -> (k t) b c h w")
+            rearrange(zs, "k b t d -> (k t) b d"), rearrange(targets, "k b t ... -> (k t) b ...")
         )
         recon = rearrange(recon, "(k t) b -> k b t", k=c.num_flows)
         scores = jnp.sum(recon, axis=2) - c.flow_kl_weight * kl_flow
         return jax.lax.stop_gradient(scores.T)
 
     def weak_batch_loss(
-        self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray, layout: Layout | None = None
+        self, frames: Float[Array, "b n *x"], *, key: PRNGKeyArray, layout: Layout | None = None
     ) -> tuple[Scalar, Terms]:
         """Weakly supervised training loss of a batch: variational EM with a balanced E-step.
 
@@ -170,7 +184,7 @@ class GroupFFVAE(AbstractInferringFFVAE):
 
     def batch_loss(
         self,
-        frames: Float[Array, "b n c h w"],
+        frames: Float[Array, "b n *x"],
         ks: Int[Array, " b"],
         *,
         key: PRNGKeyArray,
@@ -185,7 +199,7 @@ class GroupFFVAE(AbstractInferringFFVAE):
         return self.group_batch_loss(frames, step, key=key)
 
     def weighted_loss(
-        self, x_seq: Float[Array, "n c h w"], weights: Float[Array, " k"], *, key: PRNGKeyArray
+        self, x_seq: Float[Array, "n ..."], weights: Float[Array, " k"], *, key: PRNGKeyArray
     ) -> tuple[Scalar, Terms]:
         """`loss` with the flow Σ_k w_k u^k, prior Σ_k w_k log p^k_t and force Σ_k w_k f^k (one-hot w: `loss`
         of that k, evaluated with all K potentials, so it is differentiable in w)."""
@@ -199,7 +213,7 @@ class GroupFFVAE(AbstractInferringFFVAE):
         return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
     def group_batch_loss(
-        self, frames: Float[Array, "b n c h w"], step: Int[ArrayLike, ""], *, key: PRNGKeyArray
+        self, frames: Float[Array, "b n *x"], step: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Scalar, Terms]:
         """The authors' group-supervised objective (their `trainer_ot_scratch_weakly.py`), for comparison.
 

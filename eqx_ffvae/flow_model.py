@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from . import distributions as dist
 from .flows import FlowSettings, MapDensity, frame_times, map_density
 from .interfaces import AbstractTransportModel
-from .nn import ConvDecoder, ConvEncoder
+from .nn import AbstractDecoder, AbstractEncoder
 from .potentials import AbstractPotential, PotentialBank
 
 DensityForm = Literal["trace", "map"]
@@ -27,8 +27,8 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
     (the abstract fields are declared in the order of the subclasses' PyTree leaves).
     """
 
-    encoder: eqx.AbstractVar[ConvEncoder]
-    decoder: eqx.AbstractVar[ConvDecoder]
+    encoder: eqx.AbstractVar[AbstractEncoder]
+    decoder: eqx.AbstractVar[AbstractDecoder]
     flows: eqx.AbstractVar[PotentialBank]
 
     @property
@@ -45,16 +45,16 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         """The integer times 0, 1, …, T at which the frames sit."""
         return frame_times(self.config.num_frames)
 
-    def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+    def encode(self, x: Float[Array, "*x"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         return self.encoder(x)
 
-    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "*x"]:
         return self.decoder(z)
 
-    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "c h w"]) -> Scalar:
+    def proposal_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "*x"]) -> Scalar:
         return self.decoder.output_log_likelihood(self.decode(z), x)
 
-    def sample_z0(self, x0: Float[Array, "c h w"], key: PRNGKeyArray):
+    def sample_z0(self, x0: Float[Array, "*x"], key: PRNGKeyArray):
         """(mu, logvar) of q(z_0 | x_0), a draw z_0 with its log-density, and the key for the flow's probes."""
         sample_key, probe_key = jr.split(key)
         mu, logvar = self.encode(x0)
@@ -152,7 +152,7 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         return map_density(self.flows.potential(k), z0, logq0, self.config.num_frames, steps, eigenvalues=eigenvalues)
 
     def importance_proposal(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+        self, x_seq: Float[Array, "n ..."], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """One draw z_0 ~ q(z_0|x_0) carried by flow k's Euler map at `proposal_steps_per_frame` to every
         frame, with its exact log-density (`map_density`): points and density of one map."""
@@ -160,5 +160,5 @@ class AbstractPotentialFlowModel(AbstractTransportModel):
         path = self.map_density(k, z0, logq0, self.proposal_steps_per_frame, eigenvalues=False)
         return path.zs, path.logqs
 
-    def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
+    def frame_proposal(self, x: Float[Array, "*x"], *, key: PRNGKeyArray) -> tuple[Float[Array, " d"], Scalar]:
         return dist.gaussian_draw(*self.encode(x), key)

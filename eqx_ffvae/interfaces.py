@@ -42,21 +42,21 @@ class AbstractSequenceModel(eqx.Module):
     """
 
     @abc.abstractmethod
-    def encode(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+    def encode(self, x: Float[Array, "*x"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         """(mu, logvar) of the Gaussian posterior of one image's latent."""
 
     @abc.abstractmethod
-    def decode(self, z: Float[Array, " d"]) -> Float[Array, "c h w"]:
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "*x"]:
         """Bernoulli logits of every pixel of the image of latent z."""
 
     @abc.abstractmethod
-    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
+    def loss(self, x_seq: Float[Array, "n ..."], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """The objective of ONE sequence of transformation k (lower is better) and its named terms."""
 
     @abc.abstractmethod
     def batch_loss(
         self,
-        frames: Float[Array, "b n c h w"],
+        frames: Float[Array, "b n *x"],
         ks: Int[Array, " b"],
         *,
         key: PRNGKeyArray,
@@ -72,18 +72,18 @@ class AbstractSequenceModel(eqx.Module):
 
     @abc.abstractmethod
     def importance_proposal(
-        self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
+        self, x_seq: Float[Array, "n ..."], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
     ) -> tuple[Float[Array, "n e"], Float[Array, " n"]]:
         """One proposal draw per frame (possibly in a larger space than the decoder's input) and its
         log-density, for importance-sampled log-likelihoods (docs/method.md §5)."""
 
     @abc.abstractmethod
-    def frame_proposal(self, x: Float[Array, "c h w"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
+    def frame_proposal(self, x: Float[Array, "*x"], *, key: PRNGKeyArray) -> tuple[Float[Array, " e"], Scalar]:
         """One draw from the image encoder on this frame alone, in `importance_proposal`'s space, and its
         log-density: the encoder half of docs/method.md §5's mixture proposal."""
 
     @abc.abstractmethod
-    def proposal_log_likelihood(self, z: Float[Array, " e"], x: Float[Array, "c h w"]) -> Scalar:
+    def proposal_log_likelihood(self, z: Float[Array, " e"], x: Float[Array, "*x"]) -> Scalar:
         """log p(x | z) of one frame, for a draw z of `importance_proposal`."""
 
     @abc.abstractmethod
@@ -126,7 +126,7 @@ class AbstractFlowInferenceModel(AbstractTransportModel):
     """A transport model that infers which transformation a sequence holds: q(k | x̄)."""
 
     @abc.abstractmethod
-    def flow_posterior_logits(self, x_seq: Float[Array, "n c h w"]) -> Float[Array, " k"]:
+    def flow_posterior_logits(self, x_seq: Float[Array, "n ..."]) -> Float[Array, " k"]:
         """Logits of q(k | x̄) over the model's flows."""
 
 
@@ -140,7 +140,7 @@ class AbstractAdversarialModel(AbstractSequenceModel):
     discriminator: eqx.AbstractVar[eqx.Module]
 
     @abc.abstractmethod
-    def discriminator_loss(self, frames: Float[Array, "b n c h w"], *, key: PRNGKeyArray) -> Scalar:
+    def discriminator_loss(self, frames: Float[Array, "b n *x"], *, key: PRNGKeyArray) -> Scalar:
         """The discriminator's objective on a batch (the rest of the model held fixed)."""
 
     @abc.abstractmethod
@@ -149,7 +149,7 @@ class AbstractAdversarialModel(AbstractSequenceModel):
 
 
 def mean_sequence_loss(
-    model: AbstractSequenceModel, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray
+    model: AbstractSequenceModel, frames: Float[Array, "b n *x"], ks: Int[Array, " b"], *, key: PRNGKeyArray
 ) -> tuple[Scalar, Terms]:
     """The mean of `model.loss` over a batch, one key per sequence (`jr.split(key, b)`), and of its terms."""
     keys = jr.split(key, frames.shape[0])

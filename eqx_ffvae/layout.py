@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, Key, PyTree, Scalar
 
 from .flows import FlowSettings, hutchinson_probes, integrate, velocity_and_laplacian
-from .potentials import MLPPotential, PotentialBank, select_stacked
+from .potentials import AbstractPotential, PotentialBank, select_stacked
 
 SliceFn = Callable[[PyTree, PyTree[Array], PyTree[Array]], Scalar]
 
@@ -57,7 +57,7 @@ def default_slice_size(batch_size: int, backend: str | None = None) -> int:
     return CPU_SLICE_SIZE if backend == "cpu" else batch_size
 
 
-def row_potentials(bank: PotentialBank, ks: Int[Array, " b"]) -> MLPPotential:
+def row_potentials(bank: PotentialBank, ks: Int[Array, " b"]) -> AbstractPotential:
     """Potential ks[i] for each row i, stacked on a leading axis (what `flow_rows` takes).
 
     Selected once per call and rematerialised in the backward pass rather than saved, so these
@@ -68,7 +68,7 @@ def row_potentials(bank: PotentialBank, ks: Int[Array, " b"]) -> MLPPotential:
 
 
 def flow_rows(
-    pots: MLPPotential,
+    pots: AbstractPotential,
     z0: Float[Array, "b d"],
     logq0: Float[Array, " b"],
     ts: Float[ArrayLike, " n"],

@@ -19,7 +19,15 @@ from .flow_model import AbstractPotentialFlowModel, DensityForm
 from .flows import FlowSettings, LaplacianMethod
 from .interfaces import Terms, mean_sequence_loss
 from .layout import Layout, flow_rows, row_potentials
-from .nn import ConvDecoder, ConvEncoder, PixelLikelihoodName, SequenceEncoder, pixel_likelihood
+from .nn import (
+    AbstractDecoder,
+    AbstractEncoder,
+    ConvDecoder,
+    ConvEncoder,
+    PixelLikelihoodName,
+    SequenceEncoder,
+    pixel_likelihood,
+)
 from .potentials import PotentialBank
 from .prior import DiffusionPrior
 from .sde import sde_path
@@ -123,7 +131,7 @@ class AbstractFFVAE(AbstractPotentialFlowModel):
     def density(self) -> DensityForm:
         return self.config.density
 
-    def frame_log_likelihoods(self, zs: Float[Array, "n d"], x_seq: Float[Array, "n c h w"]) -> Float[Array, " n"]:
+    def frame_log_likelihoods(self, zs: Float[Array, "n d"], x_seq: Float[Array, "n ..."]) -> Float[Array, " n"]:
         """log p(x_t | z_t) of each frame (the decoder's memory-bounded loop over frames)."""
         return self.decoder.log_likelihoods(zs, x_seq)
 
@@ -189,7 +197,7 @@ class AbstractFFVAE(AbstractPotentialFlowModel):
         loss = loss + c.hj_initial_weight * terms["hj_initial"]
         return loss, {"loss": loss, "elbo": recon - kl0 - kl_flow, "recon": recon, **terms}
 
-    def loss(self, x_seq: Float[Array, "n c h w"], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
+    def loss(self, x_seq: Float[Array, "n ..."], k: Int[ArrayLike, ""], *, key: PRNGKeyArray) -> tuple[Scalar, Terms]:
         """Supervised loss of one sequence: −ELBO (docs/method.md §4) + λ_HJ · HJ residual; and its terms."""
         mu, logvar, z0, logq0, probe_key = self.sample_z0(x_seq[0], key)
         zs, kl_frames = self.flow_path(k, z0, logq0, probe_key)
@@ -197,7 +205,7 @@ class AbstractFFVAE(AbstractPotentialFlowModel):
         return self.objective(jnp.sum(self.frame_log_likelihoods(zs, x_seq)), terms)
 
     def supervised_batch_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, layout: Layout | None
+        self, frames: Float[Array, "b n *x"], ks: Int[Array, " b"], *, key: PRNGKeyArray, layout: Layout | None
     ) -> tuple[Scalar, Terms]:
         """The mean of `loss` over the batch (one key per sequence, `mean_sequence_loss`'s split). With a
         `layout`, the literal ELBO on the trace density is computed in its slices (`_laid_out_mean_loss`).
@@ -210,7 +218,7 @@ class AbstractFFVAE(AbstractPotentialFlowModel):
         return mean_sequence_loss(self, frames, ks, key=key)
 
     def _laid_out_mean_loss(
-        self, frames: Float[Array, "b n c h w"], ks: Int[Array, " b"], *, key: PRNGKeyArray, layout: Layout
+        self, frames: Float[Array, "b n *x"], ks: Int[Array, " b"], *, key: PRNGKeyArray, layout: Layout
     ) -> tuple[Scalar, Terms]:
         """`mean_sequence_loss` laid out: the flows of `layout.rows(b)` sequences at a time are one ODE
         (`layout.flow_rows`), the decoder's likelihood is summed slice by slice with its gradient taken
@@ -236,54 +244,81 @@ class AbstractFFVAE(AbstractPotentialFlowModel):
         return self.objective(recon / b, jax.tree.map(jnp.mean, terms))
 
 
-def ffvae_parts(config: FFVAEConfig, *, key: PRNGKeyArray):
+def ffvae_parts(
+    config: FFVAEConfig,
+    *,
+    key: PRNGKeyArray,
+    encoder: AbstractEncoder | None = None,
+    decoder: AbstractDecoder | None = None,
+    flows: PotentialBank | None = None,
+    sequence_encoder: eqx.Module | None = None,
+):
     """(encoder, decoder, flows, prior, sequence encoder) of an FFVAE, each from its own key (the same
     keys for every variant, so that they start from the same weights); the sequence encoder q(k | x̄) is
-    None for a model that observes k."""
+    None for a model that observes k. A part given is used as it is (a bank's number of flows must be
+    the config's); only the missing ones are built."""
     enc_key, dec_key, flow_key, seq_key = jr.split(key, 4)
     c = config
-    return (
-        ConvEncoder(c.image_shape, c.latent_dim, c.width, impl=c.conv_impl, key=enc_key),
-        ConvDecoder(
+    if encoder is None:
+        encoder = ConvEncoder(c.image_shape, c.latent_dim, c.width, impl=c.conv_impl, key=enc_key)
+    if decoder is None:
+        decoder = ConvDecoder(
             c.image_shape,
             c.latent_dim,
             c.width,
             pixels=pixel_likelihood(c.likelihood, c.image_shape[0], c.pixel_scale),
             impl=c.conv_impl,
             key=dec_key,
-        ),
-        PotentialBank(
+        )
+    if flows is None:
+        flows = PotentialBank(
             c.num_flows, c.latent_dim, c.potential_width, depth=c.potential_depth, time_dim=c.time_dim, key=flow_key
-        ),
-        DiffusionPrior(c.num_flows, c.prior_diffusion_init),
-        SequenceEncoder(c.image_shape, c.num_frames, c.num_flows, c.width, impl=c.conv_impl, key=seq_key)
-        if c.infers_flow
-        else None,
-    )
+        )
+    elif flows.num_flows != c.num_flows:
+        raise ValueError(f"the potential bank given has {flows.num_flows} flows, the config num_flows={c.num_flows}")
+    if sequence_encoder is None and c.infers_flow:
+        sequence_encoder = SequenceEncoder(
+            c.image_shape, c.num_frames, c.num_flows, c.width, impl=c.conv_impl, key=seq_key
+        )
+    return encoder, decoder, flows, DiffusionPrior(c.num_flows, c.prior_diffusion_init), sequence_encoder
 
 
 class FlowFactorizedVAE(AbstractFFVAE):
-    """The FFVAE with k observed: `encode`/`decode` one image, `transport` one latent along flow k,
-    `loss` one sequence; `batch_loss` is the mean of `loss` over a batch (laid out by `layout`)."""
+    """The FFVAE with k observed: `encode`/`decode` one frame, `transport` one latent along flow k,
+    `loss` one sequence; `batch_loss` is the mean of `loss` over a batch (laid out by `layout`).
 
-    encoder: ConvEncoder
-    decoder: ConvDecoder
+    `encoder`, `decoder`, `flows`: your own parts (any `nn.AbstractEncoder` and `nn.AbstractDecoder`,
+    e.g. `nn.MLPEncoder`/`nn.MLPDecoder` for vector frames; a `PotentialBank` of your own potential,
+    `PotentialBank(..., make_potential=…)`); the config's `latent_dim` and `num_flows` must match
+    them, its image shape and widths then size only the parts built here."""
+
+    encoder: AbstractEncoder
+    decoder: AbstractDecoder
     flows: PotentialBank
     prior: DiffusionPrior
     config: FFVAEConfig = eqx.field(static=True)
 
-    def __init__(self, config: FFVAEConfig, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        config: FFVAEConfig,
+        *,
+        key: PRNGKeyArray,
+        encoder: AbstractEncoder | None = None,
+        decoder: AbstractDecoder | None = None,
+        flows: PotentialBank | None = None,
+    ):
         if config.infers_flow:
             raise ValueError(
                 "FlowFactorizedVAE observes k; a config with weakly_supervised=True or group_supervised=True "
                 "builds ffvae_inference.WeakFFVAE or GroupFFVAE (methods ffvae-weak, ffvae-group)"
             )
-        self.encoder, self.decoder, self.flows, self.prior, _ = ffvae_parts(config, key=key)
+        parts = ffvae_parts(config, key=key, encoder=encoder, decoder=decoder, flows=flows)
+        self.encoder, self.decoder, self.flows, self.prior, _ = parts
         self.config = config
 
     def batch_loss(
         self,
-        frames: Float[Array, "b n c h w"],
+        frames: Float[Array, "b n *x"],
         ks: Int[Array, " b"],
         *,
         key: PRNGKeyArray,

@@ -64,66 +64,6 @@ def _hidden(height: int, width: int, channels: int) -> int:
     return channels if max(height, width) > 64 else 2 * channels
 
 
-class ConvNet(eqx.Module):
-    """Image `(C, H, W)` → feature vector: the shared trunk of both encoders."""
-
-    convs: tuple[Conv2d, ...]
-    heads: tuple[Conv2d, ...]
-
-    def __init__(
-        self,
-        in_channels: int,
-        image_size: tuple[int, int],
-        width: int,
-        out_features: int,
-        *,
-        impl: ConvImpl = "fast",
-        key: PRNGKeyArray,
-    ):
-        plan = _channel_plan(*image_size, width)
-        keys = jr.split(key, len(plan) + 2)
-        convs, c = [], in_channels
-        for (out, kernel, stride), k in zip(plan, keys):
-            convs.append(Conv2d(c, out, kernel, stride, 1 if stride == 2 else 0, impl=impl, key=k))
-            c = out
-        self.convs = tuple(convs)
-        hidden = _hidden(*image_size, width)
-        self.heads = (
-            Conv2d(c, hidden, 1, impl=impl, key=keys[-2]),
-            Conv2d(hidden, out_features, 1, impl=impl, key=keys[-1]),
-        )
-
-    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " f"]:
-        x = jnp.transpose(x, (1, 2, 0))  # channels-last inside: patches are contiguous for the GEMMs
-        for layer in (*self.convs, self.heads[0]):
-            x = jax.nn.silu(layer(x))
-        return self.heads[1](x)[0, 0]
-
-
-class ConvEncoder(eqx.Module):
-    """q(z_0 | x_0) = N(mu, diag exp(logvar))."""
-
-    net: ConvNet
-    latent_dim: int = eqx.field(static=True)
-
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        latent_dim: int,
-        width: int,
-        *,
-        impl: ConvImpl = "fast",
-        key: PRNGKeyArray,
-    ):
-        c, h, w = image_shape
-        self.net = ConvNet(c, (h, w), width, 2 * latent_dim, impl=impl, key=key)
-        self.latent_dim = latent_dim
-
-    def __call__(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-        out = self.net(x)
-        return out[: self.latent_dim], out[self.latent_dim :]
-
-
 PixelLikelihoodName = Literal["bernoulli", "gaussian"]
 PIXEL_LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -181,7 +121,175 @@ def pixel_likelihood(name: str, channels: int, scale: float | None = None) -> Ab
     raise ValueError(f"likelihood must be one of {', '.join(PIXEL_LIKELIHOODS)}, got {name!r}")
 
 
-class ConvDecoder(eqx.Module):
+class AbstractEncoder(eqx.Module):
+    """q(z | x) = N(mu, diag exp(logvar)) of one frame: `__call__(x) -> (mu, logvar)`, each of size d.
+    A frame is whatever array the data holds (an image (C, H, W), a vector (D,), …)."""
+
+    @abc.abstractmethod
+    def __call__(self, x: Float[Array, "*x"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        raise NotImplementedError
+
+
+class AbstractDecoder(eqx.Module):
+    """p(x | z) of one frame and the batched forms of its log-likelihood the models train and score with.
+
+    `__call__(z)` is the logit of each value's mean (the mean is its sigmoid); `output_log_likelihood`
+    scores a frame against such an output. The batched forms give the same numbers as
+    `frame_log_likelihood` frame by frame, laid out for memory: `log_likelihoods` (one sequence's
+    frames, for `loss`), `sliced_log_likelihoods` (m × b frames, scoring) and `summed_log_likelihood`
+    (their sum, for training, with a `layout`). Subclass `AbstractFrameDecoder` to get all of them from
+    `__call__` and a pixel likelihood; `ConvDecoder` writes its own memory-bounded forms.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, z: Float[Array, " d"]) -> Float[Array, "*x"]:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def output_log_likelihood(self, out: Float[Array, "*x"], x: Float[Array, "*x"]) -> Scalar:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "*x"]) -> Scalar:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n ..."]) -> Float[Array, " n"]:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def sliced_log_likelihoods(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b ..."]) -> Float[Array, "m b"]:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b ..."], layout: Layout) -> Scalar:
+        raise NotImplementedError
+
+
+class AbstractFrameDecoder(AbstractDecoder):
+    """A decoder given by `__call__` and its `pixels` (the likelihood of each value, its axis 0 the
+    channel axis): every batched form is `frame_log_likelihood` vmapped, the layout unused. For small
+    decoders (an MLP on vectors) where memory is no concern."""
+
+    pixels: eqx.AbstractVar[AbstractPixelLikelihood]
+
+    def output_log_likelihood(self, out: Float[Array, "*x"], x: Float[Array, "*x"]) -> Scalar:
+        return self.pixels(out, x, 0)
+
+    def frame_log_likelihood(self, z: Float[Array, " d"], x: Float[Array, "*x"]) -> Scalar:
+        return self.output_log_likelihood(self(z), x)
+
+    def log_likelihoods(self, zs: Float[Array, "n d"], xs: Float[Array, "n ..."]) -> Float[Array, " n"]:
+        return jax.vmap(self.frame_log_likelihood)(zs, xs)
+
+    def sliced_log_likelihoods(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b ..."]) -> Float[Array, "m b"]:
+        return jax.vmap(self.log_likelihoods)(zs, xs)
+
+    def summed_log_likelihood(self, zs: Float[Array, "m b d"], xs: Float[Array, "m b ..."], layout: Layout) -> Scalar:
+        del layout
+        return jnp.sum(self.sliced_log_likelihoods(zs, xs))
+
+
+class MLPEncoder(AbstractEncoder):
+    """q(z | x) for vector frames (D,): an MLP to (mu, logvar)."""
+
+    mlp: eqx.nn.MLP
+    latent_dim: int = eqx.field(static=True)
+
+    def __init__(self, data_dim: int, latent_dim: int, width: int, depth: int = 2, *, key: PRNGKeyArray):
+        self.mlp = eqx.nn.MLP(data_dim, 2 * latent_dim, width, depth, activation=jax.nn.silu, key=key)
+        self.latent_dim = latent_dim
+
+    def __call__(self, x: Float[Array, " D"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        out = self.mlp(x)
+        return out[: self.latent_dim], out[self.latent_dim :]
+
+
+class MLPDecoder(AbstractFrameDecoder):
+    """p(x | z) for vector frames (D,): an MLP to the logit of each value's mean, with a Bernoulli or
+    Gaussian (one σ per value) likelihood."""
+
+    mlp: eqx.nn.MLP
+    pixels: AbstractPixelLikelihood
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        width: int,
+        depth: int = 2,
+        *,
+        pixels: AbstractPixelLikelihood | None = None,
+        key: PRNGKeyArray,
+    ):
+        self.mlp = eqx.nn.MLP(latent_dim, data_dim, width, depth, activation=jax.nn.silu, key=key)
+        self.pixels = BernoulliPixels() if pixels is None else pixels
+
+    def __call__(self, z: Float[Array, " d"]) -> Float[Array, " D"]:
+        return self.mlp(z)
+
+
+class ConvNet(eqx.Module):
+    """Image `(C, H, W)` → feature vector: the shared trunk of both encoders."""
+
+    convs: tuple[Conv2d, ...]
+    heads: tuple[Conv2d, ...]
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: tuple[int, int],
+        width: int,
+        out_features: int,
+        *,
+        impl: ConvImpl = "fast",
+        key: PRNGKeyArray,
+    ):
+        plan = _channel_plan(*image_size, width)
+        keys = jr.split(key, len(plan) + 2)
+        convs, c = [], in_channels
+        for (out, kernel, stride), k in zip(plan, keys):
+            convs.append(Conv2d(c, out, kernel, stride, 1 if stride == 2 else 0, impl=impl, key=k))
+            c = out
+        self.convs = tuple(convs)
+        hidden = _hidden(*image_size, width)
+        self.heads = (
+            Conv2d(c, hidden, 1, impl=impl, key=keys[-2]),
+            Conv2d(hidden, out_features, 1, impl=impl, key=keys[-1]),
+        )
+
+    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " f"]:
+        x = jnp.transpose(x, (1, 2, 0))  # channels-last inside: patches are contiguous for the GEMMs
+        for layer in (*self.convs, self.heads[0]):
+            x = jax.nn.silu(layer(x))
+        return self.heads[1](x)[0, 0]
+
+
+class ConvEncoder(AbstractEncoder):
+    """q(z_0 | x_0) = N(mu, diag exp(logvar))."""
+
+    net: ConvNet
+    latent_dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        width: int,
+        *,
+        impl: ConvImpl = "fast",
+        key: PRNGKeyArray,
+    ):
+        c, h, w = image_shape
+        self.net = ConvNet(c, (h, w), width, 2 * latent_dim, impl=impl, key=key)
+        self.latent_dim = latent_dim
+
+    def __call__(self, x: Float[Array, "c h w"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+        out = self.net(x)
+        return out[: self.latent_dim], out[self.latent_dim :]
+
+
+class ConvDecoder(AbstractDecoder):
     """p(x | z): the logit of every pixel's mean, the mirror of `ConvEncoder`, and the pixel likelihood
     on it (`pixels`: Bernoulli by default)."""
 
