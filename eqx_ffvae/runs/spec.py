@@ -268,8 +268,8 @@ def resolve(
         chosen = methods.get_method(method)
     except ValueError as err:
         raise RunError(f"--model: {err}") from None
-    if not info.labelled and not issubclass(chosen.model_cls, AbstractFlowInferenceModel):
-        usable = [name for name, m in methods.METHODS.items() if issubclass(m.model_cls, AbstractFlowInferenceModel)]
+    if not info.labelled and not _trains_unlabelled(chosen):
+        usable = [name for name, m in methods.METHODS.items() if _trains_unlabelled(m)]
         raise RunError(
             f"--model {method} needs to know which sequences share a transformation, and {dataset} has no labels k; "
             f"train a method that infers each sequence's transformation ({', '.join(usable)}), or add k to the data"
@@ -331,6 +331,12 @@ def resolve(
         validation_fraction=float(pick(validation_fraction, p.validation_fraction)),
         frames_on=frames_on,
     )
+
+
+def _trains_unlabelled(method: methods.Method) -> bool:
+    """Whether a method trains on sequences without k: it infers each one's transformation from the
+    sequence alone (weak supervision; group supervision needs to know which sequences share one)."""
+    return method.supervision == "weak" and issubclass(method.model_cls, AbstractFlowInferenceModel)
 
 
 def _check_split_sizes(dataset: str, batch_size: int, validation_fraction: float) -> None:
