@@ -1,5 +1,6 @@
 """A user's own sequences: arrays and .npz files, labelled and not, through Python and the command line."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -198,5 +199,23 @@ def test_a_non_square_rgb_dataset_trains_and_evaluates_with_the_gaussian_decoder
         pass
     before = runs.build(spec)[0].decoder.pixels.log_scale
     assert not np.allclose(run.model.decoder.pixels.log_scale, before)  # σ is learned
-    result = runs.evaluate_run(spec, run.model)
+    longer = dataclasses.replace(spec, steps=3)
+    model = runs.train(longer, tmp_path / "run")  # resumes from the checkpoint at step 2
+    assert [r["step"] for r in runs.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    result = runs.evaluate_run(longer, model)
     assert set(result["transformations"]) == {"pan", "tilt"} and np.isfinite(result["log_likelihood"])
+
+
+@pytest.mark.slow  # the command line's unlabelled path; the default set trains unlabelled data from Python
+def test_an_unlabelled_file_trains_resumes_and_evaluates_on_the_command_line(tmp_path):
+    frames, _ = _mnist_sequences()
+    path = tmp_path / "unlabelled.npz"
+    np.savez(path, frames=frames, num_flows=3)
+    out = tmp_path / "run"
+    args = ["--data", str(path), "--model", "ffvae-weak", *TINY_ARGS, *TINY_EVAL, "--checkpoint-every", "2"]
+    assert cli.main([*args, "--steps", "2", "--out", str(out)]) == 0
+    assert cli.main([*args, "--steps", "3", "--out", str(out)]) == 0
+    assert [r["step"] for r in runs.read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert cli.main(["eval", "--run", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["labelled"] is False and list(result["flow_usage"]) == ["flow 0", "flow 1", "flow 2"]

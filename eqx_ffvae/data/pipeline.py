@@ -314,7 +314,7 @@ def _open_factor_source(name: str, data_dir: str | os.PathLike | None, factor_si
     if info.source == "procedural":
         return ProceduralShapes()
     if data_dir is None:
-        raise FileNotFoundError(f"{name} needs data_dir=… (the folder holding the dataset); see the README")
+        raise FileNotFoundError(f"{name} needs data_dir=… (the folder holding the dataset); see docs/guide/data.md")
     data_dir = Path(data_dir)
     if info.source == "hdf5":
         return Shapes3DSource(data_dir / "3dshapes.h5" if data_dir.is_dir() else data_dir, sizes)

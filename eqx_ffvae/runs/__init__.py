@@ -9,7 +9,7 @@ atomic writes, clearing, metrics, restoring), `loop` (TrainingRun and its events
     for event in run: ...                                          # StepRecord, Saved, ... (no printing)
     model, spec = runs.load_run("runs/mine")                       # in a notebook or another program
 
-Guarantees of a run directory (README "Runs and faults"):
+Guarantees of a run directory (docs/guide/training.md, "Runs and faults"):
 * one process at a time: an exclusive `fcntl` lock on `<dir>/.lock` for the life of a run, released
   by the OS if the process dies (a stale lock is simply taken);
 * nothing is written before the spec, the data files and the checkpoint (if any) have been checked;

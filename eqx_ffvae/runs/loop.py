@@ -1,5 +1,5 @@
 """The training loop as an iterator of events (`TrainingRun`): no printing, resumable, safe against
-faults (README "Runs and faults")."""
+faults (docs/guide/training.md, "Runs and faults")."""
 
 from __future__ import annotations
 

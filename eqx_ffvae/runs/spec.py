@@ -254,7 +254,7 @@ def resolve(
         )
     if data_dir is None and info.data_dir == "required":
         raise RunError(
-            f"preset {preset} needs --data-dir pointing at the {dataset} data ({info.about}; see the README)"
+            f"preset {preset} needs --data-dir pointing at the {dataset} data ({info.about}; see docs/guide/data.md)"
         )
     if data_dir is not None:
         path = Path(data_dir)
