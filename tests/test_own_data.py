@@ -67,6 +67,7 @@ _GOOD = np.zeros((40, 9, 28, 28, 3), np.uint8)
         ("no count", {"frames": _GOOD}, "number of transformations must be given"),
         ("ragged", {"frames": np.array([_GOOD[0], _GOOD[1, :5]], dtype=object)}, "object array"),
         ("few", {"frames": _GOOD[:6], "k": np.zeros(6, np.int64)}, "fewer than --batch-size 8"),
+        ("held out", {"frames": _GOOD, "k": np.zeros(40, np.int64)}, "too few to hold out test (and validation)"),
         ("supervised", {"frames": _GOOD, "num_flows": 2}, "has no labels k"),
         ("size", {"frames": np.zeros((40, 9, 30, 30, 3), np.uint8), "num_flows": 2}, "30×30 images"),
     ],
@@ -75,6 +76,8 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case,
     path = _bad(tmp_path, **arrays)
     out = tmp_path / "run"
     model = ["--model", "ffvae"] if case == "supervised" else ["--model", "ffvae-weak"]
+    if case == "held out":  # 1% of 40 sequences rounds to no validation sequence
+        model += ["--validation-fraction", "0.01"]
     assert cli.main(["--data", str(path), *model, *TINY_ARGS, "--steps", "2", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and str(path) in err, err
@@ -146,7 +149,10 @@ def test_unlabelled_sequences_train_weakly_and_evaluate_without_labels(tmp_path)
     run = runs.TrainingRun(spec, tmp_path / "run")
     for _ in run:
         pass
-    result = runs.evaluate_run(spec, run.model)
+    spec = dataclasses.replace(spec, steps=3)
+    model = runs.train(spec, tmp_path / "run")  # resumes at step 2
+    assert [r["step"] for r in runs.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    result = runs.evaluate_run(spec, model)
     assert result["labelled"] is False and "need labels k" in result["not_measured"]
     assert "flow_assignment" not in result
     usage = result["flow_usage"]
