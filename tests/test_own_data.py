@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import jax.numpy as jnp
 import jax.random as jr
@@ -154,6 +155,8 @@ def test_unlabelled_sequences_train_weakly_and_evaluate_without_labels(tmp_path)
     assert [r["step"] for r in runs.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     result = runs.evaluate_run(spec, model)
     assert result["labelled"] is False and "need labels k" in result["not_measured"]
+    table = evaluation.format_table(result)
+    assert "rows are grouped by the flow each sequence's q(k | x̄) infers" in table and "not measured: E_k" in table
     assert "flow_assignment" not in result
     usage = result["flow_usage"]
     assert list(usage) == ["flow 0", "flow 1", "flow 2"] and sum(usage.values()) == pytest.approx(1.0)
@@ -225,3 +228,44 @@ def test_an_unlabelled_file_trains_resumes_and_evaluates_on_the_command_line(tmp
     assert cli.main(["eval", "--run", str(out)]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["labelled"] is False and list(result["flow_usage"]) == ["flow 0", "flow 1", "flow 2"]
+
+
+@pytest.mark.parametrize(
+    "call, says",
+    [
+        (lambda: data.sequences_from_arrays(_GOOD, layout="nchw"), "layout must be one of auto, ntchw, nthwc"),
+        (lambda: data.sequences_from_arrays(_GOOD[:, :1], num_flows=2), "at least 2 frames"),
+        (
+            lambda: data.sequences_from_arrays(np.zeros((4, 3, 2, 8, 8), np.uint8), num_flows=1, layout="ntchw"),
+            "1 or 3 channels",
+        ),
+        (lambda: data.sequences_from_arrays(_GOOD, transforms=["a", "a"]), "distinct names"),
+        (lambda: data.sequences_from_arrays(_GOOD, transforms=["a", "b"], num_flows=3), "num_flows = 3 but 2"),
+        (lambda: data.sequences_from_arrays(_GOOD, num_flows=0), "num_flows must be an integer ≥ 1"),
+        (lambda: data.sequences_from_arrays([_GOOD[0], _GOOD[1, :3]], num_flows=2), "not one numeric array"),
+        (lambda: data.register_sequences("mnist", _GOOD, num_flows=2), "cannot register sequences as 'mnist'"),
+        (lambda: data.dataset_info("never-registered"), "register them again"),
+    ],
+)
+def test_arrays_from_python_are_checked_with_a_message_naming_the_fix(call, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        call()
+
+
+def test_files_and_registered_sequences_refuse_what_they_cannot_serve(tmp_path):
+    np.save(tmp_path / "frames.npy", _GOOD)
+    with pytest.raises(data.DataError, match="come as an .npz file"):
+        data.load_sequences(tmp_path / "frames.npy")
+    np.savez(tmp_path / "no-frames.npz", images=_GOOD)
+    with pytest.raises(data.DataError, match="has no array 'frames' \\(it holds images\\)"):
+        data.load_sequences(tmp_path / "no-frames.npz")
+    data.register_sequences("own-checks", _GOOD, num_flows=2)
+    with pytest.raises(ValueError, match="its k are its labels"):
+        data.sequence_dataset("own-checks", k=0)
+    with pytest.raises(ValueError, match="num_frames must be ≤ the 9 frames"):
+        data.sequence_dataset("own-checks", num_frames=10)
+    assert data.sequence_dataset("own-checks", num_frames=4)[0]["frames"].shape == (4, 3, 28, 28)
+    with pytest.raises(runs.RunError, match="--data-dir is for the built-in datasets"):
+        runs.resolve("quick", method="ffvae-weak", dataset="own-checks", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="is a built-in dataset"):
+        data.sequence_arrays("mnist")
