@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import time
 import warnings
 from collections.abc import Callable
@@ -186,10 +187,15 @@ def trace_and_compile(step: Callable, *args: Any) -> tuple[Any, float, float]:
     function, seconds XLA took, or loading it from the persistent compilation cache).
 
     XLA warns that the batch's donated buffers cannot be reused (nothing of that shape is returned);
-    that warning is silenced here, for this compilation only. The allocator's free pages go back to
-    the OS before the compilation (the model's construction leaves its scratch) and after it (XLA's),
-    so neither adds to the compilation's peak or to the steps' (`release_free_memory`).
+    that warning is silenced here, for this compilation only. Before tracing, JAX's in-memory caches
+    are cleared (`jax.clear_caches`: the programs that built the model, its optimiser state and the
+    batch, ~90 MB of executables at config (c) of benchmarks/step.py, which a later call simply
+    compiles or loads again), and the allocator's free pages go back to the OS before the compilation
+    (the model's construction leaves its scratch) and after it (XLA's), so none of them adds to the
+    compilation's peak or to the steps' (`release_free_memory`; docs/performance.md).
     """
+    jax.clear_caches()
+    gc.collect()
     release_free_memory()
     start = time.perf_counter()
     with warnings.catch_warnings():
