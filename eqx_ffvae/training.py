@@ -174,6 +174,12 @@ def release_free_memory() -> bool:
     return bool(trim(0))
 
 
+CLEAR_CACHES_BEFORE_COMPILE = True
+"""Whether `trace_and_compile` lets go of JAX's in-memory caches first (memory; never the numbers).
+A process that compiles many small runs and wants their programs kept, as the test suite does
+(tests/conftest.py), sets it False."""
+
+
 def compile_step(step: Callable, *args: Any) -> tuple[Any, float]:
     """Compile `step` for these arguments without running it. Returns the compiled step (later calls
     of `step` with like arguments reuse it too) and the seconds tracing, lowering and compilation took
@@ -194,8 +200,9 @@ def trace_and_compile(step: Callable, *args: Any) -> tuple[Any, float, float]:
     (the model's construction leaves its scratch) and after it (XLA's), so none of them adds to the
     compilation's peak or to the steps' (`release_free_memory`; docs/performance.md).
     """
-    jax.clear_caches()
-    gc.collect()
+    if CLEAR_CACHES_BEFORE_COMPILE:
+        jax.clear_caches()
+        gc.collect()
     release_free_memory()
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -258,3 +258,19 @@ def test_the_gradient_of_a_grid_solve_recomputes_no_step(steps_per_frame):
 
     jax.block_until_ready(jax.jit(jax.grad(loss))(jnp.float32(0.5)))
     assert len(calls) == 2 * 8 * steps_per_frame
+
+
+def test_a_run_lets_go_of_jax_caches_before_compiling_its_step(monkeypatch):
+    """What a real run does for its peak memory (the suite turns it off to share programs): the
+    programs compiled before the step are dropped from JAX's caches, the step compiles as before."""
+    import jax.numpy as jnp
+
+    from eqx_ffvae import training
+
+    earlier = jax.jit(lambda x: x * 2)
+    earlier(jnp.ones(3))
+    assert earlier._cache_size() == 1
+    monkeypatch.setattr(training, "CLEAR_CACHES_BEFORE_COMPILE", True)
+    compiled, _, _ = training.trace_and_compile(jax.jit(lambda x: x + 1), jnp.ones(3))
+    assert earlier._cache_size() == 0
+    assert compiled(jnp.ones(3)).tolist() == [2.0, 2.0, 2.0]
