@@ -13,6 +13,11 @@ from conftest import TINY_ARGS, TINY_EVAL
 from eqx_ffvae import cli, data, evaluation, methods, runs
 from eqx_ffvae.data.arrays import UNLABELLED
 
+_TINY_SPEC = dict(
+    steps=2, batch_size=8, latent_dim=4, width=4, potential_width=8, eval_sequences=4, ll_samples=2, drift_samples=0
+)
+"""`runs.resolve` overrides of the tiny model the Python-side tests train (the CLI's are conftest.TINY_ARGS)."""
+
 
 def _mnist_sequences(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """n coloured MNIST sequences (uint8, [N, T+1, H, W, C] as images are usually stored) and their k."""
@@ -133,19 +138,7 @@ def test_unlabelled_sequences_train_weakly_and_evaluate_without_labels(tmp_path)
     data.register_sequences("own-unlabelled", frames, num_flows=3)
     with pytest.raises(runs.RunError, match="has no labels k"):
         runs.resolve("quick", method="poflow", dataset="own-unlabelled")
-    spec = runs.resolve(
-        "quick",
-        method="ffvae-weak",
-        dataset="own-unlabelled",
-        steps=2,
-        batch_size=8,
-        latent_dim=4,
-        width=4,
-        potential_width=8,
-        eval_sequences=4,
-        ll_samples=2,
-        drift_samples=0,
-    )
+    spec = runs.resolve("quick", method="ffvae-weak", dataset="own-unlabelled", **_TINY_SPEC)
     assert all(int(b["k"]) == UNLABELLED for b in runs.sequences(spec, num_epochs=1))
     run = runs.TrainingRun(spec, tmp_path / "run")
     for _ in run:
@@ -188,20 +181,7 @@ def test_a_non_square_rgb_dataset_trains_and_evaluates_with_the_gaussian_decoder
     rng = np.random.default_rng(0)
     frames = rng.uniform(size=(24, 4, 32, 48, 3)).astype(np.float32)  # [N, T+1, H, W, C], float in [0, 1]
     data.register_sequences("own-32x48", frames, rng.integers(0, 2, 24), transforms=["pan", "tilt"])
-    spec = runs.resolve(
-        "quick",
-        method="ffvae",
-        dataset="own-32x48",
-        steps=2,
-        batch_size=8,
-        latent_dim=4,
-        width=4,
-        potential_width=8,
-        eval_sequences=4,
-        ll_samples=2,
-        drift_samples=0,
-        likelihood="gaussian",
-    )
+    spec = runs.resolve("quick", method="ffvae", dataset="own-32x48", likelihood="gaussian", **_TINY_SPEC)
     assert spec.model.image_shape == (3, 32, 48) and spec.model.likelihood == "gaussian"
     run = runs.TrainingRun(spec, tmp_path / "run")
     for _ in run:
