@@ -321,9 +321,9 @@ def test_a_record_claimed_by_another_comparison_is_left_for_last_then_read_not_t
         time.sleep(0.01)
     lines = []
 
-    def log(line):
+    def log(line):  # the holder lets go only once this comparison has passed over and come back to wait
         lines.append(line)
-        if "another comparison is making it" in line:
+        if "waiting for it" in line:
             passed_over.set()
 
     with claim(kept, wait=False) as mine:
@@ -331,5 +331,7 @@ def test_a_record_claimed_by_another_comparison_is_left_for_last_then_read_not_t
     summary = run_compare([spec.method], 1, tmp_path / "out", lambda m, s: spec, log=log, results_dir=results)
     holder.join()
     assert released.is_set() and not (tmp_path / "out" / spec.method).exists()
-    assert any("(reused)" in line for line in lines) and any("waiting for it" in line for line in lines)
+    passed = [i for i, line in enumerate(lines) if "another comparison is making it" in line]
+    waited = [i for i, line in enumerate(lines) if "waiting for it" in line]
+    assert passed and waited and passed[0] < waited[0] and any("(reused)" in line for line in lines)
     assert summary["methods"][spec.method]["columns"]["log_likelihood"]["values"] == [result["log_likelihood"]]
