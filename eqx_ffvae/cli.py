@@ -45,7 +45,10 @@ def spec_from(
     """The RunSpec the options describe (`method`/`seed` for a comparison's runs)."""
     shared = {name: getattr(args, name) for name in _SHARED}
     path = shared.pop("data")
-    shared["dataset"] = None if path is None else data.file_dataset(path)
+    if path is not None and shared["dataset"] is not None:
+        raise RunError(f"--data {path} and --dataset {shared['dataset']} both name the data: pass one")
+    if path is not None:
+        shared["dataset"] = data.file_dataset(path)
     model_fields = {
         "latent_dim": shared.pop("latent_dim"),
         "width": shared.pop("width"),

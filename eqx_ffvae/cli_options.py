@@ -10,11 +10,13 @@ from typing import Annotated, Literal
 import tyro
 
 from . import methods
+from .data import BUILT_IN
 from .layout import CPU_SLICE_SIZE
 from .presets import PRESETS
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 ModelName = Literal[tuple(methods.METHODS)]  # type: ignore[valid-type]
+DatasetName = Literal[BUILT_IN]  # type: ignore[valid-type]
 
 SUBCOMMANDS = """subcommands (the first argument; train when omitted):
   train     train a model (resuming --out if it holds a checkpoint), evaluate it, draw figures
@@ -78,6 +80,11 @@ class Shared(Cached):
     [N, T+1, H, W, C] (uint8, or float in [0, 1]), and k [N] with transforms (names) if labelled, or
     num_flows if not (then only methods that do not read k train on it); the preset gives the model's
     sizes and the training settings"""
+    dataset: Annotated[
+        DatasetName | None, tyro.conf.arg(metavar="NAME", help_behavior_hint="(default: the preset's dataset)")
+    ] = None
+    """a built-in dataset instead of the preset's (mnist-single / mnist-double: MNIST with one / two
+    transformations acting at each step, for --model sta)"""
     steps: Annotated[int | None, _override("training steps", "steps")] = None
     latent_dim: Annotated[int | None, _override("latent dimension d", "latent_dim")] = None
     width: Annotated[int | None, _override("conv width of the encoder/decoder", "width")] = None

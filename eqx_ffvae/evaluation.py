@@ -16,7 +16,12 @@ from tqdm.auto import tqdm
 from . import metrics
 from .data.transforms import MNIST_PAIRS
 from .flow_model import AbstractPotentialFlowModel
-from .interfaces import AbstractFlowInferenceModel, AbstractSequenceModel, AbstractTransportModel
+from .interfaces import (
+    AbstractFlowInferenceModel,
+    AbstractSequenceModel,
+    AbstractSparseControlModel,
+    AbstractTransportModel,
+)
 
 
 @eqx.filter_jit
@@ -60,7 +65,7 @@ def _likelihoods(model, frames, ks, keys, num_samples):
 
     def one(args):
         x, k, kk = args
-        if infers_flow(model):
+        if infers_flow(model) and not isinstance(model, AbstractSparseControlModel):
             return metrics.marginal_log_likelihood(model, x, key=kk, num_samples=num_samples)
         return metrics.log_likelihood(model, x, k, key=kk, num_samples=num_samples)
 
@@ -104,7 +109,10 @@ def _scores(model, batch, shifts, matching):
             "identity_changed": metrics.equivariance_error_identity(model, x, pixels="changed"),
             "changed_pixels": jnp.sum(metrics.changed_pixels(x)[:, 0]),
         }
-        if transport:
+        if isinstance(model, AbstractSparseControlModel):
+            out["own"] = metrics.equivariance_error_controlled(model, x)
+            out["own_changed"] = metrics.equivariance_error_controlled(model, x, pixels="changed")
+        elif transport:
             out["own"] = metrics.equivariance_error(model, x, flow)
             out["own_changed"] = metrics.equivariance_error(model, x, flow, pixels="changed")
         else:
@@ -303,7 +311,10 @@ def evaluate(
     out["num_likelihood_sequences"] = num_ll
     out["num_importance_samples"] = num_samples
     out["likelihood_proposal"] = (
-        "mixture in fixed numbers: ½ the model's own proposal for frame t, ½ its encoder on x_t, "
+        "the model's own proposal only: z_0 ~ q(z_0|x_0) and hard spikes and slabs from q(s, g | x̄) (a sparse-"
+        "control model has no closed-form density of z_t for the encoder half)"
+        if isinstance(model, AbstractSparseControlModel)
+        else "mixture in fixed numbers: ½ the model's own proposal for frame t, ½ its encoder on x_t, "
         "each draw weighted by its own half's density"
     )
     out["changed_pixel_threshold"] = metrics.CHANGED_PIXEL_THRESHOLD
@@ -414,7 +425,8 @@ def format_table(result: dict) -> str:
     n_ll = result.get("num_likelihood_sequences", result["num_sequences"])
     lines.append(
         f"log-likelihood (mean over frames and the first {n_ll} sequences): {result['log_likelihood']:.2f} "
-        f"nats/image, S = {result['num_importance_samples']} (mixture proposal), mean ESS "
+        f"nats/image, S = {result['num_importance_samples']} "
+        f"({'own proposal' if result['likelihood_proposal'].startswith('the model') else 'mixture proposal'}), mean ESS "
         f"{result['effective_sample_size']:.1f}"
     )
     if "likelihood_drift" in result:
@@ -445,4 +457,13 @@ def format_table(result: dict) -> str:
         matched = ", ".join(f"{name} → flow {j}" for name, j in zip(names, fa["matching"]))
         usage = " / ".join(f"{u:.2f}" for u in fa["usage"])
         lines.append(f"k inferred by q(k|x̄): matched accuracy {fa['accuracy']:.3f} ({matched}); flow usage {usage}")
+    if "sparse_controls" in result:
+        sc = result["sparse_controls"]
+        sp, ce = sc["spikes"], sc["composition_error"]
+        lines.append(
+            f"on {sc['num_sequences']} composed sequences ({sc['active_per_step']:.0f} on per step, "
+            f"{sp['predicted_active_per_step']:.2f} inferred): spike precision {sp['precision']:.3f}, recall "
+            f"{sp['recall']:.3f}, F1 {sp['f1']:.3f}; E along the inferred controls {ce['equivariance_error']:.2f}, "
+            f"identity {ce['equivariance_error_identity']:.2f}, true active sets {ce['equivariance_error_true_active']:.2f}"
+        )
     return "\n".join(lines)

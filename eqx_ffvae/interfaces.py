@@ -12,6 +12,8 @@ probing for attributes by name.
   at once (`compose`), and says how many it has (`num_flows`).
 * `AbstractFlowInferenceModel`: a transport model that does not observe k: it carries q(k | x̄)
   (`flow_posterior_logits`) and is scored by the flow it infers.
+* `AbstractSparseControlModel`: a flow-inference model whose flows act together in sparse,
+  step-by-step combinations (`controls`), e.g. STA.
 * `AbstractAdversarialModel`: also carries a discriminator with its own objective and optimiser,
   updated by the training step after the model (FactorVAE).
 """
@@ -128,6 +130,26 @@ class AbstractFlowInferenceModel(AbstractTransportModel):
     @abc.abstractmethod
     def flow_posterior_logits(self, x_seq: Float[Array, "n ..."]) -> Float[Array, " k"]:
         """Logits of q(k | x̄) over the model's flows."""
+
+
+class AbstractSparseControlModel(AbstractFlowInferenceModel):
+    """A transport model whose flows act in sparse combinations that change from step to step: at step
+    t → t+1 flow k runs at control c_t^k (0 when it is off), inferred from the two frames. Its
+    `flow_posterior_logits` say which flow a sequence uses most (how it is matched to transformations);
+    its E_k follows the controls it infers (`controls`, `controlled_path`)."""
+
+    @abc.abstractmethod
+    def spike_probabilities(self, x_seq: Float[Array, "n ..."]) -> Float[Array, "t k"]:
+        """q(s_t^k = 1 | x_t, x_{t+1}): the probability that flow k acts at step t → t+1."""
+
+    @abc.abstractmethod
+    def controls(self, x_seq: Float[Array, "n ..."]) -> Float[Array, "t k"]:
+        """The controls the model reads off a sequence: flow k on at step t where its spike probability
+        is above ½, at the speed its posterior expects; 0 elsewhere."""
+
+    @abc.abstractmethod
+    def controlled_path(self, z0: Float[Array, " d"], controls: Float[Array, "t k"]) -> Float[Array, "n d"]:
+        """The latent path from z0 under the given controls, frames 0…T."""
 
 
 class AbstractAdversarialModel(AbstractSequenceModel):

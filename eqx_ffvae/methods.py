@@ -22,6 +22,7 @@ from .ffvae_authors import AuthorsFFVAE, AuthorsFFVAEConfig
 from .ffvae_inference import GroupFFVAE, WeakFFVAE
 from .interfaces import AbstractSequenceModel
 from .model import FFVAEConfig, FlowFactorizedVAE
+from .sta import SparseTransformationVAE, STAConfig
 
 Supervision = Literal["none", "weak", "group", "full"]
 
@@ -37,7 +38,9 @@ class Method:
     is an error. `ablation_of` names the method an ablation removes a term from: it is labelled as an
     ablation, trained at that method's chosen learning rate (`compare --lr-grid` tunes main methods
     only) and over `compare --ablation-seeds` seeds. `batch_shares_k`: the method's training sampler puts
-    one transformation in each batch, as its authors' did (k still observed per sequence)."""
+    one transformation in each batch, as its authors' did (k still observed per sequence). `mnist_data`:
+    the dataset the method trains on where a preset says MNIST and no dataset is given (STA: sequences
+    whose transformations compose)."""
 
     label: str
     supervision: Supervision
@@ -47,6 +50,7 @@ class Method:
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     ablation_of: str | None = None
     batch_shares_k: bool = False
+    mnist_data: str | None = None
 
 
 def _ffvae_ablation(label: str, **fixed: Any) -> Method:
@@ -97,6 +101,7 @@ METHODS: dict[str, Method] = {
         PoFlow,
         fixed={"protocol": "authors", "classifier_weight": 0.0},
     ),
+    "sta": Method("STA (unsupervised)", "none", STAConfig, SparseTransformationVAE, mnist_data="mnist-single"),
     "ffvae-no-flow-kl": _ffvae_ablation("FFVAE − flow KL", flow_kl_weight=0.0, density="trace"),
     "ffvae-no-hj": _ffvae_ablation("FFVAE − HJ", hj_weight=0.0),
     "ffvae-rollout": _ffvae_ablation(

@@ -16,7 +16,7 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 from .flows import frame_times
-from .interfaces import AbstractSequenceModel, AbstractTransportModel
+from .interfaces import AbstractSequenceModel, AbstractSparseControlModel, AbstractTransportModel
 
 
 def l1_error(model: AbstractSequenceModel, zs: Float[Array, "n d"], targets: Float[Array, "n c h w"]) -> Scalar:
@@ -72,6 +72,15 @@ def equivariance_error_identity(
     """The same error when the latent does not move (z_t = μ(x_0)): the floor a flow must beat."""
     mu, _ = model.encode(x_seq[0])
     return _l1_after_first(model, jnp.broadcast_to(mu, (x_seq.shape[0], mu.shape[0])), x_seq, pixels)
+
+
+def equivariance_error_controlled(
+    model: AbstractSparseControlModel, x_seq: Float[Array, "n c h w"], *, pixels: Pixels = "all"
+) -> Scalar:
+    """E of one sequence for a sparse-control model: start at μ(x_0), follow the controls the model reads
+    off the sequence (`controls`), compare frames 1…T."""
+    mu, _ = model.encode(x_seq[0])
+    return _l1_after_first(model, model.controlled_path(mu, model.controls(x_seq)), x_seq, pixels)
 
 
 def extrapolation_path(
@@ -180,8 +189,10 @@ def _log_weights(
     key: PRNGKeyArray,
     num_samples: int,
 ) -> Float[Array, "s n"]:
-    """`log_likelihood`'s log-weights of `num_samples` mixture draws per frame."""
-    num_frame = num_samples // 2
+    """`log_likelihood`'s log-weights of `num_samples` mixture draws per frame. A sparse-control model
+    (STA) draws all of them from its own proposal: the encoder half's weight needs the prior's density
+    of z_t alone, which such a model does not have in closed form (docs/method.md §8)."""
+    num_frame = 0 if isinstance(model, AbstractSparseControlModel) else num_samples // 2
     num_own = num_samples - num_frame
     own_key, frame_key = jr.split(key)
     zs, logq = jax.vmap(lambda kk: model.importance_proposal(x_seq, k, key=kk))(jr.split(own_key, num_own))

@@ -142,7 +142,8 @@ def make_step(
             batch = eqx.filter_shard(batch, NamedSharding(mesh, P("batch")))
             model, opt_state = replicate((model, opt_state), mesh)
         if make_frames is not None:
-            batch = {**{name: v for name, v in batch.items() if name != "digits"}, "frames": make_frames(batch)}
+            kept = {name: v for name, v in batch.items() if name not in ("digits", "values")}
+            batch = {**kept, "frames": make_frames(batch)}
         if _is_adversarial(model):
             model, opt_state, loss, terms = _alternating_update(model, opt_state, batch, key)
         else:

@@ -27,6 +27,9 @@ from .mnist import (
     load_mnist_idx as load_mnist_idx,
 )
 from .pipeline import (
+    BUILT_IN as BUILT_IN,
+)
+from .pipeline import (
     DATASETS as DATASETS,
 )
 from .pipeline import (

@@ -67,9 +67,43 @@ def mnist_frames(
     return jax.vmap(functools.partial(_one_mnist_sequence, num_frames=num_frames))(digits, ks)
 
 
+def _one_composed_sequence(digit: UInt8[Array, "h w"], values: Float[Array, "n 3"]) -> Float[Array, "n 3 h w"]:
+    h, w = digit.shape
+    grey = jnp.asarray(_BYTE_VALUES)[digit].reshape(h * w)
+    scale, theta, hue = values[:, 0, None, None], jnp.deg2rad(values[:, 1])[:, None, None], values[:, 2]
+    # `transforms._affine_table` in float32: each output pixel samples the source at the inverse image
+    # of its centre under s R(θ) about (W/2, H/2), bilinearly, zero outside
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    dx, dy = xs[None] - w / 2.0, ys[None] - h / 2.0
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    sx, sy = (cos * dx - sin * dy) / scale + w / 2.0, (sin * dx + cos * dy) / scale + h / 2.0
+    x0, y0 = jnp.floor(sx), jnp.floor(sy)
+    wx, wy = sx - x0, sy - y0
+    red = jnp.zeros(sx.shape, jnp.float32)
+    for oy, ox, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+        xi, yi = (x0 + ox).astype(jnp.int32), (y0 + oy).astype(jnp.int32)
+        valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        red = red + jnp.where(valid, weight * grey[jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)], 0.0)
+    red = red[:, None]
+    # the hue rotation of a red-only pixel, as `_tables`' factor m_c(δ)
+    k = jnp.mod(jnp.array([5.0, 3.0, 1.0])[None] + jnp.deg2rad(hue)[:, None] * (3 / jnp.pi), 6.0)
+    m = jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)[:, :, None, None]
+    return red - red * (red / (red + 1e-8)) * m
+
+
+def mnist_composed_frames(digits: UInt8[Array, "b h w"], values: Float[Array, "b n 3"]) -> Float[Array, "b n 3 h w"]:
+    """The coloured frames of digits[i] with frame t at scale values[i, t, 0], rotation values[i, t, 1]°
+    and hue values[i, t, 2]° together: what `compositions.MnistComposition` builds on the host
+    (`transforms.mnist_transform`: the warp first, then the hue)."""
+    return jax.vmap(_one_composed_sequence)(digits, values)
+
+
 def frames(batch: dict[str, Array], num_frames: int) -> Float[Array, "b n c h w"]:
-    """The float32 frames in [0, 1] of a batch: made from "digits" (compact MNIST), scaled from uint8
-    "frames" (compact factor datasets), or "frames" as they are."""
+    """The float32 frames in [0, 1] of a batch: made from "digits" (compact MNIST; with "values", the
+    composed transformations of `mnist-single`/`mnist-double`), scaled from uint8 "frames" (compact
+    factor datasets), or "frames" as they are."""
+    if "values" in batch:
+        return mnist_composed_frames(batch["digits"], batch["values"][:, :num_frames])
     if "digits" in batch:
         return mnist_frames(batch["digits"], batch["k"], num_frames)
     x = batch["frames"]

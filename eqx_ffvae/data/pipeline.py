@@ -20,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from .arrays import UNLABELLED, DataError, SequenceArrays, file_path, load_sequences, sequences_from_arrays
+from .compositions import MnistComposition
 from .factors import FACTOR_SIZES, PngFolderSource, ProceduralShapes, Shapes3DSource
 from .mnist import download_mnist, load_embedded_mnist, load_mnist_idx
 from .transforms import MNIST_FRAMES, MNIST_TRANSFORMS, colourise, mnist_frames, mnist_probe_frames
@@ -36,7 +37,9 @@ class DatasetInfo:
     `file:` dataset); `data_dir`: "optional" (embedded or rendered data without it), "required" or
     "unused"; `offline`: the dataset to use instead when no data_dir is given (Shapes3D → procedural
     shapes); `labelled`: whether each sequence says which transformation made it (only a user's
-    arrays may not: weakly supervised methods only).
+    arrays and the composed sequences may not: methods that infer the transformations only);
+    `active_per_step`: how many transformations act at each step of a composed sequence (0: one
+    transformation per sequence).
     """
 
     num_frames: int
@@ -44,11 +47,12 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     flow_factors: tuple[int, ...] = ()
     factor_sizes: tuple[int, ...] = ()
-    source: Literal["mnist", "hdf5", "png-folder", "procedural", "arrays"] = "png-folder"
+    source: Literal["mnist", "composition", "hdf5", "png-folder", "procedural", "arrays"] = "png-folder"
     data_dir: Literal["optional", "required", "unused"] = "required"
     offline: str | None = None
     about: str = ""
     labelled: bool = True
+    active_per_step: int = 0
 
     @property
     def num_flows(self) -> int:
@@ -71,6 +75,20 @@ DATASETS: dict[str, DatasetInfo] = {
         data_dir="optional",
         about="coloured MNIST digits scaled, rotated and hue-shifted; the embedded 5,000 without --data-dir",
     ),
+    **{
+        f"mnist-{name}": DatasetInfo(
+            MNIST_FRAMES,
+            MNIST_TRANSFORMS,
+            (3, 28, 28),
+            source="composition",
+            data_dir="optional",
+            labelled=False,
+            active_per_step=active,
+            about=f"coloured MNIST digits with {active} of scale, rotation and hue acting at each step "
+            "(active sets recorded for evaluation only)",
+        )
+        for name, active in (("single", 1), ("double", 2))
+    },
     "shapes3d": DatasetInfo(**_SHAPES, source="hdf5", offline="procedural-shapes", about="DeepMind 3dshapes.h5"),
     "procedural-shapes": DatasetInfo(
         **_SHAPES, source="procedural", data_dir="unused", about="Shapes3D's factors, rendered offline"
@@ -359,7 +377,8 @@ def sequence_dataset(
     """
     info = dataset_info(name)
     num_frames = info.num_frames if num_frames is None else num_frames
-    if num_frames < 2 or (info.source == "mnist" and num_frames > MNIST_FRAMES):
+    mnist_like = info.source in ("mnist", "composition")
+    if num_frames < 2 or (mnist_like and num_frames > MNIST_FRAMES):
         raise ValueError(f"num_frames must be ≥ 2 (≤ {MNIST_FRAMES} for mnist), got {num_frames}")
     if info.source == "arrays" and num_frames > info.num_frames:
         raise ValueError(f"num_frames must be ≤ the {info.num_frames} frames of {name}'s sequences, got {num_frames}")
@@ -367,6 +386,8 @@ def sequence_dataset(
         raise ValueError(
             f"{name} is a user's sequences: its k are its labels (a fixed k or group sampling is for generated data)"
         )
+    if info.source == "composition" and (k is not None or group_size is not None or probes):
+        raise ValueError(f"{name}'s sequences compose transformations: no fixed k, group sampling or probes")
     if k is not None and not 0 <= k < info.num_flows:
         raise ValueError(f"{name} has transformations k = 0…{info.num_flows - 1} {info.transforms}, got k = {k}")
     if group_size is not None and (k is not None or group_size < 1):
@@ -378,7 +399,7 @@ def sequence_dataset(
     choice = _Transformation(info.num_flows, k, group_size, seed)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-    if info.source == "mnist":
+    if mnist_like:
         if data_dir is None:
             images, _ = load_embedded_mnist()
             indices = split_indices(
@@ -397,7 +418,10 @@ def sequence_dataset(
                 indices = _carve_validation(len(images), split, validation_fraction, split_seed)
             elif split == "validation":
                 raise ValueError("the validation split is empty: pass validation_fraction > 0 (--validation-fraction)")
-        builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes, compact=compact)
+        if info.source == "composition":
+            builder = MnistComposition(images, num_frames, info.active_per_step, compact=compact)
+        else:
+            builder = MnistSequence(images, k, num_frames, choice=choice, probes=probes, compact=compact)
     elif info.source == "arrays":
         arrays = sequence_arrays(name)
         indices = split_indices(

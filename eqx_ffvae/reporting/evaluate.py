@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..evaluation import format_table
-from ..interfaces import AbstractSequenceModel
+from ..interfaces import AbstractSequenceModel, AbstractSparseControlModel
 from ..runs import RunSpec, atomic_write, evaluate_with_batches, locked
 from ..tensorboard import log_evaluation
-from .figures import draw_figures, matched_flows
+from .figures import draw_decomposition, draw_figures, matched_flows
 
 
 def evaluate_and_draw(
@@ -32,6 +32,8 @@ def evaluate_and_draw(
         log(format_table(result))
         evaluated = time.perf_counter()
         draw_figures(spec, model, test, Path(run_dir) / "figures", shifts, matched_flows(result, len(spec.transforms)))
+        if isinstance(model, AbstractSparseControlModel) and "sparse_controls" in result:
+            draw_decomposition(spec, model, Path(run_dir) / "figures", result["sparse_controls"]["matching"])
         log(f"evaluated in {evaluated - tic:.0f} s, figures in {time.perf_counter() - evaluated:.0f} s")
         log_evaluation(run_dir, step, result, Path(run_dir) / "figures")
     return result

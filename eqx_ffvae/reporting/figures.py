@@ -13,8 +13,8 @@ import jax.random as jr
 import numpy as np
 
 from ..evaluation import infers_flow
-from ..interfaces import AbstractSequenceModel, AbstractTransportModel
-from ..runs import RunError, RunSpec, read_metrics
+from ..interfaces import AbstractSequenceModel, AbstractSparseControlModel, AbstractTransportModel
+from ..runs import RunError, RunSpec, eval_batches, read_metrics
 from . import viz
 
 LOSS_TERMS = (
@@ -30,6 +30,8 @@ LOSS_TERMS = (
     "kl_slow",
     "wave",
     "classifier",
+    "kl_spike",
+    "kl_slab",
 )
 
 
@@ -108,6 +110,37 @@ def _draw_composition(spec: RunSpec, model: AbstractTransportModel, x0, flows: l
     ]
     title = f"composing {names[0]} and {names[1]}: dz/dt = ∇u^a + ∇u^b"
     viz.save_rows(out / f"compose_{names[0]}+{names[1]}.png", rows, [names[0], names[1], "both at once"], title)
+
+
+def draw_decomposition(
+    spec: RunSpec, model: AbstractSparseControlModel, out: Path, matching: list[int], *, num: int = 2
+) -> list[Path]:
+    """`num` composed test sequences decomposed (`decompose_<i>.png`): the data; the model following the
+    controls it reads off the sequence; then each transformation's matched flow alone at those controls,
+    labelled with the steps where it is truly on and where the model switches it on."""
+    out.mkdir(parents=True, exist_ok=True)
+    (batch,) = eval_batches(spec, "test", 1)
+    names = spec.transforms
+    encode = eqx.filter_jit(lambda m, x: m.encode(x)[0])
+    path = eqx.filter_jit(lambda m, z, c: m.controlled_path(z, c))
+    controls_of = eqx.filter_jit(lambda m, x: m.controls(x))
+    written = []
+    for i in range(min(num, len(batch["frames"]))):
+        x, active = np.asarray(batch["frames"][i]), np.asarray(batch["active"][i]).astype(bool)
+        z0, controls = encode(model, jnp.asarray(x[0])), controls_of(model, jnp.asarray(x))
+        rows, labels = [x, np.asarray(_decode_path(model, path(model, z0, controls)))], ["data", "model"]
+        for k, name in enumerate(names):
+            flow = matching[k]
+            alone = controls * jax.nn.one_hot(flow, model.num_flows)[None]
+            rows.append(np.asarray(_decode_path(model, path(model, z0, alone))))
+            on = "".join("x" if a else "." for a in active[:, k])
+            inferred = "".join("x" if c else "." for c in np.asarray(controls[:, flow]) != 0)
+            labels.append(f"{name} (flow {flow}) true {on} model {inferred}")
+        target = out / f"decompose_{i}.png"
+        title = f"{spec.dataset}: a sequence decomposed into its flows (x: on at that step)"
+        viz.save_rows(target, rows, labels, title)
+        written.append(target)
+    return written
 
 
 def draw_samples(spec: RunSpec, model: AbstractSequenceModel, run_dir: Path, *, num: int = 6, seed: int = 0) -> Path:

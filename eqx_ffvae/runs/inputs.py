@@ -71,6 +71,8 @@ def eval_batches(spec: RunSpec, split: str, count: int) -> list[dict]:
     ds = sequences(spec, split=split, seed=EVAL_SEED, num_epochs=1 if split == "test" else None, probes=probes)
     it = data.batch_iterator(ds, bs, drop_remainder=False)
     keys = ("frames", "k", "extrapolation", "composition") if probes else ("frames", "k")
+    if data.dataset_info(spec.dataset).source == "composition":
+        keys = (*keys, "active")
     return [{name: b[name] for name in keys} for b in itertools.islice(it, count)]
 
 

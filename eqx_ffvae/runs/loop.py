@@ -96,8 +96,9 @@ class Stopped:
 Event = Started | Compiled | StepRecord | Saved | Stopped
 
 
-STEP_INPUTS = ("digits", "frames", "k")
-"""What the host ships to the training step of each sequence: the compact data (`data.device`) and k."""
+STEP_INPUTS = ("digits", "values", "frames", "k")
+"""What the host ships to the training step of each sequence: the compact data (`data.device`) and k
+(never the active sets of composed sequences, which are for evaluation only)."""
 
 _step_key = jax.jit(jr.fold_in)
 """The key of training step n, `fold_in(run key, n)`: the same bits as the eager call, a tenth of its cost."""

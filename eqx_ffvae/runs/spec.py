@@ -229,6 +229,14 @@ def resolve(
     if preset not in PRESETS:
         raise RunError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
+    chosen_method = methods.METHODS.get(method or p.method)
+    if dataset is None and p.dataset == "mnist" and chosen_method is not None and chosen_method.mnist_data:
+        dataset = chosen_method.mnist_data
+        if notes is not None:
+            notes.append(
+                f"--model {method}: training on {dataset} ({data.dataset_info(dataset).about}); "
+                "--dataset mnist-double for two at once"
+            )
     dataset = p.dataset if dataset is None else dataset
     try:
         info = data.dataset_info(dataset)
@@ -260,7 +268,7 @@ def resolve(
         path = Path(data_dir)
         if not path.exists():
             raise RunError(f"--data-dir {path} does not exist; pass the folder that holds the {dataset} files")
-        if info.source in ("mnist", "png-folder") and not path.is_dir():
+        if info.source in ("mnist", "composition", "png-folder") and not path.is_dir():
             raise RunError(f"--data-dir {path} is a file; pass the folder that holds the {dataset} files")
         data_dir = str(path.resolve())
     method = method or p.method
@@ -336,7 +344,7 @@ def resolve(
 def _trains_unlabelled(method: methods.Method) -> bool:
     """Whether a method trains on sequences without k: it infers each one's transformation from the
     sequence alone (weak supervision; group supervision needs to know which sequences share one)."""
-    return method.supervision == "weak" and issubclass(method.model_cls, AbstractFlowInferenceModel)
+    return method.supervision in ("weak", "none") and issubclass(method.model_cls, AbstractFlowInferenceModel)
 
 
 def _check_split_sizes(dataset: str, batch_size: int, validation_fraction: float) -> None:

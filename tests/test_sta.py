@@ -1,0 +1,204 @@
+"""STA (docs/method.md §8): the divergence-free fields, the spike-and-slab objective, the likelihood's
+proposal, the composed data and the evaluation of sparse controls."""
+
+import itertools
+import math
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from eqx_ffvae import data, runs
+from eqx_ffvae.data import compositions, device
+from eqx_ffvae.data.transforms import colourise, mnist_transform
+from eqx_ffvae.potentials import select_stacked
+from eqx_ffvae.sparse_evaluation import evaluate_sparse_controls, spike_scores
+from eqx_ffvae.sta import DivergenceFreeField, SparseTransformationVAE, STAConfig, _kl_gaussians
+
+CONFIG = STAConfig(latent_dim=6, width=4, potential_width=8, curl_width=8, curl_rank=3, num_frames=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SparseTransformationVAE(CONFIG, key=jr.key(0))
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return jr.uniform(jr.key(1), (CONFIG.num_frames, *CONFIG.image_shape))
+
+
+def test_the_divergence_free_field_has_zero_divergence_and_keeps_volume():
+    """∇·r = trace of its Jacobian is 0 to float tolerance at random points, while r itself and its
+    Jacobian are not small; the time-1 map of dz/dt = r(z) has log|det| = 0 (slogdet of `jacrev` of the
+    solve): the density it carries is unchanged."""
+    field = DivergenceFreeField(5, 16, 3, key=jr.key(2))
+    field = eqx.tree_at(lambda f: f.mixing, field, field.mixing * 5)  # a strong field
+    zs = jr.normal(jr.key(3), (8, 5))
+    jac = jax.vmap(jax.jacfwd(field))(zs)
+    assert np.max(np.abs(jnp.trace(jac, axis1=1, axis2=2))) < 1e-5
+    assert (
+        np.min(np.max(np.abs(jac), axis=(1, 2))) > 0.05 and np.min(np.linalg.norm(jax.vmap(field)(zs), axis=1)) > 0.05
+    )
+
+    def flow_map(z):
+        term = diffrax.ODETerm(lambda t, y, args: field(y))
+        solution = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.05, z, max_steps=20)
+        return solution.ys[-1]
+
+    for z in zs[:2]:
+        sign, logdet = jnp.linalg.slogdet(jax.jacrev(flow_map)(z))
+        assert sign == 1 and abs(float(logdet)) < 1e-4
+        assert np.linalg.norm(flow_map(z) - z) > 0.05  # it does move points
+
+
+def _bernoulli_chain_log_prob(s: np.ndarray, c: STAConfig) -> float:
+    """log p(s) of one flow's spikes (T,) under the Markov prior, by its definition."""
+    logp, prev = 0.0, None
+    for v in s:
+        p_on = c.spike_initial if prev is None else (c.spike_stay if prev else c.spike_start)
+        logp += math.log(p_on if v else 1 - p_on)
+        prev = v
+    return logp
+
+
+def test_spike_kl_is_the_exact_kl_of_the_mean_field_posterior_to_the_markov_prior(model):
+    """`spike_kl` equals Σ_s q(s) log q(s)/p(s) enumerated over every spike pattern (T = 3, K = 2)."""
+    logits = jr.normal(jr.key(4), (3, 2)) * 2
+    q = np.asarray(jax.nn.sigmoid(logits), np.float64)
+    exact = 0.0
+    for pattern in itertools.product([0, 1], repeat=6):
+        s = np.array(pattern).reshape(3, 2)
+        q_s = np.prod(np.where(s == 1, q, 1 - q))
+        log_p = sum(_bernoulli_chain_log_prob(s[:, k], CONFIG) for k in range(2))
+        exact += q_s * (math.log(q_s) - log_p)
+    np.testing.assert_allclose(float(model.spike_kl(logits)), exact, rtol=1e-5)
+
+
+def test_slab_kl_is_the_gaussian_kl_and_is_weighted_by_the_spike(model):
+    """`_kl_gaussians` against the KL integrated on a grid; `slab_kl` weights it by q(s = 1)."""
+    grid = np.linspace(-6, 8, 200001)
+    for mu, logvar in ((1.3, -3.0), (0.2, 0.5)):
+        q = np.exp(-0.5 * (grid - mu) ** 2 / np.exp(logvar)) / np.sqrt(2 * np.pi * np.exp(logvar))
+        p = np.exp(-0.5 * (grid - 1.0) ** 2 / 0.09) / np.sqrt(2 * np.pi * 0.09)
+        numeric = np.trapezoid(q * (np.log(q + 1e-300) - np.log(p + 1e-300)), grid)
+        np.testing.assert_allclose(float(_kl_gaussians(jnp.array(mu), jnp.array(logvar), 1.0, 0.3)), numeric, rtol=1e-4)
+    logits, mu, logvar = jnp.array([[0.0, -50.0]]), jnp.array([[2.0, 2.0]]), jnp.array([[-1.0, -1.0]])
+    per = _kl_gaussians(mu, logvar, CONFIG.slab_mean, CONFIG.slab_std)
+    np.testing.assert_allclose(float(model.slab_kl(logits, mu, logvar)), 0.5 * float(per[0, 0]), rtol=1e-5)
+
+
+def test_controlled_path_is_the_stated_update_and_one_hot_controls_are_transport(model):
+    z0 = jr.normal(jr.key(5), (CONFIG.latent_dim,))
+    controls = jr.normal(jr.key(6), (CONFIG.num_frames - 1, CONFIG.num_flows))
+    zs = model.controlled_path(z0, controls)
+    z = z0
+    for t in range(CONFIG.num_frames - 1):
+        pots = [model.flows.potential(k) for k in range(CONFIG.num_flows)]
+        grads = jnp.stack([jax.grad(lambda x, u=u, t=float(t): u(t, x))(z) for u in pots])
+        curls = jnp.stack([select_stacked(model.curls, k)(z) for k in range(CONFIG.num_flows)])
+        z = z + controls[t] @ (grads + curls)
+        np.testing.assert_allclose(zs[t + 1], z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.controlled_path(z0, jnp.zeros_like(controls)), jnp.broadcast_to(z0, zs.shape))
+    np.testing.assert_allclose(
+        model.transport(1, z0), model.controlled_path(z0, jnp.zeros_like(controls).at[:, 1].set(1))
+    )
+
+
+def test_the_likelihood_proposal_moves_z0_by_the_controls_before_each_frame(model, sequence):
+    """Each frame's point decodes z_0 moved by the controls of the steps before it; its log-density
+    and the prior's count only those steps (frame 0: z_0's alone)."""
+    points, logqs = model.importance_proposal(sequence, 0, key=jr.key(7))
+    t0, z0, spikes, slabs = model._unpack(points[0])
+    assert set(np.unique(spikes).tolist()) <= {0.0, 1.0}
+    path = model.controlled_path(z0, spikes * slabs)
+    mu, logvar = model.encode(sequence[0])
+    for t in range(CONFIG.num_frames):
+        got = model.proposal_log_likelihood(points[t], sequence[t])
+        want = model.decoder.frame_log_likelihood(path[t], sequence[t])
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    log_q0 = float(-0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + (z0 - mu) ** 2 * jnp.exp(-logvar)))
+    np.testing.assert_allclose(float(logqs[0]), log_q0, rtol=1e-5)
+    prior0 = model.prior_log_prob(0, 0.0, points[0])
+    np.testing.assert_allclose(float(prior0), float(-0.5 * jnp.sum(jnp.log(2 * jnp.pi) + z0**2)), rtol=1e-5)
+    assert float(model.prior_log_prob(0, 2.0, points[2])) != float(prior0)
+
+
+def test_composed_sequences_follow_their_active_sets_on_host_and_device():
+    """Every step has exactly one (mnist-single) or two (mnist-double) transformations on; frame t shows
+    each at its count of active steps; the device's frames equal the host's; the model never sees k."""
+    for name, active in (("mnist-single", 1), ("mnist-double", 2)):
+        host = data.sequence_dataset(name, split="test", seed=4)
+        compact = data.sequence_dataset(name, split="test", seed=4, compact=True)
+        for i in range(3):
+            a, b = host[i], compact[i]
+            assert a["k"] == -1 and a["active"].shape == (8, 3) and np.all(a["active"].sum(1) == active)
+            np.testing.assert_array_equal(a["active"], b["active"])
+            counts = np.concatenate([np.zeros((1, 3)), np.cumsum(a["active"], 0)])
+            np.testing.assert_allclose(b["values"], np.array([1, 0, 0]) + counts * [0.1, 10, 20], rtol=1e-6)
+            x0 = colourise(b["digits"].astype(np.float32) / 255)
+            np.testing.assert_allclose(a["frames"], mnist_transform(x0, dict(enumerate(b["values"].T))), atol=1e-6)
+            made = device.frames({key: jnp.asarray(v)[None] for key, v in b.items()}, 9)[0]
+            np.testing.assert_allclose(made, a["frames"], atol=1e-5)
+    assert "active" not in runs.STEP_INPUTS
+
+
+def test_active_sets_stay_with_the_stated_probability():
+    rng = np.random.default_rng(0)
+    sets = [compositions.active_sets(rng, 50, 3, 1) for _ in range(200)]
+    switches = np.mean([np.any(s[1:] != s[:-1], axis=1).mean() for s in sets])
+    assert abs(switches - (1 - compositions.STAY)) < 0.02
+    firsts = np.array([s[0].argmax() for s in sets])
+    assert np.all(np.bincount(firsts, minlength=3) > 40)
+
+
+def test_spike_scores_count_true_and_false_positives():
+    truth = np.array([[1, 0, 0], [0, 1, 0]], bool)
+    predicted = np.array([[1, 1, 0], [0, 0, 0]], bool)
+    got = spike_scores(predicted, truth)
+    assert got["precision"] == 0.5 and got["recall"] == 0.5 and got["f1"] == 0.5
+
+
+def _permuted(model: SparseTransformationVAE, perm: np.ndarray) -> SparseTransformationVAE:
+    """The same model with flow j renamed perm⁻¹(j): stacked flows, fields and the pair encoder's
+    three K-blocks of outputs permuted alike."""
+    k = model.num_flows
+    take = lambda tree: jax.tree.map(lambda a: a[perm] if eqx.is_array(a) else a, tree)  # noqa: E731
+    rows = np.concatenate([perm + i * k for i in range(3)])
+    head = model.pair_encoder.heads[-1]
+    head = eqx.tree_at(lambda h: (h.weight, h.bias), head, (head.weight[..., rows], head.bias[rows]))
+    return eqx.tree_at(
+        lambda m: (m.flows, m.curls, m.pair_encoder.heads[-1]), model, (take(model.flows), take(model.curls), head)
+    )
+
+
+def test_a_permuted_sta_model_scores_the_same_on_composed_sequences(model):
+    """Renaming the flows changes nothing a researcher reads: the matching follows the flows, spike
+    precision/recall and the composition errors are the same."""
+    ds = data.sequence_dataset("mnist-double", split="test", seed=0, num_frames=CONFIG.num_frames)
+    batch = data.batch_iterator(ds, 6, drop_remainder=False)
+    batches = [{key: next(batch)[key] for key in ("frames", "active")}]
+    perm = np.array([2, 0, 1])
+    before = evaluate_sparse_controls(model, batches, [0, 1, 2], ("scale", "rotation", "hue"))
+    after = evaluate_sparse_controls(
+        _permuted(model, perm), batches, [int(j) for j in np.argsort(perm)], ("scale", "rotation", "hue")
+    )
+    assert before["spikes"]["true_positives"] + before["spikes"]["false_positives"] > 0
+    for part in ("spikes", "composition_error"):
+        for name, value in before[part].items():
+            if isinstance(value, float):
+                np.testing.assert_allclose(after[part][name], value, rtol=1e-5, err_msg=name)
+
+
+def test_model_sta_trains_on_composed_sequences_by_default_with_a_note():
+    notes: list[str] = []
+    spec = runs.resolve("quick", method="sta", notes=notes)
+    assert spec.dataset == "mnist-single" and any("mnist-double" in n for n in notes)
+    assert runs.resolve("quick", method="sta", dataset="mnist-double").dataset == "mnist-double"
+    assert runs.resolve("quick", method="ffvae").dataset == "mnist"
+    with pytest.raises(runs.RunError, match="no labels k"):
+        runs.resolve("quick", method="ffvae", dataset="mnist-double")
