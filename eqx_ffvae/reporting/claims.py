@@ -167,6 +167,21 @@ PAPER_CLAIMS = (
     ),
 )
 
+STA_CLAIMS = (
+    Claim(
+        "sta-equals-weak",
+        f"unsupervised STA's E_k, along the controls it infers, equals the weakly supervised FFVAE's (within "
+        f"±{EQUIVALENCE_MARGIN:.0%}; docs/method.md §8, not a claim of the FFVAE paper)",
+        _every_ek([("sta", "ffvae-weak")], "equal"),
+    ),
+    Claim(
+        "sta-equals-supervised",
+        f"unsupervised STA's E_k equals the supervised FFVAE's (within ±{EQUIVALENCE_MARGIN:.0%})",
+        _every_ek([("sta", "ffvae")], "equal"),
+    ),
+)
+"""Claims about STA (`--model sta`), assessed where its records are."""
+
 ABLATION_METRICS = {
     "in range": "equivariance_error/",
     "beyond the horizon": "equivariance_error_extrapolation/",
@@ -400,7 +415,7 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
         "estimator_drift": {m: estimator_drift(r) for m, r in records.items()},
     }
     out["claims"] = {}
-    for claim in claims:
+    for claim in (*claims, *(STA_CLAIMS if "sta" in records else ())):
         rows = [
             row
             for c in claim.comparisons

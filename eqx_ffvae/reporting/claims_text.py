@@ -108,6 +108,8 @@ def to_markdown(assessment: dict, header: str = "") -> str:
     for claim in assessment["claims"].values():
         lines += ["", f"### {claim['text']} — {claim['verdict']}", "", head, rule]
         lines += [_row_md(r, paper) for r in claim["rows"]]
+    if not assessment.get("ablations"):
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "### Ablations: each FFVAE variant against PoFlow and against the FFVAE",
