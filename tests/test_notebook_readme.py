@@ -55,7 +55,7 @@ def test_readme_is_the_newcomers_page():
 @pytest.mark.parametrize(
     "page",
     [
-        pytest.param(p, marks=[pytest.mark.slow] if p.parent.name == "tutorials" else [], id=p.stem)
+        pytest.param(p, marks=[pytest.mark.slow] if p.parent.name == "tutorials" or p.stem == "sta" else [], id=p.stem)
         for p in DOC_PAGES
         if _python_blocks(p.read_text())
     ],
@@ -63,7 +63,8 @@ def test_readme_is_the_newcomers_page():
 def test_documentation_python_blocks_run(page, tmp_path, monkeypatch):
     """A page's blocks run in order, as written, in one namespace, in a scratch folder: what they
     write (`runs/…`, the tutorials' files) never lands in the repository. The tutorials (each trains
-    and evaluates a tiny model, ~2.5 CPU-minutes together) run in the slow set, which CI runs too."""
+    and evaluates a tiny model, ~2.5 CPU-minutes together) and the STA guide (its model's conv nets run
+    eagerly, ~20 s) run in the slow set, which CI runs too."""
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{page.stem}"}
     for block in _python_blocks(page.read_text()):
