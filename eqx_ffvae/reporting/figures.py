@@ -135,9 +135,9 @@ def draw_decomposition(
             rows.append(np.asarray(_decode_path(model, path(model, z0, alone))))
             on = "".join("x" if a else "." for a in active[:, k])
             inferred = "".join("x" if c else "." for c in np.asarray(controls[:, flow]) != 0)
-            labels.append(f"{name} (flow {flow}) true {on} model {inferred}")
+            labels.append(f"{name} (flow {flow}) alone\ntrue  {on}\nmodel {inferred}")
         target = out / f"decompose_{i}.png"
-        title = f"{spec.dataset}: a sequence decomposed into its flows (x: on at that step)"
+        title = f"{spec.dataset}, decomposed (x: on at that step)"
         viz.save_rows(target, rows, labels, title)
         written.append(target)
     return written
