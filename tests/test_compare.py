@@ -197,7 +197,7 @@ def test_choose_learning_rate_takes_the_lowest_finite_validation_loss():
 def test_compare_chooses_the_learning_rate_on_validation_and_recomputes_only_a_deleted_run(tmp_path, capsys):
     out, kept = tmp_path / "cmp", tmp_path / "results"
     args = ["compare", "--preset", "mnist-medium", "--models", "vae", "--seeds", "2", "--steps", "2"]
-    args += ["--latent-dim", "4", "--width", "2", "--eval-sequences", "10", "--ll-samples", "2"]
+    args += ["--latent-dim", "4", "--width", "2", "--eval-sequences", "10", "--ll-samples", "2", "--drift-samples", "0"]
     args += ["--lr-grid", "1e-3", "3e-3", "--out", str(out), "--results", str(kept)]
     assert run.main(args) == 0
     grid = {p.stem: json.loads(p.read_text()) for p in (kept / "grid" / "vae").glob("lr*.json")}

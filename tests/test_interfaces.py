@@ -115,7 +115,16 @@ ONE_PER_CLASS = list({m.model_cls: n for n, m in reversed(methods.METHODS.items(
 OTHER_METHODS = [n for n, m in methods.METHODS.items() if not m.ablation_of and n not in ONE_PER_CLASS]
 
 
-@pytest.mark.parametrize("name", ONE_PER_CLASS + [pytest.param(n, marks=pytest.mark.slow) for n in OTHER_METHODS])
+SLOW_SMOKE = {"sta"}
+"""Classes whose training step the slow set's end-to-end test already compiles and runs (test_sta.py);
+their maths is tested in the default set."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE else n for n in ONE_PER_CLASS]
+    + [pytest.param(n, marks=pytest.mark.slow) for n in OTHER_METHODS],
+)
 def test_every_method_compiles_no_host_callback_trains_two_steps_and_evaluates(name, batch):
     """The smoke test of every registered method, through the interface only: build from the registry,
     lower `make_step` once (a host callback, i.e. a run-time check, would block the host at every step

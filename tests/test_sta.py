@@ -111,6 +111,27 @@ def test_controlled_path_is_the_stated_update_and_one_hot_controls_are_transport
     )
 
 
+def test_batch_loss_is_the_mean_of_the_sequence_losses_and_bounds_with_its_terms(model, sequence):
+    """`batch_loss` is the mean of `loss` over the batch (one key per sequence), in value; −loss is the
+    ELBO minus λ_HJ · HJ and the ELBO is recon − the three KLs, each KL ≥ 0."""
+    frames = jnp.stack([sequence, sequence[::-1]])
+
+    @eqx.filter_jit
+    def both(m):
+        keys = jr.split(jr.key(8), 2)
+        per = jax.vmap(lambda x, kk: m.loss(x, 0, key=kk))(frames, keys)
+        return per, m.batch_loss(frames, jnp.zeros(2, jnp.int32), key=jr.key(8), step=None)
+
+    (losses, terms), (loss, batch_terms) = both(model)
+    np.testing.assert_allclose(loss, jnp.mean(losses), rtol=1e-6)
+    np.testing.assert_allclose(
+        terms["elbo"], terms["recon"] - terms["kl0"] - terms["kl_spike"] - terms["kl_slab"], rtol=1e-5
+    )
+    np.testing.assert_allclose(losses, -terms["elbo"] + CONFIG.hj_weight * terms["hj"], rtol=1e-5)
+    assert all(float(jnp.min(terms[name])) >= 0 for name in ("kl0", "kl_spike", "kl_slab"))
+    assert set(batch_terms) == set(terms)
+
+
 def test_the_likelihood_proposal_moves_z0_by_the_controls_before_each_frame(model, sequence):
     """Each frame's point decodes z_0 moved by the controls of the steps before it; its log-density
     and the prior's count only those steps (frame 0: z_0's alone)."""
