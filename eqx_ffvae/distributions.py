@@ -35,11 +35,22 @@ def _bernoulli_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) 
     return value, jnp.sum(grad * d_logits) + jnp.sum(logits * d_x)
 
 
+def _minus_twice_log_density(z: Array, mu: Array, logvar: Array) -> Array:
+    return jnp.log(2 * jnp.pi) + logvar + ((z - mu) * jnp.exp(-0.5 * logvar)) ** 2
+
+
 def gaussian_log_prob(z: Float[Array, " d"], mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
     """log N(z; mu, diag exp(logvar)). The standardised distance is formed before squaring, so a wide
     component (an encoder's logvar ~ 100 on an image unlike its training data) gives a finite density
     instead of inf · 0 = NaN."""
-    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar + ((z - mu) * jnp.exp(-0.5 * logvar)) ** 2)
+    return -0.5 * jnp.sum(_minus_twice_log_density(z, mu, logvar))
+
+
+def gaussian_log_density(
+    x: Float[Array, "*s"], mu: Float[Array, "*s"], logvar: Float[Array, "*s"]
+) -> Float[Array, "*s"]:
+    """log N(x; mu, exp(logvar)) of independent scalars, elementwise (the terms `gaussian_log_prob` sums)."""
+    return -0.5 * _minus_twice_log_density(x, mu, logvar)
 
 
 def standard_normal_log_prob(z: Float[Array, " d"]) -> Scalar:
@@ -65,6 +76,11 @@ def gaussian_draw(
 def kl_to_standard_normal(mu: Float[Array, " d"], logvar: Float[Array, " d"]) -> Scalar:
     """KL[N(mu, diag exp(logvar)) ‖ N(0, I)], analytic."""
     return 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar)
+
+
+def kl_gaussians(mu: Float[Array, "*s"], logvar: Float[Array, "*s"], mean: float, std: float) -> Float[Array, "*s"]:
+    """KL[N(mu, exp(logvar)) ‖ N(mean, std²)] of independent scalars, elementwise."""
+    return 0.5 * ((jnp.exp(logvar) + (mu - mean) ** 2) / std**2 - 1.0 - logvar) + jnp.log(std)
 
 
 def kl_to_uniform(logits: Float[Array, " k"]) -> Scalar:

@@ -24,10 +24,9 @@ from .nn import (
     AbstractEncoder,
     ConvDecoder,
     ConvEncoder,
-    PixelLikelihoodName,
     SequenceEncoder,
-    pixel_likelihood,
 )
+from .pixels import PixelLikelihoodName, pixel_likelihood
 from .potentials import PotentialBank
 from .prior import DiffusionPrior
 from .sde import sde_path

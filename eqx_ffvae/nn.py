@@ -4,14 +4,13 @@ H × W up to 64 px (28, 64, and e.g. 32 × 48): conv k4s2 ×2, conv k(H/4 × W/4
 convs; widths w, 2w, 3w, 2w. Either side over 64 (128): conv k4s2 ×4 at width w, conv k(H/16 × W/16)
 to 1×1, then 1×1 convs (`image_size_problem` says which sizes work). The decoder mirrors the encoder
 and always returns exactly the input's spatial size; its pixel likelihood is Bernoulli or Gaussian
-(`pixel_likelihood`).
+(`pixels.pixel_likelihood`).
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -22,8 +21,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .conv import Conv2d, ConvImpl, ConvTranspose2d
-from .distributions import bernoulli_log_likelihood
 from .layout import Layout, sum_over_slices
+from .pixels import AbstractPixelLikelihood, BernoulliPixels
 
 DECODER_SAVED = "decoder_preactivation"
 """Name of the decoder's spatial pre-activations: the only values `ConvDecoder.log_likelihoods` keeps."""
@@ -62,63 +61,6 @@ def _channel_plan(height: int, width: int, channels: int) -> list[tuple[int, tup
 
 def _hidden(height: int, width: int, channels: int) -> int:
     return channels if max(height, width) > 64 else 2 * channels
-
-
-PixelLikelihoodName = Literal["bernoulli", "gaussian"]
-PIXEL_LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-class AbstractPixelLikelihood(eqx.Module):
-    """p(x | decoder output): `__call__(out, x, channel_axis)` is Σ_pixels log p(x | out). The decoder's
-    output is the logit of each pixel's mean (the mean image is `sigmoid(out)` for every likelihood),
-    so reconstructions and the equivariance errors read the same whichever is chosen."""
-
-    @abc.abstractmethod
-    def __call__(self, out: Float[Array, ...], x: Float[Array, ...], channel_axis: int) -> Scalar:
-        raise NotImplementedError
-
-
-class BernoulliPixels(AbstractPixelLikelihood):
-    """Each pixel Bernoulli(sigmoid(out)): binary images, and the paper's choice for MNIST and the renders
-    (a pmf on {0, 1} evaluated at x ∈ [0, 1])."""
-
-    def __call__(self, out: Float[Array, ...], x: Float[Array, ...], channel_axis: int) -> Scalar:
-        del channel_axis
-        return bernoulli_log_likelihood(out, x)
-
-
-class GaussianPixels(AbstractPixelLikelihood):
-    """Each pixel N(x; sigmoid(out), σ_c²), one σ per channel: natural images. `log_scale` is learned
-    (`scale=None`, starting at σ = 0.1) or fixed at log(scale) (held by a stop-gradient: the optimiser
-    never moves it). A density on pixel values: its log p(x) is not comparable with a Bernoulli's."""
-
-    log_scale: Float[Array, " c"]
-    learned: bool = eqx.field(static=True)
-
-    def __init__(self, channels: int, scale: float | None = None):
-        if scale is not None and not (isinstance(scale, float | int) and scale > 0):
-            raise ValueError(f"the Gaussian's pixel scale σ must be a number > 0 (or None: learned), got {scale!r}")
-        self.log_scale = jnp.full((channels,), jnp.log(0.1 if scale is None else float(scale)), jnp.float32)
-        self.learned = scale is None
-
-    def __call__(self, out: Float[Array, ...], x: Float[Array, ...], channel_axis: int) -> Scalar:
-        log_scale = self.log_scale if self.learned else jax.lax.stop_gradient(self.log_scale)
-        shape = [1] * x.ndim
-        shape[channel_axis] = -1
-        log_scale = log_scale.reshape(shape)
-        z = (x - jax.nn.sigmoid(out)) * jnp.exp(-log_scale)
-        return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + 2 * log_scale + z**2)
-
-
-def pixel_likelihood(name: str, channels: int, scale: float | None = None) -> AbstractPixelLikelihood:
-    """The pixel likelihood a config names: "bernoulli", or "gaussian" with σ = `scale` (None: learned)."""
-    if name == "bernoulli":
-        if scale is not None:
-            raise ValueError(f"pixel_scale is the Gaussian's σ; the Bernoulli likelihood has none (got {scale})")
-        return BernoulliPixels()
-    if name == "gaussian":
-        return GaussianPixels(channels, scale)
-    raise ValueError(f"likelihood must be one of {', '.join(PIXEL_LIKELIHOODS)}, got {name!r}")
 
 
 class AbstractEncoder(eqx.Module):

@@ -25,7 +25,8 @@ from .conv import ConvImpl
 from .flows import frame_times
 from .interfaces import AbstractSparseControlModel, Terms, mean_sequence_loss
 from .layout import Layout
-from .nn import ConvDecoder, ConvEncoder, ConvNet, PixelLikelihoodName, pixel_likelihood
+from .nn import ConvDecoder, ConvEncoder, ConvNet
+from .pixels import PixelLikelihoodName, pixel_likelihood
 from .potentials import PotentialBank
 
 
@@ -102,11 +103,6 @@ def _kl_bernoulli(logit: Array, p: ArrayLike) -> Array:
     """KL[Bernoulli(sigmoid(logit)) ‖ Bernoulli(p)], elementwise."""
     q = jax.nn.sigmoid(logit)
     return q * (jax.nn.log_sigmoid(logit) - jnp.log(p)) + (1 - q) * (jax.nn.log_sigmoid(-logit) - jnp.log1p(-p))
-
-
-def _kl_gaussians(mu: Array, logvar: Array, mean: float, std: float) -> Array:
-    """KL[N(mu, exp(logvar)) ‖ N(mean, std²)], elementwise."""
-    return 0.5 * ((jnp.exp(logvar) + (mu - mean) ** 2) / std**2 - 1.0 - logvar) + jnp.log(std)
 
 
 class SparseTransformationVAE(AbstractSparseControlModel):
@@ -236,7 +232,7 @@ class SparseTransformationVAE(AbstractSparseControlModel):
     def slab_kl(self, logits: Float[Array, "t k"], slab_mu: Array, slab_logvar: Array) -> Scalar:
         """Σ q(s = 1) KL[q(g) ‖ p(g)]: a slab is drawn only where its spike is on (off, q(g) is the prior)."""
         c = self.config
-        return jnp.sum(jax.nn.sigmoid(logits) * _kl_gaussians(slab_mu, slab_logvar, c.slab_mean, c.slab_std))
+        return jnp.sum(jax.nn.sigmoid(logits) * dist.kl_gaussians(slab_mu, slab_logvar, c.slab_mean, c.slab_std))
 
     def hj(self, zs: Float[Array, "n d"]) -> Scalar:
         """The HJ residual of every flow's potential at the path's points (no gradient into the path), averaged."""
@@ -317,7 +313,7 @@ class SparseTransformationVAE(AbstractSparseControlModel):
         prev = jnp.concatenate([jnp.full((1, spikes.shape[1]), -1.0), spikes[:-1]])
         p_on = jnp.where(prev < 0, c.spike_initial, jnp.where(prev > 0, c.spike_stay, c.spike_start))
         log_s = jnp.where(spikes > 0, jnp.log(p_on), jnp.log1p(-p_on))
-        return log_s + _gaussian_log_density(slabs, *self._slab_prior(slabs.shape))
+        return log_s + dist.gaussian_log_density(slabs, *self._slab_prior(slabs.shape))
 
     def importance_proposal(
         self, x_seq: Float[Array, "n ..."], k: Int[ArrayLike, ""], *, key: PRNGKeyArray
@@ -336,7 +332,7 @@ class SparseTransformationVAE(AbstractSparseControlModel):
         )
         log_s = jnp.where(spikes > 0, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
         log_g = jnp.where(
-            spikes > 0, _gaussian_log_density(slabs, slab_mu, slab_logvar), _gaussian_log_density(slabs, *prior)
+            spikes > 0, dist.gaussian_log_density(slabs, slab_mu, slab_logvar), dist.gaussian_log_density(slabs, *prior)
         )
         ts = frame_times(x_seq.shape[0])
         points = jax.vmap(lambda t: self._pack(t, z0, spikes, slabs))(ts)
@@ -366,8 +362,3 @@ class SparseTransformationVAE(AbstractSparseControlModel):
         del k
         _, z0, spikes, slabs = self._unpack(z)
         return dist.standard_normal_log_prob(z0) + jnp.sum(self._before(t) * self._control_log_prior(spikes, slabs))
-
-
-def _gaussian_log_density(x: Array, mu: Array, logvar: Array) -> Array:
-    """log N(x; mu, exp(logvar)), elementwise."""
-    return -0.5 * (jnp.log(2 * jnp.pi) + logvar + (x - mu) ** 2 * jnp.exp(-logvar))

@@ -78,7 +78,7 @@ def test_the_paper_sizes_keep_their_layers(getkey):
 def test_gaussian_pixels_are_the_normal_density(getkey):
     from scipy.stats import norm
 
-    from eqx_ffvae.nn import GaussianPixels, pixel_likelihood
+    from eqx_ffvae.pixels import GaussianPixels, pixel_likelihood
 
     out, x = jr.normal(getkey(), (3, 4, 5)), jr.uniform(getkey(), (3, 4, 5))
     learned = pixel_likelihood("gaussian", 3)
@@ -94,7 +94,7 @@ def test_gaussian_pixels_are_the_normal_density(getkey):
 
 def test_a_gaussian_decoder_sums_the_same_laid_out_or_frame_by_frame(getkey):
     from eqx_ffvae.layout import Layout
-    from eqx_ffvae.nn import GaussianPixels
+    from eqx_ffvae.pixels import GaussianPixels
 
     dec = ConvDecoder((3, 32, 48), 5, 4, pixels=GaussianPixels(3), key=getkey())
     zs, xs = jr.normal(getkey(), (2, 4, 5)), jr.uniform(getkey(), (2, 4, 3, 32, 48))

@@ -189,7 +189,7 @@ def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="128×100 images.*multiples of 4 when both are ≤ 64 px, of 16"):
         ff.FlowFactorizedVAE(ff.FFVAEConfig(image_shape=(1, 128, 100)), key=jr.key(0))
     with pytest.raises(ValueError, match="likelihood must be one of bernoulli, gaussian, got 'laplace'"):
-        ff.nn.pixel_likelihood("laplace", 3)  # what every config checks its `likelihood` with
+        ff.pixels.pixel_likelihood("laplace", 3)  # what every config checks its `likelihood` with
     with pytest.raises(ValueError, match="σ must be a number > 0.*got -1"):
         ff.FFVAEConfig(likelihood="gaussian", pixel_scale=-1.0)
     with pytest.raises(ValueError, match="the Bernoulli likelihood has none"):

@@ -12,6 +12,7 @@ from conftest import TINY_ARGS, TINY_EVAL
 
 from eqx_ffvae import cli, data, evaluation, methods, runs
 from eqx_ffvae.data.arrays import UNLABELLED
+from eqx_ffvae.reporting.evaluate import format_table
 
 _TINY_SPEC = dict(
     steps=2, batch_size=8, latent_dim=4, width=4, potential_width=8, eval_sequences=4, ll_samples=2, drift_samples=0
@@ -148,7 +149,7 @@ def test_unlabelled_sequences_train_weakly_and_evaluate_without_labels(tmp_path)
     assert [r["step"] for r in runs.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     result = runs.evaluate_run(spec, model)
     assert result["labelled"] is False and "need labels k" in result["not_measured"]
-    table = evaluation.format_table(result)
+    table = format_table(result)
     assert "rows are grouped by the flow each sequence's q(k | x̄) infers" in table and "not measured: E_k" in table
     assert "flow_assignment" not in result
     usage = result["flow_usage"]

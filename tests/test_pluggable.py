@@ -9,7 +9,7 @@ import pytest
 from jaxtyping import Array, Float, Scalar
 
 import eqx_ffvae as ff
-from eqx_ffvae import nn
+from eqx_ffvae import nn, pixels
 from eqx_ffvae.ffvae_inference import WeakFFVAE
 from eqx_ffvae.layout import Layout
 from eqx_ffvae.potentials import AbstractAutodiffPotential, PotentialBank
@@ -65,7 +65,7 @@ def _model(key, pixels=None, weak=False, potential=False):
 
 @pytest.mark.parametrize(
     "pixels, weak, potential",
-    [(None, False, False), (nn.GaussianPixels(D), False, True), (None, True, True)],
+    [(None, False, False), (pixels.GaussianPixels(D), False, True), (None, True, True)],
     ids=["mlp-bernoulli", "mlp-gaussian-own-potential", "weak-own-potential"],
 )
 def test_own_parts_train_on_vector_sequences(getkey, pixels, weak, potential):
@@ -95,7 +95,7 @@ def test_own_parts_train_on_vector_sequences(getkey, pixels, weak, potential):
 def test_own_decoder_batched_forms_equal_the_frame_by_frame_likelihood(getkey):
     """`AbstractFrameDecoder` derives every batched form from one frame's likelihood: laid out or not,
     the FFVAE's batch loss equals the vmap of its per-sequence loss, in values and gradients."""
-    model = _model(getkey(), nn.GaussianPixels(D), potential=True)
+    model = _model(getkey(), pixels.GaussianPixels(D), potential=True)
     frames, ks = _vector_sequences(getkey(), 8)
     key = getkey()
 

@@ -16,9 +16,10 @@ import pytest
 from eqx_ffvae import data, runs
 from eqx_ffvae.data import compositions, device
 from eqx_ffvae.data.transforms import colourise, mnist_transform
+from eqx_ffvae.distributions import kl_gaussians
 from eqx_ffvae.potentials import select_stacked
 from eqx_ffvae.sparse_evaluation import evaluate_sparse_controls, spike_scores
-from eqx_ffvae.sta import DivergenceFreeField, SparseTransformationVAE, STAConfig, _kl_gaussians
+from eqx_ffvae.sta import DivergenceFreeField, SparseTransformationVAE, STAConfig
 
 CONFIG = STAConfig(latent_dim=6, width=4, potential_width=8, curl_width=8, curl_rank=3, num_frames=4)
 
@@ -82,15 +83,15 @@ def test_spike_kl_is_the_exact_kl_of_the_mean_field_posterior_to_the_markov_prio
 
 
 def test_slab_kl_is_the_gaussian_kl_and_is_weighted_by_the_spike(model):
-    """`_kl_gaussians` against the KL integrated on a grid; `slab_kl` weights it by q(s = 1)."""
+    """`kl_gaussians` against the KL integrated on a grid; `slab_kl` weights it by q(s = 1)."""
     grid = np.linspace(-6, 8, 200001)
     for mu, logvar in ((1.3, -3.0), (0.2, 0.5)):
         q = np.exp(-0.5 * (grid - mu) ** 2 / np.exp(logvar)) / np.sqrt(2 * np.pi * np.exp(logvar))
         p = np.exp(-0.5 * (grid - 1.0) ** 2 / 0.09) / np.sqrt(2 * np.pi * 0.09)
         numeric = np.trapezoid(q * (np.log(q + 1e-300) - np.log(p + 1e-300)), grid)
-        np.testing.assert_allclose(float(_kl_gaussians(jnp.array(mu), jnp.array(logvar), 1.0, 0.3)), numeric, rtol=1e-4)
+        np.testing.assert_allclose(float(kl_gaussians(jnp.array(mu), jnp.array(logvar), 1.0, 0.3)), numeric, rtol=1e-4)
     logits, mu, logvar = jnp.array([[0.0, -50.0]]), jnp.array([[2.0, 2.0]]), jnp.array([[-1.0, -1.0]])
-    per = _kl_gaussians(mu, logvar, CONFIG.slab_mean, CONFIG.slab_std)
+    per = kl_gaussians(mu, logvar, CONFIG.slab_mean, CONFIG.slab_std)
     np.testing.assert_allclose(float(model.slab_kl(logits, mu, logvar)), 0.5 * float(per[0, 0]), rtol=1e-5)
 
 

@@ -13,7 +13,8 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar, Scalar
 from .. import distributions as dist
 from ..conv import ConvImpl
 from ..interfaces import AbstractSequenceModel
-from ..nn import ConvDecoder, ConvEncoder, PixelLikelihoodName, pixel_likelihood
+from ..nn import ConvDecoder, ConvEncoder
+from ..pixels import PixelLikelihoodName, pixel_likelihood
 
 
 @dataclasses.dataclass(frozen=True)

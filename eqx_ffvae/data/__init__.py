@@ -27,30 +27,30 @@ from .mnist import (
     load_mnist_idx as load_mnist_idx,
 )
 from .pipeline import (
-    BUILT_IN as BUILT_IN,
-)
-from .pipeline import (
-    DATASETS as DATASETS,
-)
-from .pipeline import (
     SPLITS as SPLITS,
-)
-from .pipeline import (
-    DatasetInfo as DatasetInfo,
 )
 from .pipeline import (
     batch_iterator as batch_iterator,
 )
-from .pipeline import (
-    dataset_info as dataset_info,
-)
-from .pipeline import register_sequences as register_sequences
-from .pipeline import sequence_arrays as sequence_arrays
 from .pipeline import (
     sequence_dataset as sequence_dataset,
 )
 from .pipeline import (
     split_indices as split_indices,
 )
+from .registry import (
+    BUILT_IN as BUILT_IN,
+)
+from .registry import (
+    DATASETS as DATASETS,
+)
+from .registry import (
+    DatasetInfo as DatasetInfo,
+)
+from .registry import (
+    dataset_info as dataset_info,
+)
+from .registry import register_sequences as register_sequences
+from .registry import sequence_arrays as sequence_arrays
 from .transforms import apply_transform as apply_transform
 from .transforms import colourise as colourise

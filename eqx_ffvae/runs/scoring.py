@@ -42,18 +42,19 @@ def evaluate_with_batches(spec: RunSpec, model: AbstractSequenceModel) -> tuple[
     """(result, the held-out batches scored, the fitted linear shifts): what figures need as well.
     Unlabelled sequences are grouped by the flow the model infers for each (`evaluation.unlabelled_result`).
     A sparse-control model trained on composed sequences (`mnist-single`, `mnist-double`) is scored on the
-    single-transformation MNIST test sequences, as every other method, and gains `sparse_controls`
+    test sequences of the single-transformation dataset they are composed from (`DatasetInfo.composed_from`),
+    as every other method, and gains `sparse_controls`
     (`sparse_evaluation.evaluate_sparse_controls`) on its own data's composed test sequences."""
-    composed = data.dataset_info(spec.dataset).source == "composition"
-    if composed and isinstance(model, AbstractSparseControlModel):
-        result, test, shifts = evaluate_with_batches(dataclasses.replace(spec, dataset="mnist"), model)
+    single = data.dataset_info(spec.dataset).composed_from
+    if single is not None and isinstance(model, AbstractSparseControlModel):
+        result, test, shifts = evaluate_with_batches(dataclasses.replace(spec, dataset=single), model)
         ev = spec.eval
         batches = eval_batches(spec, "test", -(-ev.eval_sequences // ev.eval_batch_size))
         matching = result["flow_assignment"]["matching"]
         result["sparse_controls"] = evaluate_sparse_controls(model, batches, matching, spec.transforms)
         result["dataset"] = spec.dataset
         result["scored_on"] = (
-            "E_k, flow_assignment and log p(x): the single-transformation mnist test sequences; sparse_controls: "
+            f"E_k, flow_assignment and log p(x): the single-transformation {single} test sequences; sparse_controls: "
             f"the {spec.dataset} test sequences (the same held-out digits)"
         )
         return result, test, shifts

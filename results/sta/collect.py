@@ -7,7 +7,7 @@ the learning-rate grid from the record stores of `compare --models sta --dataset
 --results STORE/single|double` into `single/` and `double/` here. Then, per setting, writes
 compare.json / compare.md (`reporting.table`: STA's rows, and on `single/` the FFVAE's and the weak
 FFVAE's second-edition records at the same preset and seeds, read from results/second-edition/mnist)
-and claims.json / claims.md (`reporting.claims.STA_CLAIMS`: STA's E_k against each, with seed-level
+and claims.json / claims.md (`reporting.claim_sets.STA_CLAIMS`: STA's E_k against each, with seed-level
 intervals). Every row scores the same held-out single-transformation MNIST sequences.
 """
 
