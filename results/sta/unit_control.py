@@ -61,7 +61,11 @@ def score_seed(run_dir: Path, record: dict) -> dict:
             f"{run_dir} does not reproduce its record's per-sequence E_k (max |Δ| "
             f"{np.max(np.abs(controlled - per['equivariance_error'])):.3g}): not the recorded model or sequences"
         )
-    return {"k": ks.tolist(), "flow": np.concatenate(flows).tolist(), "equivariance_error": np.concatenate(unit).tolist()}
+    return {
+        "k": ks.tolist(),
+        "flow": np.concatenate(flows).tolist(),
+        "equivariance_error": np.concatenate(unit).tolist(),
+    }
 
 
 def main() -> None:
