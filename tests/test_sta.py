@@ -155,8 +155,18 @@ def test_the_likelihood_proposal_moves_z0_by_the_controls_before_each_frame(mode
 
 def test_composed_sequences_follow_their_active_sets_on_host_and_device():
     """Every step has exactly one (mnist-single) or two (mnist-double) transformations on; frame t shows
-    each at its count of active steps; the device's frames equal the host's; the model never sees k."""
+    each at its count of active steps; the device's frames equal the host's; the model never sees k; each
+    names the single-transformation dataset whose transformations and frames it composes (where its model
+    is scored: `runs.scoring`)."""
     for name, active in (("mnist-single", 1), ("mnist-double", 2)):
+        info = data.dataset_info(name)
+        source = data.dataset_info(info.composed_from)
+        assert source.composed_from is None and source.labelled
+        assert (info.transforms, info.num_frames, info.image_shape) == (
+            source.transforms,
+            source.num_frames,
+            source.image_shape,
+        )
         host = data.sequence_dataset(name, split="test", seed=4)
         compact = data.sequence_dataset(name, split="test", seed=4, compact=True)
         for i in range(3):
