@@ -274,3 +274,16 @@ def test_model_sta_trains_evaluates_and_draws_on_the_command_line_and_its_table_
     claims = assess(records, claims=())["claims"]
     assert set(claims) == {"sta-equals-weak", "sta-equals-supervised"}
     assert claims["sta-equals-weak"]["missing"] == ["ffvae-weak"]
+
+
+def test_a_spike_precision_undefined_for_a_seed_is_averaged_over_the_others_and_says_so():
+    """A seed that never switches a flow on has no precision (NaN in its eval.json): the sparse-control
+    table averages the seeds that have one and says how many did not, instead of printing nan."""
+    from eqx_ffvae.reporting.table import _defined_cell, seed_stats
+
+    assert (
+        _defined_cell(seed_stats([0.8, float("nan"), 0.7]), "spike_precision")
+        == "0.750 ± 0.071 (1 of 3 seeds undefined)"
+    )
+    assert _defined_cell(seed_stats([float("nan")]), "spike_precision") == "— (1 of 1 seeds undefined)"
+    assert _defined_cell(seed_stats([0.5, 0.7]), "spike_precision") == "0.600 ± 0.141"

@@ -196,6 +196,16 @@ def _cell(stats: dict | None, bold: bool, col: str = "") -> str:
     return f"**{text}**" if bold else text
 
 
+def _defined_cell(stats: dict | None, col: str) -> str:
+    """`_cell` over the seeds where the value is defined (spike precision is undefined, NaN, for a seed
+    that never switches a flow on), saying how many were not."""
+    if stats is None or all(np.isfinite(stats["values"])):
+        return _cell(stats, False, col)
+    defined = [v for v in stats["values"] if np.isfinite(v)]
+    undefined = f"{len(stats['values']) - len(defined)} of {len(stats['values'])} seeds undefined"
+    return f"{_cell(seed_stats(defined), False, col)} ({undefined})" if defined else f"— ({undefined})"
+
+
 def _interval(stats: dict | None) -> str:
     if stats is None or "difference_to_ffvae" not in stats:
         return "—"
@@ -313,7 +323,7 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
             "|---|" + "---:|" * len(sparse),
         ]
         for r in sparse_rows.values():
-            cells = [_cell(r["columns"].get(col), False, col) for _, col in sparse]
+            cells = [_defined_cell(r["columns"].get(col), col) for _, col in sparse]
             lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
         lines += [
             "",
