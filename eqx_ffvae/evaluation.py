@@ -362,7 +362,7 @@ def evaluate(
 
 def _per_sequence(data: dict, ks: np.ndarray, ll: np.ndarray) -> dict:
     """Each held-out sequence's numbers (the order of the run's fixed evaluation set, the same for
-    every method and seed): what `compare` pairs across methods for its bootstrap intervals."""
+    every method and seed): what `compare` and `claims` pair across methods for their seed-level intervals."""
 
     def col(values):
         return [float(v) for v in values]
