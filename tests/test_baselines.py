@@ -310,6 +310,7 @@ for name in sys.argv[1:]:
 """
 
 
+@pytest.mark.slow
 def test_make_model_draws_the_weights_of_eager_construction():
     """`make_model` builds in one compiled program (at a lighter LLVM optimisation level); the weights
     must still be those of `model_cls(config, key=key)`, bit for bit, or runs would change with it. In a

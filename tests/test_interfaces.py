@@ -115,9 +115,9 @@ ONE_PER_CLASS = list({m.model_cls: n for n, m in reversed(methods.METHODS.items(
 OTHER_METHODS = [n for n, m in methods.METHODS.items() if not m.ablation_of and n not in ONE_PER_CLASS]
 
 
-SLOW_SMOKE = {"sta"}
-"""Classes whose training step the slow set's end-to-end test already compiles and runs (test_sta.py);
-their maths is tested in the default set."""
+SLOW_SMOKE = {"sta", "ffvae-group"}
+"""Classes whose training step the slow set's end-to-end tests already compile and run (test_sta.py,
+test_weak.py); their maths is tested in the default set."""
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,7 @@ def test_grouped_linear_shifts_pool_the_flows_q_never_uses():
     np.testing.assert_allclose(grouped[2], fit(frames[5:], np.zeros(7, int), 1)[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_non_square_rgb_dataset_trains_and_evaluates_with_the_gaussian_decoder(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.uniform(size=(24, 4, 32, 48, 3)).astype(np.float32)  # [N, T+1, H, W, C], float in [0, 1]

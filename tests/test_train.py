@@ -412,6 +412,7 @@ def test_config_records_what_produced_the_run(trained_run):
     assert f"× {os.cpu_count()}" in record[0]["cpu"] and record[0]["xla_flags"] == os.environ.get("XLA_FLAGS")
 
 
+@pytest.mark.slow
 def test_eval_rewrites_the_same_eval_json(run_module, trained_run):
     before = (trained_run / "eval.json").read_text()
     (trained_run / "eval.json").unlink()
