@@ -50,7 +50,7 @@ def why(key: tuple, first: dict, second: dict) -> str:
         reasons.append("seeds")
     if column == "log_likelihood":
         reasons.append("estimator")
-    if any(column.endswith(f"/{t}") for t in second.get("not_discriminating", {})):
+    if column in second.get("not_discriminating", {}):
         reasons.append("measure")
     return ", ".join(reasons) or "records"
 
