@@ -16,8 +16,10 @@ table=$1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 src=$root/results/second-edition/$table
 dst=$root/results/$table
-methods=(ffvae poflow poflow-authors ffvae-authors ffvae-sde ffvae-rollout-kl0 vae beta-vae factorvae slowvae tvae
-  ffvae-weak ffvae-group ffvae-no-flow-kl ffvae-no-hj ffvae-rollout ffvae-0.1)
+# shellcheck source=groups.sh
+. "$root/results/second-edition/groups.sh"
+# shellcheck disable=SC2206  # each group is a list of methods
+methods=(${groups[*]})
 missing=()
 for method in "${methods[@]}"; do
   for seed in 0 1 2; do

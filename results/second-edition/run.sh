@@ -29,13 +29,8 @@ if [ ! -d "$store/$table" ]; then  # the first edition's grids and records, the 
 fi
 . "$root/.venv/bin/activate"
 export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" PYTHONPATH="$tree"
-groups=(
-  "ffvae poflow poflow-authors"
-  "ffvae-authors ffvae-sde ffvae-rollout-kl0"
-  "vae beta-vae factorvae slowvae tvae"
-  "ffvae-weak ffvae-group"
-  "ffvae-no-flow-kl ffvae-no-hj ffvae-rollout ffvae-0.1"
-)
+# shellcheck source=groups.sh
+. "$root/results/second-edition/groups.sh"
 cd "$tree"
 for group in "${groups[@]}"; do
   # shellcheck disable=SC2086  # the group is a list of methods
