@@ -43,11 +43,12 @@ records += sorted("grid/" + str(p.relative_to(dst / "grid")) for p in (dst / "gr
 setting = "one compare process per core, XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1', nice 10, two side by side"
 (dst / "execution.json").write_text(json.dumps({"settings": {"one-thread": setting}, "records": dict.fromkeys(records, "one-thread")}, indent=1) + "\n")
 EOF
-out=$(mktemp -d)
+out=runs/finalize-$table  # fresh, and relative, so that compare.json names its runs without this machine's paths
+rm -rf "$out" && mkdir -p "$out"
 # A record that does not match HEAD's preset would be moved aside and retrained: stop this compare (its
 # own PID, nothing else) at the first such line.
 : > "$out/compare.log"
-python train/run.py compare --preset "$table-medium" --seeds 3 --models "${methods[@]}" --results "$dst" --out "$out" \
+python train/run.py compare --preset "$table-medium" --seeds 3 --models "${methods[@]}" --results "results/$table" --out "$out" \
   > "$out/compare.log" 2>&1 &
 pid=$!
 while kill -0 "$pid" 2> /dev/null; do
@@ -61,5 +62,5 @@ while kill -0 "$pid" 2> /dev/null; do
 done
 wait "$pid"
 grep -E "reused|wrote" "$out/compare.log"
-python train/run.py claims --results "$dst" --readme README.md
+python train/run.py claims --results "results/$table" --readme README.md  # relative: the README block names the folder
 python results/second-edition/verdicts.py "$table"
