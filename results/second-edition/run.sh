@@ -15,6 +15,13 @@
 set -euo pipefail
 table=$1 tag=$2 core=$3 order=${4:-forward}
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=groups.sh
+. "$root/results/second-edition/groups.sh"
+case $order in
+  forward) ;;
+  reverse) for ((i = 0, j = ${#groups[@]} - 1; i < j; i++, j--)); do t=${groups[i]} && groups[i]=${groups[j]} && groups[j]=$t; done ;;
+  *) echo "run.sh: order '$order' is neither 'forward' nor 'reverse'" >&2 && exit 2 ;;
+esac
 commit=${COMMIT:-ecb88b7}
 tree=${TREE:-/tmp/eqx_ffvae-$commit}
 store=${STORE:-/tmp/second-edition}
@@ -31,13 +38,6 @@ if [ ! -d "$store/$table" ]; then  # the first edition's grids and records, the 
 fi
 . "$root/.venv/bin/activate"
 export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" PYTHONPATH="$tree"
-# shellcheck source=groups.sh
-. "$root/results/second-edition/groups.sh"
-case $order in
-  forward) ;;
-  reverse) for ((i = 0, j = ${#groups[@]} - 1; i < j; i++, j--)); do t=${groups[i]} && groups[i]=${groups[j]} && groups[j]=$t; done ;;
-  *) echo "run.sh: order '$order' is neither 'forward' nor 'reverse'" >&2 && exit 2 ;;
-esac
 cd "$tree"
 for group in "${groups[@]}"; do
   # shellcheck disable=SC2086  # the group is a list of methods
