@@ -25,6 +25,7 @@ esac
 commit=${COMMIT:-ecb88b7}
 tree=${TREE:-/tmp/eqx_ffvae-$commit}
 store=${STORE:-/tmp/second-edition}
+git -C "$root" worktree prune  # a worktree registered by an earlier session whose /tmp is gone would block the add
 [ -d "$tree" ] || git -C "$root" worktree add --detach "$tree" "$commit"
 if [ ! -d "$store/$table" ]; then  # the first edition's grids and records, the landed second-edition records over them
   mkdir -p "$store" && cp -r "$root/results/$table" "$store/$table"
