@@ -137,8 +137,8 @@ def judge(ci95: Sequence[float] | None, relation: Relation, reference: float) ->
 
 
 def not_discriminating(records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """The E_k columns on which every method's mean E_k over its seeds is at `DISCRIMINATION` (0.9) of
-    its own mean identity score or above: column → each method's E_k / identity."""
+    """The E_k columns on which every method's mean E_k over its seeds is at `DISCRIMINATION` of its own
+    mean identity score or above: column → each method's E_k / identity."""
     ratios: dict[str, dict[str, float]] = {}
     for name, runs in records.items():
         for t in runs[0]["transformations"]:

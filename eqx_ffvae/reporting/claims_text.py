@@ -89,7 +89,8 @@ def to_markdown(assessment: dict, header: str = "") -> str:
     seeds = ", ".join(f"{_label(m)} {n}" for m, n in assessment["seeds"].items())
     lines = [header, "", f"Seeds per method: {seeds}."]
     if assessment.get("not_discriminating"):
-        lines += ["", "Columns that do not discriminate (every method's E_k ≥ 0.9 × its own identity score):"]
+        floor = assessment["discrimination"]
+        lines += ["", f"Columns that do not discriminate (every method's E_k ≥ {floor:g} × its own identity score):"]
         for column, ratios in assessment["not_discriminating"].items():
             spread = f"{min(ratios.values()):.2f}–{max(ratios.values()):.2f}"
             lines.append(f"- {column}: E_k / identity {spread} over {len(ratios)} methods; no verdict on it.")
@@ -157,7 +158,10 @@ def summary(assessment: dict) -> str:
         lines.append(f"- {SHORT.get(name, claim['text'])}: **{claim['verdict']}** ({'; '.join(parts)})")
     if assessment.get("not_discriminating"):
         columns = ", ".join(c.split("/", 1)[1] for c in assessment["not_discriminating"])
-        lines.append(f"- Not discriminating (every method's E_k ≥ 0.9 × its identity score; no verdict): {columns}.")
+        floor = assessment["discrimination"]
+        lines.append(
+            f"- Not discriminating (every method's E_k ≥ {floor:g} × its identity score; no verdict): {columns}."
+        )
     drifts = [d for d in assessment.get("estimator_drift", {}).values() if d is not None]
     if drifts:
         lines.append(
