@@ -225,6 +225,29 @@ def test_a_column_near_every_methods_identity_score_gets_no_verdict():
     assert "equivariance_error/scale: E_k / identity" in claims_text.to_markdown(out)
 
 
+def test_a_comparison_of_two_methods_near_their_identity_scores_gets_no_verdict():
+    """On hue the VAE beats its identity score by half, so the column discriminates; but the FFVAE and
+    PoFlow sit at 0.95 and 0.975 of theirs, so their difference there (50 on every sequence, which an
+    interval would call) ranks reconstruction: that row alone is not discriminating, with both ratios
+    shown, and the claim is decided by the other columns."""
+    ll = np.full(len(TRANSFORMS) * PER_FLOW, -200.0)
+    levels = {"ffvae": (500.0, 500.0, 1900.0), "poflow": (600.0, 600.0, 1950.0), "vae": (900.0, 900.0, 1000.0)}
+    records = {
+        name: [record(np.asarray(level)[:, None] + noisy(0, s), ll) for s in range(3)] for name, level in levels.items()
+    }
+    out = claims.assess(records)
+    assert out["not_discriminating"] == {}
+    verdicts = {(r["b"], r["column"]): r for r in out["claims"]["ffvae-beats-poflow"]["rows"]}
+    hue = verdicts[("poflow", "equivariance_error/hue")]
+    assert hue["verdict"] == "not discriminating" and hue["verdict_uncorrected"] == "holds"
+    assert hue["identity_ratio"] == pytest.approx([0.95, 0.975], abs=0.01)
+    assert verdicts[("poflow", "equivariance_error/scale")]["verdict"] == "holds"
+    ffvae_vae = {r["column"]: r["verdict"] for r in out["claims"]["ffvae-beats-baselines"]["rows"] if r["b"] == "vae"}
+    assert ffvae_vae["equivariance_error/hue"] == "fails"  # 0.95 against the VAE's 0.5: judged, and worse
+    ratio_a, ratio_b = hue["identity_ratio"]
+    assert f"(E_k / identity {ratio_a:.2f}, {ratio_b:.2f})" in claims_text.to_markdown(out)
+
+
 def test_a_likelihood_gap_within_the_estimators_drift_is_unresolved():
     """+5 nats on every sequence is decided by the interval; with a drift of 1 nat it holds, with a drift
     of 6 (or none measured) it is unresolved by the estimator, and the claim says so."""

@@ -22,7 +22,8 @@ EQUIVALENCE_MARGIN = 0.10
 """'a ≈ b' holds when a − b lies within ±10% of b's mean (two one-sided tests)."""
 
 DISCRIMINATION = 0.90
-"""An E_k column discriminates only if some method's E_k is below this share of its identity score."""
+"""An E_k comparison discriminates only if one of its two methods' E_k is below this share of its own
+identity score (a column, only if some method's is)."""
 
 FAMILY_ALPHA = 0.05
 """The level of every verdict: a row holds at it alone, a claim's "fails" at it family-wise (Holm)."""

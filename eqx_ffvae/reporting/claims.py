@@ -15,9 +15,10 @@ comes from one rule (docs/method.md §5):
   that intersection is already a 5% test without correction (an intersection–union test).
 * "a ≈ b" **holds** when a − b lies within ±`margin`·|mean of b| (two one-sided tests), **fails** when
   it lies outside that band (Holm-corrected as above), and is **not separated** otherwise.
-* **not discriminating**: an E_k column on which every method's E_k is at 0.9 of its own identity
-  score (z_t = μ(x_0)) or above (none beats learning nothing by more than 10%) ranks first-frame
-  reconstruction, not equivariance: no verdict on it.
+* **not discriminating**: an E_k comparison in which both methods' E_k are at 0.9 of their own identity
+  score (z_t = μ(x_0)) or above (neither beats learning nothing by more than 10%) ranks first-frame
+  reconstruction, not equivariance: no verdict on it. A column on which every method is there is named
+  as a whole (`not_discriminating`).
 * **unresolved by the estimator**: a likelihood difference no larger than the estimator's drift (the
   larger of the two methods' mean |S = 100 − S = 1000| difference, `likelihood_drift` of their
   records; unknown drift counts as unresolved).
@@ -136,9 +137,9 @@ def judge(ci95: Sequence[float] | None, relation: Relation, reference: float) ->
     return "fails" if hi < -band or lo > band else "not separated"
 
 
-def not_discriminating(records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """The E_k columns on which every method's mean E_k over its seeds is at `DISCRIMINATION` of its own
-    mean identity score or above: column → each method's E_k / identity."""
+def identity_ratios(records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Every E_k column's mean E_k over each method's seeds divided by its mean identity score:
+    column → method → ratio (a method without an identity score on a column is left out)."""
     ratios: dict[str, dict[str, float]] = {}
     for name, runs in records.items():
         for t in runs[0]["transformations"]:
@@ -147,6 +148,11 @@ def not_discriminating(records: dict[str, list[dict]]) -> dict[str, dict[str, fl
             if None in own or None in ident or not np.mean(ident):
                 continue
             ratios.setdefault(f"equivariance_error/{t}", {})[name] = float(np.mean(own) / np.mean(ident))
+    return ratios
+
+
+def not_discriminating(ratios: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The columns of `identity_ratios` on which every method is at `DISCRIMINATION` or above."""
     return {c: r for c, r in ratios.items() if min(r.values()) >= DISCRIMINATION}
 
 
@@ -171,13 +177,15 @@ def compare_columns(
     comparison: Comparison,
     *,
     paper: bool = False,
-    undiscriminating: dict[str, dict[str, float]] | None = None,
+    identity: dict[str, dict[str, float]] | None = None,
 ) -> list[dict]:
     """One row per column of `comparison.metric`: each method's mean over all its seeds, a − b over the
     seeds both have with its 95% interval and p-values (`p_values`), the ratio a / b of the paired
     seeds' means and the seeds paired, and the verdict of the row alone (`judge`, also kept as
-    `verdict_uncorrected`; `decide` corrects a claim's rows together, as `assess` does); one row with verdict "missing" when either method has no records. Rows of a column
-    in `undiscriminating` are marked "not discriminating"; likelihood rows carry the estimator's drift.
+    `verdict_uncorrected`; `decide` corrects a claim's rows together, as `assess` does); one row with
+    verdict "missing" when either method has no records. With `identity` (`identity_ratios`) an E_k
+    row carries both methods' E_k / identity and is marked not discriminating when both are at
+    `DISCRIMINATION` or above; likelihood rows carry the estimator's drift.
     Where either paired mean is not positive (log p(x)) the ratio is None: a ratio of two negatives
     reads backwards."""
     a, b = comparison.a, comparison.b
@@ -215,8 +223,11 @@ def compare_columns(
             "verdict_uncorrected": judge(diff["ci95"], comparison.relation, paired_b),
         }
         row["verdict"] = row["verdict_uncorrected"]  # alone, a family of one; `decide` corrects a claim's rows
-        if undiscriminating and column in undiscriminating:
-            row["not_discriminating"] = True
+        pair = [(identity or {}).get(column, {}).get(m) for m in (a, b)]
+        if None not in pair:
+            row["identity_ratio"] = pair
+            if min(pair) >= DISCRIMINATION:
+                row["not_discriminating"] = True
         if column == "log_likelihood":
             drifts = [estimator_drift(records[a]), estimator_drift(records[b])]
             row["estimator_drift"] = None if None in drifts else max(drifts)
@@ -232,8 +243,8 @@ def decide(rows: list[dict]) -> None:
     """Set each row's `verdict` as one claim's (module doc): a row holds when its interval lies on the
     claimed side (p_holds < 0.05: "every comparison holds" is an intersection–union test, at 5% without
     correction); it fails when Holm's step-down over the claim's judged rows rejects it in the opposite
-    direction (`p_fails_holm` < 0.05: "some comparison fails" is a union, corrected); rows on columns
-    that do not discriminate, or without an interval, are not judged; then a likelihood difference
+    direction (`p_fails_holm` < 0.05: "some comparison fails" is a union, corrected); rows that do not
+    discriminate, or without an interval, are not judged; then a likelihood difference
     within the estimator's drift is unresolved."""
     judged = [r for r in rows if r.get("verdict") != "missing"]
     for r in judged:
@@ -270,7 +281,7 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
     is listed under `ablation_places_not_measured` instead. `paper`: add the paper's Table 1 ratio
     where it has both rows (MNIST). Each claim's rows, and each ablation comparison's, are one Holm
     family (`decide`)."""
-    undiscriminating = not_discriminating(records)
+    identity = identity_ratios(records)
     out: dict = {
         "equivalence_margin": EQUIVALENCE_MARGIN,
         "interval": "t-interval over the per-seed mean differences, paired over every seed both methods have",
@@ -279,17 +290,13 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
             f"it fails at {FAMILY_ALPHA:.0%} family-wise, Holm over the claim's comparisons"
         ),
         "discrimination": DISCRIMINATION,
-        "not_discriminating": undiscriminating,
+        "not_discriminating": not_discriminating(identity),
         "seeds": {m: len(r) for m, r in records.items()},
         "estimator_drift": {m: estimator_drift(r) for m, r in records.items()},
     }
     out["claims"] = {}
     for claim in (*claims, *(STA_CLAIMS if "sta" in records else ())):
-        rows = [
-            row
-            for c in claim.comparisons
-            for row in compare_columns(records, c, paper=paper, undiscriminating=undiscriminating)
-        ]
+        rows = [row for c in claim.comparisons for row in compare_columns(records, c, paper=paper, identity=identity)]
         decide(rows)
         out["claims"][claim.name] = {
             "text": claim.text,
@@ -306,9 +313,7 @@ def assess(records: dict[str, list[dict]], claims: Sequence[Claim] = PAPER_CLAIM
             if variant == against:
                 continue
             for where, metric in places.items():
-                rows = compare_columns(
-                    records, Comparison(variant, against, metric, "less"), undiscriminating=undiscriminating
-                )
+                rows = compare_columns(records, Comparison(variant, against, metric, "less"), identity=identity)
                 decide(rows)
                 ablation[f"{variant} − {against}, {where}"] = rows
     out["ablations"] = ablation

@@ -44,7 +44,7 @@ def _interval_md(row: dict) -> str:
 
 
 def _p_md(row: dict) -> str:
-    if row.get("p_holds") is None:
+    if row.get("p_holds") is None or row.get("not_discriminating"):  # not judged: outside the Holm family
         return "—"
     fails = row.get("p_fails_holm", row["p_fails"])
     return f"{row['p_holds']:.3f} / {fails:.3f}"
@@ -55,6 +55,9 @@ def _verdict_md(row: dict) -> str:
     if verdict == "unresolved by the estimator":
         drift = row.get("estimator_drift")
         return f"**{verdict}** (drift {'unknown' if drift is None else f'{drift:.1f}'})"
+    if verdict == "not discriminating":
+        ratio_a, ratio_b = row["identity_ratio"]
+        return f"**{verdict}** (E_k / identity {ratio_a:.2f}, {ratio_b:.2f})"
     return f"**{verdict}**"
 
 
@@ -88,8 +91,14 @@ def to_markdown(assessment: dict, header: str = "") -> str:
     head, rule = head + " verdict |", rule + "---|"
     seeds = ", ".join(f"{_label(m)} {n}" for m, n in assessment["seeds"].items())
     lines = [header, "", f"Seeds per method: {seeds}."]
+    floor = assessment["discrimination"]
+    lines += [
+        "",
+        f"A comparison in which both methods' E_k are ≥ {floor:g} × their own identity score (z_t = z_0) ranks "
+        "first-frame reconstruction, not equivariance: it is not discriminating and gets no verdict (its verdict "
+        "cell gives both ratios).",
+    ]
     if assessment.get("not_discriminating"):
-        floor = assessment["discrimination"]
         lines += ["", f"Columns that do not discriminate (every method's E_k ≥ {floor:g} × its own identity score):"]
         for column, ratios in assessment["not_discriminating"].items():
             spread = f"{min(ratios.values()):.2f}–{max(ratios.values()):.2f}"
@@ -160,7 +169,8 @@ def summary(assessment: dict) -> str:
         columns = ", ".join(c.split("/", 1)[1] for c in assessment["not_discriminating"])
         floor = assessment["discrimination"]
         lines.append(
-            f"- Not discriminating (every method's E_k ≥ {floor:g} × its identity score; no verdict): {columns}."
+            f"- Not discriminating (every method's E_k ≥ {floor:g} × its identity score; no verdict): {columns}; "
+            "elsewhere a comparison of two methods both at that floor gets none either."
         )
     drifts = [d for d in assessment.get("estimator_drift", {}).values() if d is not None]
     if drifts:

@@ -111,7 +111,7 @@ def why(key: tuple, first: dict, second: dict) -> str:
         reasons.append("seeds")
     if column == "log_likelihood":
         reasons.append("estimator")
-    if column in second.get("not_discriminating", {}):
+    if column in second.get("not_discriminating", {}) or rows(second).get(key, {}).get("not_discriminating"):
         reasons.append("measure")
     return ", ".join(reasons) or "records"
 
