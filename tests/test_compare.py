@@ -77,6 +77,27 @@ def test_bold_only_where_the_interval_excludes_the_runner_up():
     assert "Paired difference to FFVAE" in table and "+2.0 [+2.0, +2.0]" in table
 
 
+def test_identity_ratios_over_every_pixel_and_over_the_changed_pixels():
+    """E_k / identity and the same over the changed pixels are each run's own quotients, and the probe
+    table names the changed-pixel threshold the records were scored with."""
+    from eqx_ffvae.reporting.table import run_columns
+
+    results = _methods(np.random.default_rng(2))
+    for seeds in results.values():
+        for i, r in enumerate(seeds):
+            r["changed_pixel_threshold"] = 0.1
+            for entry in r["transformations"].values():
+                entry["equivariance_error_identity"] = 40.0 + i
+                entry["equivariance_error_changed"] = entry["equivariance_error"] / 4
+                entry["equivariance_error_identity_changed"] = 20.0 + i
+    cols = run_columns(results["vae"][1])
+    entry = results["vae"][1]["transformations"]["rotation"]
+    assert cols["equivariance_ratio/rotation"][0] == pytest.approx(entry["equivariance_error"] / 41.0)
+    assert cols["equivariance_ratio_changed/rotation"][0] == pytest.approx(entry["equivariance_error"] / 4 / 21.0)
+    table = to_markdown(summarise(results), results, ["scale", "rotation"], "header")
+    assert "E rotation / identity, changed px" in table and "by more than 0.1)" in table
+
+
 def test_seed_interval_is_the_wider_of_the_seed_and_the_seed_and_sequence_t_intervals():
     """Seed i of a against seed i of b over every seed both have. Where the seeds differ far more than the
     sequences, the interval is scipy's t-interval over the per-seed mean differences (S − 1 degrees of

@@ -99,7 +99,8 @@ PROBES = (
 def run_columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
     """Every scored number of one run's eval.json: column id → (the run's value, its per-sequence
     values or None). Column ids: `<metric>/<transformation or pair>` and `log_likelihood`;
-    `equivariance_ratio/<t>` is E_k over the same run's identity score (no per-sequence values)."""
+    `equivariance_ratio/<t>` is E_k over the same run's identity score and `equivariance_ratio_changed/<t>`
+    the same over the pixels that change (no per-sequence values)."""
     per = result.get("per_sequence", {})
     ks = np.asarray(per.get("k", []))
 
@@ -115,6 +116,9 @@ def run_columns(result: dict) -> dict[str, tuple[float, np.ndarray | None]]:
     for t, entry in result["transformations"].items():
         if entry.get("equivariance_error_identity"):
             cols[f"equivariance_ratio/{t}"] = (entry["equivariance_error"] / entry["equivariance_error_identity"], None)
+        if entry.get("equivariance_error_identity_changed") and "equivariance_error_changed" in entry:
+            ratio = entry["equivariance_error_changed"] / entry["equivariance_error_identity_changed"]
+            cols[f"equivariance_ratio_changed/{t}"] = (ratio, None)
     for i, (pair, entry) in enumerate(result.get("equivariance_error_composition", {}).items()):
         for metric, value in entry.items():
             name = metric.replace("equivariance_error", "equivariance_error_composition")
@@ -191,7 +195,7 @@ def _bold(rows: dict, columns: dict[str, list[dict]], col: str, lowest: bool) ->
 def _cell(stats: dict | None, bold: bool, col: str = "") -> str:
     if stats is None:
         return "—"
-    digits = 3 if col.startswith(("equivariance_ratio/", "spike_")) else 2 if col == "likelihood_drift" else 1
+    digits = 3 if col.startswith(("equivariance_ratio", "spike_")) else 2 if col == "likelihood_drift" else 1
     text = f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
     return f"**{text}**" if bold else text
 
@@ -266,12 +270,16 @@ def to_markdown(rows: dict, results: dict[str, list[dict]], transforms: list[str
         )
     ]
     probes += [(f"E {t} / identity", f"equivariance_ratio/{t}", None) for t in transforms]
+    probes += [(f"E {t} / identity, changed px", f"equivariance_ratio_changed/{t}", None) for t in transforms]
     probes = [c for c in probes if any(c[1] in r["columns"] for r in rows.values())]
+    thresholds = sorted({r.get("changed_pixel_threshold") for runs in results.values() for r in runs} - {None})
+    changed = f" (some channel by more than {', '.join(f'{t:g}' for t in thresholds)})" if thresholds else ""
     lines += [
         "",
         "Every probe for every model (E_k with the best linear shift and with the identity, z_t = μ(x_0); "
-        "over the pixels that change between x_0 and x_t; E_k over the same model's identity score, where a column "
-        "with every method at 0.9 or above ranks reconstruction, not equivariance):",
+        f"over the pixels that change between x_0 and x_t{changed}; E_k over the same model's identity score, where a column "
+        "with every method at 0.9 or above, or a comparison of two methods both there, ranks reconstruction, not "
+        "equivariance; the same ratio over the changed pixels):",
         "",
     ]
     lines += table(probes, lambda name, r, col: _cell(r["columns"].get(col), False, col))
