@@ -107,14 +107,15 @@ def rows(claims: dict) -> dict:
     return found
 
 
-def why(key: tuple, first: dict, second: dict) -> str:
+def why(key: tuple, first: dict, second: dict, row: dict) -> str:
+    """What changed `row` (the second edition's comparison `key`) from the `first` reading."""
     _, a, b, column = key
     reasons = []
     if any(first["seeds"].get(m) != second["seeds"].get(m) for m in (a, b)):
         reasons.append("seeds")
     if column == "log_likelihood":
         reasons.append("estimator")
-    if column in second.get("not_discriminating", {}) or rows(second).get(key, {}).get("not_discriminating"):
+    if row.get("not_discriminating"):  # a whole column's rows carry the mark too
         reasons.append("measure")
     return ", ".join(reasons) or "records"
 
@@ -161,7 +162,7 @@ def report(table: str, first: dict, restated: dict, second: dict, same_seeds: li
         if verdicts[0] != verdicts[1]:
             changes.append("measure" if verdicts[1] == "not discriminating" else "statistics")
         if verdicts[1] != verdicts[2]:
-            changes.append(why(key, restated, second))
+            changes.append(why(key, restated, second, row))
         name, a, b, column = key
         lines.append(
             f"| {name} | {a} − {b}, {column} | {cell(old)} | {cell(mid)} | {cell(row)} | {'; '.join(changes)} |"
