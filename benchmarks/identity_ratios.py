@@ -36,6 +36,11 @@ def ratios(compare: dict) -> dict:
     made before the ratios existed: rerun `compare` on its records)."""
     methods = compare["methods"]
     names = [c.split("/", 1)[1] for c in next(iter(methods.values()))["columns"] if c.startswith("equivariance_ratio/")]
+    if not names:
+        raise ValueError(
+            "compare.json has no equivariance_ratio/<t> columns (made before the identity ratios existed): "
+            "rerun `compare` on its records at this commit"
+        )
     out: dict = {"methods": [m["label"] for m in methods.values()], "transformations": names}
     for measure in MEASURES:
         rows = []

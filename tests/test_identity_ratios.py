@@ -50,6 +50,11 @@ def test_a_compare_json_without_ratio_columns_names_the_method_and_column(tmp_pa
     path.write_text(json.dumps(compare))
     with pytest.raises(ValueError, match=r"equivariance_ratio_changed/hue for method 'tvae'.*rerun `compare`"):
         _main()(["--compare", str(path), "--out", str(tmp_path / "ratios")])
+    for method in compare["methods"].values():
+        method["columns"] = {c: v for c, v in method["columns"].items() if not c.startswith("equivariance_ratio")}
+    path.write_text(json.dumps(compare))
+    with pytest.raises(ValueError, match="no equivariance_ratio/<t> columns"):
+        _main()(["--compare", str(path), "--out", str(tmp_path / "ratios")])
 
 
 def test_a_missing_compare_json_is_named(tmp_path):
