@@ -137,14 +137,17 @@ def judge(ci95: Sequence[float] | None, relation: Relation, reference: float) ->
     return "fails" if hi < -band or lo > band else "not separated"
 
 
-def identity_ratios(records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+def identity_ratios(records: dict[str, list[dict]], *, changed: bool = False) -> dict[str, dict[str, float]]:
     """Every E_k column's mean E_k over each method's seeds divided by its mean identity score:
-    column → method → ratio (a method without an identity score on a column is left out)."""
+    column → method → ratio (a method without an identity score on a column is left out). With
+    `changed`, both over the pixels that change between x_0 and x_t (`equivariance_error_changed` over
+    `equivariance_error_identity_changed`); the columns keep their E_k names."""
+    suffix = "_changed" if changed else ""
     ratios: dict[str, dict[str, float]] = {}
     for name, runs in records.items():
         for t in runs[0]["transformations"]:
-            own = [r["transformations"][t].get("equivariance_error") for r in runs]
-            ident = [r["transformations"][t].get("equivariance_error_identity") for r in runs]
+            own = [r["transformations"][t].get(f"equivariance_error{suffix}") for r in runs]
+            ident = [r["transformations"][t].get(f"equivariance_error_identity{suffix}") for r in runs]
             if None in own or None in ident or not np.mean(ident):
                 continue
             ratios.setdefault(f"equivariance_error/{t}", {})[name] = float(np.mean(own) / np.mean(ident))
